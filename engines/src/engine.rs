@@ -1,0 +1,86 @@
+//! The `Engine` trait: what a datastore driver must do so the supervisor can run its server.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::spec::{EngineKind, InstanceSpec};
+
+/// One instance as the engine sees it at a start: its spec, its directory and its port.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub spec: InstanceSpec,
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+/// How to start the server process. The process module adds logging and supervision.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{program} was not found; install the {package} package")]
+    NotInstalled { program: &'static str, package: &'static str },
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl EngineError {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
+        let context = context.into();
+        move |source| EngineError::Io { context, source }
+    }
+}
+
+/// Why a readiness probe did not pass. Every variant means "not ready yet": the supervisor
+/// keeps probing until its deadline.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("not accepting connections: {0}")]
+    Connect(std::io::Error),
+    #[error("still loading its data")]
+    Loading,
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+    #[error("timed out")]
+    Timeout,
+}
+
+/// A datastore driver. Start and stop are generic (see [`crate::process`]); an engine says how
+/// to lay out an instance's directory, how to launch its server and how to tell it is ready.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    fn kind(&self) -> EngineKind;
+
+    /// Longest time from spawn to a passing probe before a start counts as failed.
+    fn start_timeout(&self) -> Duration;
+
+    /// Longest time from SIGTERM to exit before the process is killed.
+    fn stop_timeout(&self) -> Duration;
+
+    /// Fill a new, empty instance directory (first start only).
+    async fn provision(&self, spec: &InstanceSpec, dir: &Path) -> Result<(), EngineError>;
+
+    /// Write this start's configuration and say how to launch the server.
+    async fn launch(&self, instance: &Instance) -> Result<Launch, EngineError>;
+
+    /// One readiness probe: connect, authenticate as the internal user, ask something trivial.
+    async fn probe(&self, instance: &Instance) -> Result<(), ProbeError>;
+}
+
+/// Finds `program` on `PATH`, then in the sbin directories Debian puts servers in.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}

@@ -1,0 +1,24 @@
+//! Everything that touches a database server process: what an instance is, the `Engine` trait
+//! with one driver per datastore, process supervision, and the host agent that runs them.
+//!
+//! Reading order:
+//! - [`spec`]: instance identity, engine kind, limits and the internal secret.
+//! - [`engine`]: the `Engine` trait: provision, launch, probe, destroy.
+//! - [`redis`]: the Redis driver (`redis-server`, one process per database).
+//! - [`process`]: spawning a server process with captured output, SIGTERM-then-SIGKILL stop.
+//! - [`supervisor`]: one task per instance: start, wait for readiness, restart with backoff.
+//! - [`agent`]: the `HostAgent` trait and the in-process implementation `dormouse up` uses.
+//! - [`ports`]: picking free loopback ports.
+
+pub mod agent;
+pub mod engine;
+pub mod ports;
+pub mod process;
+pub mod redis;
+pub mod spec;
+pub mod supervisor;
+
+pub use agent::{AgentError, HostAgent, LocalAgent};
+pub use engine::{Engine, EngineError};
+pub use spec::{EngineKind, Endpoint, InstanceId, InstanceSpec, Limits, Secret};
+pub use supervisor::InstanceState;

@@ -1,0 +1,149 @@
+//! Spawning a server process with its output captured to a log file, and stopping it with
+//! SIGTERM, then SIGKILL after a grace period. Signals go only to a child we have not reaped,
+//! so a recycled pid is never hit.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::engine::Launch;
+
+/// A running server process that we own.
+#[derive(Debug)]
+pub struct ManagedProcess {
+    child: Child,
+}
+
+impl ManagedProcess {
+    /// Starts `launch` with stdout and stderr appended to `log`.
+    ///
+    /// The child gets its own process group (a Ctrl-C in the terminal reaches Dormouse, which
+    /// then stops its servers cleanly) and SIGKILL when the thread that spawned it dies, so no
+    /// server outlives a crashed agent. Spawn only from runtime worker threads: blocking-pool
+    /// threads exit when idle and would take the child with them.
+    pub fn spawn(launch: &Launch, log: &Path) -> std::io::Result<Self> {
+        let out = OpenOptions::new().create(true).append(true).open(log)?;
+        let err = out.try_clone()?;
+        let mut cmd = Command::new(&launch.program);
+        cmd.args(&launch.args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .kill_on_drop(true);
+        set_parent_death_signal(&mut cmd);
+        Ok(Self { child: cmd.spawn()? })
+    }
+
+    /// The pid while the process has not been reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Waits for the process to exit (cancel-safe).
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL; returns how the process ended.
+    pub async fn stop(mut self, grace: Duration) -> std::io::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        self.signal(Signal::SIGTERM);
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                tracing::warn!(pid = ?self.pid(), ?grace, "server ignored SIGTERM; killing it");
+                self.child.start_kill()?;
+                self.child.wait().await
+            }
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        // `id()` is None once the child was reaped, so the pid cannot have been recycled.
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            if let Err(e) = kill(Pid::from_raw(pid), signal) {
+                tracing::debug!(pid, %signal, error = %e, "signal not delivered");
+            }
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn set_parent_death_signal(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+    // is async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// The last `max` bytes of a log file, for error messages about failed starts.
+pub fn log_tail(log: &Path, max: usize) -> String {
+    match std::fs::read(log) {
+        Ok(bytes) => {
+            let start = bytes.len().saturating_sub(max);
+            String::from_utf8_lossy(&bytes[start..]).trim().to_owned()
+        }
+        Err(_) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stop_terminates_and_reaps() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let launch = Launch { program: "sleep".into(), args: vec!["30".into()] };
+        let proc = ManagedProcess::spawn(&launch, &dir.path().join("log"))?;
+        assert!(proc.pid().is_some());
+        let status = proc.stop(Duration::from_secs(5)).await?;
+        assert!(!status.success());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_process_ignoring_sigterm_is_killed() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let launch = Launch {
+            program: "sh".into(),
+            // An ignored signal stays ignored across exec, so `sleep` ignores SIGTERM too.
+            args: vec!["-c".into(), "trap '' TERM; echo ready; exec sleep 30".into()],
+        };
+        let log = dir.path().join("log");
+        let proc = ManagedProcess::spawn(&launch, &log)?;
+        while !log_tail(&log, 64).contains("ready") {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let status = proc.stop(Duration::from_millis(200)).await?;
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9));
+        Ok(())
+    }
+
+    #[test]
+    fn log_tail_keeps_the_end() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("log");
+        std::fs::write(&log, "first line\nlast line\n")?;
+        assert_eq!(log_tail(&log, 10), "last line");
+        assert_eq!(log_tail(&dir.path().join("missing"), 10), "");
+        Ok(())
+    }
+}

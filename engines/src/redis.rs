@@ -1,0 +1,247 @@
+//! The Redis driver: one `redis-server` per database, from a config file rendered at every
+//! start. The `default` user is disabled and one internal ACL user, whose password only the
+//! proxy knows, is admitted; the file holds that password only as a SHA-256 hash.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::engine::{Engine, EngineError, Instance, Launch, ProbeError, find_program};
+use crate::spec::{EngineKind, InstanceSpec};
+
+/// The ACL user the proxy authenticates as.
+pub const INTERNAL_USER: &str = "dormouse";
+/// Rendered configuration, in the instance directory.
+pub const CONFIG_FILE: &str = "redis.conf";
+/// Data (append-only file) lives here, apart from config and logs.
+pub const DATA_DIR: &str = "data";
+
+/// Runs `redis-server` processes.
+#[derive(Debug, Clone)]
+pub struct RedisEngine {
+    server: PathBuf,
+}
+
+impl RedisEngine {
+    /// Finds `redis-server` on this host.
+    pub fn detect() -> Result<Self, EngineError> {
+        find_program("redis-server")
+            .map(|server| Self { server })
+            .ok_or(EngineError::NotInstalled { program: "redis-server", package: "redis-server" })
+    }
+
+    /// Uses the given binary, e.g. a stand-in that fails in tests.
+    pub fn with_binary(server: impl Into<PathBuf>) -> Self {
+        Self { server: server.into() }
+    }
+}
+
+/// The configuration for one start. Choices a tenant would ask about:
+/// - persistence: append-only file, fsync every second (at most a second of writes is lost
+///   on a host crash; a clean stop loses nothing); no RDB snapshots (backups take their own);
+/// - eviction: `noeviction`: this is a database, not a cache, so when `maxmemory` is reached
+///   writes fail with an `OOM` error instead of silently dropping keys;
+/// - access: loopback only, `default` user off, one internal user without `@admin` commands.
+pub fn render_config(instance: &Instance) -> String {
+    let dir = instance.dir.display();
+    let limits = instance.spec.limits;
+    let hash = hex_sha256(instance.spec.password.expose());
+    let mut conf = String::new();
+    let _ = write!(
+        conf,
+        "# Rendered by Dormouse at every start of instance {id}; edits are overwritten.\n\
+         port {port}\n\
+         bind 127.0.0.1\n\
+         protected-mode yes\n\
+         daemonize no\n\
+         supervised no\n\
+         pidfile {dir}/redis.pid\n\
+         logfile \"\"\n\
+         dir {dir}/{DATA_DIR}\n\
+         save \"\"\n\
+         appendonly yes\n\
+         appendfsync everysec\n\
+         maxmemory {mem}mb\n\
+         maxmemory-policy noeviction\n\
+         maxclients {maxclients}\n\
+         tcp-keepalive 60\n\
+         user default off\n\
+         user {INTERNAL_USER} on #{hash} ~* &* +@all -@admin\n",
+        id = instance.spec.id,
+        port = instance.port,
+        mem = limits.memory_mb,
+        maxclients = limits.max_connections,
+    );
+    conf
+}
+
+fn hex_sha256(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// `AUTH user password` then `PING`, pipelined, as RESP arrays.
+fn probe_request(password: &str) -> Vec<u8> {
+    let mut req = Vec::new();
+    for args in [&["AUTH", INTERNAL_USER, password][..], &["PING"][..]] {
+        let _ = write!(ByteWriter(&mut req), "*{}\r\n", args.len());
+        for a in args {
+            let _ = write!(ByteWriter(&mut req), "${}\r\n{a}\r\n", a.len());
+        }
+    }
+    req
+}
+
+struct ByteWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for ByteWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Reads the two replies to the probe. While loading its data Redis accepts connections and
+/// answers `-LOADING`, so both replies must be read, or the probe would wait for its timeout.
+async fn read_probe_replies(stream: &mut TcpStream) -> Result<(), ProbeError> {
+    let mut buf = Vec::with_capacity(64);
+    loop {
+        let lines: Vec<&[u8]> = buf.split(|&b| b == b'\n').collect();
+        if lines.len() > 2 {
+            let (auth, ping) = (lines[0].trim_ascii_end(), lines[1].trim_ascii_end());
+            return match (auth, ping) {
+                (b"+OK", b"+PONG") => Ok(()),
+                (a, p) if a.starts_with(b"-LOADING") || p.starts_with(b"-LOADING") => {
+                    Err(ProbeError::Loading)
+                }
+                (a, p) => Err(ProbeError::Unexpected(format!(
+                    "{} / {}",
+                    String::from_utf8_lossy(a),
+                    String::from_utf8_lossy(p)
+                ))),
+            };
+        }
+        let mut chunk = [0u8; 256];
+        let n = stream.read(&mut chunk).await.map_err(ProbeError::Connect)?;
+        if n == 0 {
+            return Err(ProbeError::Unexpected("connection closed".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > 4096 {
+            return Err(ProbeError::Unexpected("oversized reply".into()));
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Redis
+    }
+
+    fn start_timeout(&self) -> Duration {
+        // Loading a large append-only file is the slow part of a start.
+        Duration::from_secs(60)
+    }
+
+    fn stop_timeout(&self) -> Duration {
+        // Redis acts on SIGTERM at its next cron tick (100 ms) and then rewrites nothing
+        // with AOF-only persistence; a long wait means it is stuck.
+        Duration::from_secs(10)
+    }
+
+    async fn provision(&self, _spec: &InstanceSpec, dir: &Path) -> Result<(), EngineError> {
+        let data = dir.join(DATA_DIR);
+        tokio::fs::create_dir_all(&data)
+            .await
+            .map_err(EngineError::io(format!("creating {}", data.display())))
+    }
+
+    async fn launch(&self, instance: &Instance) -> Result<Launch, EngineError> {
+        let path = instance.dir.join(CONFIG_FILE);
+        write_private(&path, render_config(instance).as_bytes())
+            .await
+            .map_err(EngineError::io(format!("writing {}", path.display())))?;
+        Ok(Launch { program: self.server.clone(), args: vec![path.into_os_string()] })
+    }
+
+    async fn probe(&self, instance: &Instance) -> Result<(), ProbeError> {
+        let attempt = async {
+            let mut stream = TcpStream::connect(("127.0.0.1", instance.port))
+                .await
+                .map_err(ProbeError::Connect)?;
+            stream
+                .write_all(&probe_request(instance.spec.password.expose()))
+                .await
+                .map_err(ProbeError::Connect)?;
+            read_probe_replies(&mut stream).await
+        };
+        tokio::time::timeout(Duration::from_secs(1), attempt)
+            .await
+            .unwrap_or(Err(ProbeError::Timeout))
+    }
+}
+
+/// Writes a file readable by its owner only.
+pub(crate) async fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = path.to_owned();
+    let contents = contents.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        std::io::Write::write_all(&mut file, &contents)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{InstanceId, Limits, Secret};
+
+    fn instance() -> Instance {
+        Instance {
+            spec: InstanceSpec {
+                id: InstanceId::new("i-test").expect("valid id"),
+                engine: EngineKind::Redis,
+                limits: Limits { memory_mb: 64, max_connections: 50 },
+                password: Secret::new("hunter2"),
+                port: 0,
+            },
+            dir: PathBuf::from("/tmp/inst"),
+            port: 7001,
+        }
+    }
+
+    #[test]
+    fn config_hides_the_password_and_locks_down_access() {
+        let conf = render_config(&instance());
+        assert!(!conf.contains("hunter2"));
+        assert!(conf.contains(&format!("#{}", hex_sha256("hunter2"))));
+        assert!(conf.contains("user default off\n"));
+        assert!(conf.contains("-@admin"));
+        assert!(conf.contains("port 7001\n"));
+        assert!(conf.contains("bind 127.0.0.1\n"));
+        assert!(conf.contains("maxmemory 64mb\n"));
+        assert!(conf.contains("maxmemory-policy noeviction\n"));
+        assert!(conf.contains("appendonly yes\n"));
+    }
+
+    #[test]
+    fn probe_is_two_resp_commands() {
+        assert_eq!(
+            probe_request("pw"),
+            b"*3\r\n$4\r\nAUTH\r\n$8\r\ndormouse\r\n$2\r\npw\r\n*1\r\n$4\r\nPING\r\n"
+        );
+    }
+}

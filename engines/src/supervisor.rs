@@ -1,0 +1,263 @@
+//! One task per instance: launch the server, poll its readiness against a deadline, watch for
+//! an unexpected exit and restart with capped exponential backoff, stop it on request.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, EngineError, Instance};
+use crate::ports;
+use crate::process::{ManagedProcess, log_tail};
+use crate::spec::InstanceSpec;
+
+/// File in the instance directory that receives the server's stdout and stderr.
+pub const PROCESS_LOG: &str = "server.log";
+
+/// Observed state of one instance's server process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceState {
+    /// Launched, not ready yet.
+    Starting,
+    /// Ready for clients.
+    Running { port: u16, pid: u32 },
+    /// Exited unexpectedly or failed to start; another start is scheduled.
+    Restarting { attempt: u32, reason: String },
+    /// Stopped on request (or never started).
+    Stopped,
+    /// Could not be started before it was ever ready; the supervisor gave up.
+    Failed { reason: String },
+}
+
+/// How hard the supervisor tries.
+#[derive(Debug, Clone)]
+pub struct RestartPolicy {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// A server that ran this long resets the backoff.
+    pub stable_after: Duration,
+    /// Give up after this many failed starts in a row when the server was never ready.
+    pub max_start_failures: u32,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            stable_after: Duration::from_secs(30),
+            max_start_failures: 3,
+        }
+    }
+}
+
+impl RestartPolicy {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// Handle to an instance's supervising task.
+#[derive(Debug)]
+pub struct Supervisor {
+    state: watch::Receiver<InstanceState>,
+    stop: CancellationToken,
+}
+
+impl Supervisor {
+    /// Starts supervising `spec` in `dir` (which must already be provisioned).
+    pub fn spawn(
+        engine: Arc<dyn Engine>,
+        spec: InstanceSpec,
+        dir: PathBuf,
+        policy: RestartPolicy,
+    ) -> Self {
+        let (tx, rx) = watch::channel(InstanceState::Starting);
+        let stop = CancellationToken::new();
+        tokio::spawn(supervise(engine, spec, dir, policy, tx, stop.clone()));
+        Self { state: rx, stop }
+    }
+
+    pub fn state(&self) -> InstanceState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until the server is ready and returns its port, or why it will not be.
+    pub async fn ready(&self) -> Result<u16, EngineError> {
+        let mut rx = self.state.clone();
+        let state = rx
+            .wait_for(|s| {
+                matches!(
+                    s,
+                    InstanceState::Running { .. } | InstanceState::Failed { .. } | InstanceState::Stopped
+                )
+            })
+            .await
+            .map_err(|_| EngineError::Failed("supervisor ended".into()))?
+            .clone();
+        match state {
+            InstanceState::Running { port, .. } => Ok(port),
+            InstanceState::Failed { reason } => Err(EngineError::Failed(reason)),
+            _ => Err(EngineError::Failed("stopped while starting".into())),
+        }
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after the engine's grace period) and waits.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        let mut rx = self.state.clone();
+        // An error means the task is gone, and with it the process (`kill_on_drop`).
+        let _ = rx
+            .wait_for(|s| matches!(s, InstanceState::Stopped | InstanceState::Failed { .. }))
+            .await;
+    }
+}
+
+impl Drop for Supervisor {
+    /// A forgotten supervisor still stops its server.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+enum StartError {
+    Stopped,
+    Failed(String),
+}
+
+async fn supervise(
+    engine: Arc<dyn Engine>,
+    spec: InstanceSpec,
+    dir: PathBuf,
+    policy: RestartPolicy,
+    state: watch::Sender<InstanceState>,
+    stop: CancellationToken,
+) {
+    let id = spec.id.clone();
+    let log = dir.join(PROCESS_LOG);
+    let mut port = spec.port;
+    let mut attempt = 0u32;
+    let mut failed_starts = 0u32;
+    let mut ever_ready = false;
+    loop {
+        port = match ports::pick(port) {
+            Ok(p) => p,
+            Err(e) => {
+                state.send_replace(InstanceState::Failed { reason: format!("no free port: {e}") });
+                return;
+            }
+        };
+        let instance = Instance { spec: spec.clone(), dir: dir.clone(), port };
+        let reason = match start_once(engine.as_ref(), &instance, &log, &stop).await {
+            Ok(mut process) => {
+                let pid = process.pid().unwrap_or_default();
+                tracing::info!(instance = %id, port, pid, "server ready");
+                state.send_replace(InstanceState::Running { port, pid });
+                ever_ready = true;
+                failed_starts = 0;
+                let started = Instant::now();
+                tokio::select! {
+                    status = process.wait() => {
+                        if started.elapsed() >= policy.stable_after {
+                            attempt = 0;
+                        }
+                        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                        format!("server exited unexpectedly ({status}): {}", log_tail(&log, 300))
+                    }
+                    () = stop.cancelled() => {
+                        if let Err(e) = process.stop(engine.stop_timeout()).await {
+                            tracing::warn!(instance = %id, error = %e, "stopping server");
+                        }
+                        tracing::info!(instance = %id, "server stopped");
+                        state.send_replace(InstanceState::Stopped);
+                        return;
+                    }
+                }
+            }
+            Err(StartError::Stopped) => {
+                state.send_replace(InstanceState::Stopped);
+                return;
+            }
+            Err(StartError::Failed(reason)) => {
+                failed_starts += 1;
+                if !ever_ready && failed_starts >= policy.max_start_failures {
+                    tracing::error!(instance = %id, %reason, "server failed to start; giving up");
+                    state.send_replace(InstanceState::Failed { reason });
+                    return;
+                }
+                reason
+            }
+        };
+        attempt += 1;
+        let backoff = policy.backoff(attempt);
+        tracing::warn!(instance = %id, attempt, ?backoff, %reason, "restarting server");
+        state.send_replace(InstanceState::Restarting { attempt, reason });
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stop.cancelled() => {
+                state.send_replace(InstanceState::Stopped);
+                return;
+            }
+        }
+    }
+}
+
+/// Launches the server and polls its readiness until the engine's start deadline.
+async fn start_once(
+    engine: &dyn Engine,
+    instance: &Instance,
+    log: &std::path::Path,
+    stop: &CancellationToken,
+) -> Result<ManagedProcess, StartError> {
+    let launch = engine.launch(instance).await.map_err(|e| StartError::Failed(e.to_string()))?;
+    let mut process = ManagedProcess::spawn(&launch, log)
+        .map_err(|e| StartError::Failed(format!("spawning {}: {e}", launch.program.display())))?;
+    let deadline = Instant::now() + engine.start_timeout();
+    let mut interval = Duration::from_millis(1);
+    loop {
+        let last = match engine.probe(instance).await {
+            Ok(()) => return Ok(process),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            let _ = process.stop(engine.stop_timeout()).await;
+            return Err(StartError::Failed(format!(
+                "not ready after {:?} (last probe: {last}): {}",
+                engine.start_timeout(),
+                log_tail(log, 300)
+            )));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            status = process.wait() => {
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                return Err(StartError::Failed(format!(
+                    "server exited during start ({status}): {}",
+                    log_tail(log, 300)
+                )));
+            }
+            () = stop.cancelled() => {
+                let _ = process.stop(engine.stop_timeout()).await;
+                return Err(StartError::Stopped);
+            }
+        }
+        interval = (interval * 2).min(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = RestartPolicy::default();
+        assert_eq!(p.backoff(1), Duration::from_millis(100));
+        assert_eq!(p.backoff(2), Duration::from_millis(200));
+        assert_eq!(p.backoff(5), Duration::from_millis(1600));
+        assert_eq!(p.backoff(40), Duration::from_secs(10));
+    }
+}
