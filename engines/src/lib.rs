@@ -20,5 +20,5 @@ pub mod supervisor;
 
 pub use agent::{AgentError, HostAgent, LocalAgent};
 pub use engine::{Engine, EngineError};
-pub use spec::{EngineKind, Endpoint, InstanceId, InstanceSpec, Limits, Secret};
+pub use spec::{Endpoint, EngineKind, InstanceId, InstanceSpec, Limits, Secret};
 pub use supervisor::InstanceState;

@@ -37,7 +37,9 @@ impl ManagedProcess {
             .process_group(0)
             .kill_on_drop(true);
         set_parent_death_signal(&mut cmd);
-        Ok(Self { child: cmd.spawn()? })
+        Ok(Self {
+            child: cmd.spawn()?,
+        })
     }
 
     /// The pid while the process has not been reaped.
@@ -73,10 +75,10 @@ impl ManagedProcess {
 
     fn signal(&self, signal: Signal) {
         // `id()` is None once the child was reaped, so the pid cannot have been recycled.
-        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
-            if let Err(e) = kill(Pid::from_raw(pid), signal) {
-                tracing::debug!(pid, %signal, error = %e, "signal not delivered");
-            }
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok())
+            && let Err(e) = kill(Pid::from_raw(pid), signal)
+        {
+            tracing::debug!(pid, %signal, error = %e, "signal not delivered");
         }
     }
 }
@@ -110,7 +112,10 @@ mod tests {
     #[tokio::test]
     async fn stop_terminates_and_reaps() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let launch = Launch { program: "sleep".into(), args: vec!["30".into()] };
+        let launch = Launch {
+            program: "sleep".into(),
+            args: vec!["30".into()],
+        };
         let proc = ManagedProcess::spawn(&launch, &dir.path().join("log"))?;
         assert!(proc.pid().is_some());
         let status = proc.stop(Duration::from_secs(5)).await?;
@@ -124,7 +129,10 @@ mod tests {
         let launch = Launch {
             program: "sh".into(),
             // An ignored signal stays ignored across exec, so `sleep` ignores SIGTERM too.
-            args: vec!["-c".into(), "trap '' TERM; echo ready; exec sleep 30".into()],
+            args: vec![
+                "-c".into(),
+                "trap '' TERM; echo ready; exec sleep 30".into(),
+            ],
         };
         let log = dir.path().join("log");
         let proc = ManagedProcess::spawn(&launch, &log)?;

@@ -58,7 +58,11 @@ impl InstanceId {
             && id
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if ok { Ok(Self(id)) } else { Err(InvalidInstanceId(id)) }
+        if ok {
+            Ok(Self(id))
+        } else {
+            Err(InvalidInstanceId(id))
+        }
     }
 
     /// A fresh random id, `i-` followed by 16 hex digits.

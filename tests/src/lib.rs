@@ -1,1 +1,208 @@
-//! placeholder
+//! Test support for end-to-end tests: a whole Dormouse (control, local agent, proxy) started
+//! in-process on loopback ports chosen by the kernel, in its own temporary data directory,
+//! driven through its REST API and real clients.
+
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use dormouse_control::up::{self, Running, UpConfig};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// A running Dormouse in a temporary directory; everything stops when it is dropped.
+pub struct Cluster {
+    running: Option<Running>,
+    dir: TempDir,
+    http: reqwest::Client,
+}
+
+/// A response from the API: status and JSON body (`Null` when empty).
+#[derive(Debug)]
+pub struct ApiResponse {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl ApiResponse {
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl Cluster {
+    pub async fn start() -> anyhow::Result<Self> {
+        init_tracing();
+        let dir = tempfile::tempdir()?;
+        let running = up::start(UpConfig::ephemeral(dir.path())).await?;
+        Ok(Self {
+            running: Some(running),
+            dir,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("cluster is running")
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.running().admin_token.clone()
+    }
+
+    pub fn redis_port(&self) -> u16 {
+        self.running()
+            .redis_addr
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Stops everything cleanly and starts again on the same data directory (new ports).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+        self.running = Some(up::start(UpConfig::ephemeral(self.dir.path())).await?);
+        Ok(())
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+
+    pub async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> anyhow::Result<ApiResponse> {
+        let url = format!("{}{path}", self.running().api_url());
+        let mut req = self.http.request(method, url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        };
+        Ok(ApiResponse { status, body })
+    }
+
+    /// Creates a tenant; returns its admin token.
+    pub async fn tenant(&self, name: &str) -> anyhow::Result<String> {
+        let admin = self.admin_token();
+        let r = self
+            .api(
+                Method::POST,
+                "/v1/tenants",
+                Some(&admin),
+                Some(json!({ "name": name })),
+            )
+            .await?;
+        if r.status != StatusCode::CREATED {
+            bail!("creating tenant {name}: {r:?}");
+        }
+        Ok(r.body["token"].as_str().context("token")?.to_owned())
+    }
+
+    /// Creates a database; returns the API's answer (with a database-scoped token).
+    pub async fn database(&self, token: &str, name: &str, engine: &str) -> anyhow::Result<Value> {
+        let body = json!({ "name": name, "engine": engine });
+        let r = self
+            .api(Method::POST, "/v1/databases", Some(token), Some(body))
+            .await?;
+        if r.status != StatusCode::CREATED {
+            bail!("creating database {name}: {r:?}");
+        }
+        Ok(r.body)
+    }
+
+    /// Mints a token through the API.
+    pub async fn token(&self, admin: &str, body: Value) -> anyhow::Result<(String, String)> {
+        let r = self
+            .api(Method::POST, "/v1/tokens", Some(admin), Some(body))
+            .await?;
+        if r.status != StatusCode::CREATED {
+            bail!("creating token: {r:?}");
+        }
+        Ok((
+            r.body["id"].as_str().unwrap_or_default().into(),
+            r.body["token"].as_str().unwrap_or_default().into(),
+        ))
+    }
+
+    /// A `redis://` URL for the `redis` crate.
+    pub fn redis_url(&self, user: &str, token: &str) -> String {
+        format!("redis://{user}:{token}@127.0.0.1:{}/", self.redis_port())
+    }
+
+    /// Runs the real `redis-cli` against the proxy with `args` after the connection options.
+    pub async fn redis_cli(
+        &self,
+        user: Option<&str>,
+        token: Option<&str>,
+        args: &[&str],
+    ) -> anyhow::Result<Output> {
+        let port = self.redis_port().to_string();
+        let mut cmd = tokio::process::Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &port, "--no-auth-warning"]);
+        if let Some(u) = user {
+            cmd.args(["--user", u]);
+        }
+        if let Some(t) = token {
+            cmd.args(["--pass", t]);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), cmd.args(args).output())
+            .await
+            .context("redis-cli timed out")??;
+        Ok(out)
+    }
+}
+
+/// Trimmed stdout of a finished command.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

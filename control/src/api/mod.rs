@@ -1,0 +1,70 @@
+//! The REST API (axum): `fn router(state)` apart from serving; handlers per resource in
+//! `routes/`; one error type; extractors that keep bad input in our error format.
+
+pub mod error;
+pub mod extract;
+pub mod routes;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::routing::{delete, get, post};
+use dormouse_proxy::control::paths;
+
+use crate::service::ControlService;
+use error::ApiError;
+
+/// Readiness of the parts `/healthz` reports on, beyond the store.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// False when this process runs control without the proxy (`dormouse control`).
+    pub proxy_expected: bool,
+    pub proxy_ready: AtomicBool,
+}
+
+impl Health {
+    pub fn set_proxy_ready(&self, ready: bool) {
+        self.proxy_ready.store(ready, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<ControlService>,
+    pub health: Arc<Health>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/tenants",
+            post(routes::tenants::create).get(routes::tenants::list),
+        )
+        .route(
+            "/v1/databases",
+            post(routes::databases::create).get(routes::databases::list),
+        )
+        .route(
+            "/v1/databases/{name}",
+            get(routes::databases::show).delete(routes::databases::remove),
+        )
+        .route("/v1/tokens", post(routes::tokens::create))
+        .route("/v1/tokens/{id}", delete(routes::tokens::revoke))
+        .route("/healthz", get(routes::health::healthz))
+        .route(paths::JWKS, get(routes::internal::jwks))
+        .route(paths::REVOCATIONS, get(routes::internal::revocations))
+        .route(
+            &format!("{}/{{tenant}}/{{database}}", paths::ROUTES),
+            get(routes::internal::route),
+        )
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not support that method",
+            )
+        })
+        .with_state(state)
+}

@@ -1,0 +1,143 @@
+//! `/v1/databases`: create (with a ready-to-paste connection), list, show, delete.
+
+use axum::Json as JsonResponse;
+use axum::extract::State;
+use axum::http::StatusCode;
+use dormouse_engines::{EngineKind, InstanceState};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::AppState;
+use crate::api::error::ApiError;
+use crate::api::extract::{Json, Path, tenant_of};
+use crate::api::routes::timestamp;
+use crate::service::{Caller, ControlService, PublicEndpoints};
+use crate::store::{Database, DatabaseStatus};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDatabase {
+    name: String,
+    engine: String,
+    plan: Option<String>,
+}
+
+/// How a client connects: host, port, user, and a command line and URI to paste. `token` fills
+/// the password; without one, a `<token>` placeholder shows where it goes.
+pub fn connection(endpoints: &PublicEndpoints, db: &Database, token: Option<&str>) -> Value {
+    let host = &endpoints.host;
+    let name = &db.name;
+    let secret = token.unwrap_or("<token>");
+    match db.engine {
+        EngineKind::Redis => {
+            let port = endpoints.redis_port.unwrap_or_default();
+            json!({
+                "host": host, "port": port, "user": name,
+                "command": format!("redis-cli -h {host} -p {port} --user {name} --pass {secret} --no-auth-warning"),
+                "uri": format!("redis://{name}:{secret}@{host}:{port}"),
+            })
+        }
+        EngineKind::Mysql => {
+            let port = endpoints.mysql_port.unwrap_or_default();
+            json!({
+                "host": host, "port": port, "user": name,
+                "command": format!("mariadb -h {host} -P {port} -u {name} -p{secret}"),
+                "uri": format!("mysql://{name}:{secret}@{host}:{port}/{name}"),
+            })
+        }
+    }
+}
+
+/// The status a user sees: the stored lifecycle status, refined by what the host observes.
+fn observed_status(service: &ControlService, db: &Database) -> &'static str {
+    if db.status != DatabaseStatus::Running {
+        return db.status.as_str();
+    }
+    match service.lifecycle().agent().state(&db.id) {
+        InstanceState::Running { .. } => "running",
+        InstanceState::Starting => "starting",
+        InstanceState::Restarting { .. } => "restarting",
+        InstanceState::Stopped => "stopped",
+        InstanceState::Failed { .. } => "failed",
+    }
+}
+
+fn view(service: &ControlService, db: &Database, token: Option<&str>) -> Value {
+    json!({
+        "name": db.name,
+        "engine": db.engine,
+        "plan": db.plan,
+        "status": observed_status(service, db),
+        "created_at": timestamp(db.created_at),
+        "connection": connection(&service.endpoints(), db, token),
+    })
+}
+
+/// A database-scoped token may only see its own database.
+fn visible(caller: &Caller, name: &str) -> bool {
+    match caller {
+        Caller::Tenant {
+            database: Some(scope),
+            ..
+        } => scope == name,
+        _ => true,
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(req): Json<CreateDatabase>,
+) -> Result<(StatusCode, JsonResponse<Value>), ApiError> {
+    let tenant = tenant_of(&caller, true)?;
+    let (db, token) = state
+        .service
+        .create_database(tenant, &req.name, &req.engine, req.plan.as_deref())
+        .await?;
+    let mut body = view(&state.service, &db, Some(&token.token));
+    body["token"] =
+        json!({ "id": token.id, "token": token.token, "expires_at": timestamp(token.expires_at) });
+    Ok((StatusCode::CREATED, JsonResponse(body)))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let tenant = tenant_of(&caller, false)?;
+    let dbs = state
+        .service
+        .store()
+        .list_databases(&tenant.id)
+        .await
+        .map_err(crate::service::ServiceError::from)?;
+    let dbs: Vec<Value> = dbs
+        .iter()
+        .filter(|db| visible(&caller, &db.name))
+        .map(|db| view(&state.service, db, None))
+        .collect();
+    Ok(JsonResponse(json!({ "databases": dbs })))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let tenant = tenant_of(&caller, false)?;
+    if !visible(&caller, &name) {
+        return Err(ApiError::not_found(format!("no database named {name:?}")));
+    }
+    let db = state.service.database(tenant, &name).await?;
+    Ok(JsonResponse(view(&state.service, &db, None)))
+}
+
+pub async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = tenant_of(&caller, true)?;
+    state.service.delete_database(tenant, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

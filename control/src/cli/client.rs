@@ -1,0 +1,232 @@
+//! Client commands: thin calls to the REST API with human-readable output (or `--json`).
+
+use anyhow::{Context, bail};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::{Cli, DbCommand, TenantCommand, TokenCommand};
+use crate::up::ADMIN_TOKEN_FILE;
+
+/// `--token`, else the admin token a local `dormouse up` wrote into the data directory.
+pub fn token_or_admin(cli: &Cli) -> anyhow::Result<String> {
+    if let Some(t) = &cli.token {
+        return Ok(t.trim().to_owned());
+    }
+    let path = cli.data_dir.join(ADMIN_TOKEN_FILE);
+    std::fs::read_to_string(&path)
+        .map(|t| t.trim().to_owned())
+        .with_context(|| {
+            format!(
+                "no token: pass --token or set DORMOUSE_TOKEN (could not read {})",
+                path.display()
+            )
+        })
+}
+
+async fn call(
+    cli: &Cli,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Option<Value>> {
+    let token = token_or_admin(cli)?;
+    let url = format!("{}{path}", cli.api.trim_end_matches('/'));
+    let mut request = reqwest::Client::new()
+        .request(method, &url)
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("calling {url}"))?;
+    let status = response.status();
+    if status == StatusCode::NO_CONTENT {
+        return Ok(None);
+    }
+    let body: Value = response
+        .json()
+        .await
+        .with_context(|| format!("reading the answer from {url}"))?;
+    if !status.is_success() {
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or("request failed");
+        let code = body["error"]["code"].as_str().unwrap_or("");
+        bail!("{message} ({code}, HTTP {})", status.as_u16());
+    }
+    Ok(Some(body))
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or("")
+}
+
+pub async fn tenant(cli: &Cli, cmd: &TenantCommand) -> anyhow::Result<()> {
+    match cmd {
+        TenantCommand::Create { name } => {
+            let body = call(
+                cli,
+                Method::POST,
+                "/v1/tenants",
+                Some(json!({ "name": name })),
+            )
+            .await?;
+            let body = body.unwrap_or_default();
+            if cli.json {
+                print_json(&body);
+            } else {
+                println!(
+                    "tenant {} created (id {})",
+                    text(&body, "name"),
+                    text(&body, "id")
+                );
+                println!("admin token (expires {}):", text(&body, "token_expires_at"));
+                println!("{}", text(&body, "token"));
+                println!("\nuse it:  export DORMOUSE_TOKEN={}", text(&body, "token"));
+            }
+        }
+        TenantCommand::List => {
+            let body = call(cli, Method::GET, "/v1/tenants", None)
+                .await?
+                .unwrap_or_default();
+            if cli.json {
+                print_json(&body);
+            } else {
+                println!("{:<24} {:<16} CREATED", "NAME", "ID");
+                for t in body["tenants"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24} {:<16} {}",
+                        text(t, "name"),
+                        text(t, "id"),
+                        text(t, "created_at")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
+    match cmd {
+        DbCommand::Create { name, engine, plan } => {
+            let req = json!({ "name": name, "engine": engine, "plan": plan });
+            let body = call(cli, Method::POST, "/v1/databases", Some(req))
+                .await?
+                .unwrap_or_default();
+            if cli.json {
+                print_json(&body);
+            } else {
+                println!(
+                    "database {} ({}, plan {}) is {}",
+                    text(&body, "name"),
+                    text(&body, "engine"),
+                    text(&body, "plan"),
+                    text(&body, "status")
+                );
+                println!("connect: {}", text(&body["connection"], "command"));
+                println!("uri:     {}", text(&body["connection"], "uri"));
+                println!(
+                    "the token in these lines is limited to this database and expires {}",
+                    text(&body["token"], "expires_at")
+                );
+            }
+        }
+        DbCommand::List => {
+            let body = call(cli, Method::GET, "/v1/databases", None)
+                .await?
+                .unwrap_or_default();
+            if cli.json {
+                print_json(&body);
+            } else {
+                println!(
+                    "{:<24} {:<7} {:<7} {:<10} ENDPOINT",
+                    "NAME", "ENGINE", "PLAN", "STATUS"
+                );
+                for d in body["databases"].as_array().into_iter().flatten() {
+                    let c = &d["connection"];
+                    println!(
+                        "{:<24} {:<7} {:<7} {:<10} {}:{}",
+                        text(d, "name"),
+                        text(d, "engine"),
+                        text(d, "plan"),
+                        text(d, "status"),
+                        text(c, "host"),
+                        c["port"]
+                    );
+                }
+            }
+        }
+        DbCommand::Show { name } => {
+            let body = call(cli, Method::GET, &format!("/v1/databases/{name}"), None)
+                .await?
+                .unwrap_or_default();
+            if cli.json {
+                print_json(&body);
+            } else {
+                for key in ["name", "engine", "plan", "status", "created_at"] {
+                    println!("{key:<11} {}", text(&body, key));
+                }
+                println!("{:<11} {}", "connect", text(&body["connection"], "command"));
+                println!("{:<11} {}", "uri", text(&body["connection"], "uri"));
+            }
+        }
+        DbCommand::Delete { name } => {
+            call(cli, Method::DELETE, &format!("/v1/databases/{name}"), None).await?;
+            if cli.json {
+                print_json(&json!({ "deleted": name }));
+            } else {
+                println!("database {name} deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn token(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            database,
+            role,
+            ttl,
+        } => {
+            let req = json!({
+                "database": database,
+                "role": role,
+                "ttl_seconds": ttl.map(|d| d.as_secs().max(1)),
+            });
+            let body = call(cli, Method::POST, "/v1/tokens", Some(req))
+                .await?
+                .unwrap_or_default();
+            if cli.json {
+                print_json(&body);
+            } else {
+                println!(
+                    "token {} ({}, expires {}):",
+                    text(&body, "id"),
+                    text(&body, "role"),
+                    text(&body, "expires_at")
+                );
+                println!("{}", text(&body, "token"));
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            call(cli, Method::DELETE, &format!("/v1/tokens/{id}"), None).await?;
+            if cli.json {
+                print_json(&json!({ "revoked": id }));
+            } else {
+                println!("token {id} revoked");
+            }
+        }
+    }
+    Ok(())
+}

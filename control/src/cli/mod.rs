@@ -1,0 +1,190 @@
+//! The `dormouse` command line: server commands (`up`, `control`, `proxy`) and client commands
+//! that call the REST API (`tenant`, `db`, `token`).
+
+mod client;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dormouse",
+    version,
+    about = "Databases that sleep until you connect"
+)]
+pub struct Cli {
+    /// Control API base URL (client commands).
+    #[arg(
+        long,
+        global = true,
+        env = "DORMOUSE_API",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub api: String,
+    /// Token for client commands; defaults to the admin token in the data directory.
+    #[arg(long, global = true, env = "DORMOUSE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Data directory: store, signing key, admin token, instances.
+    #[arg(long, global = true, env = "DORMOUSE_DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run control, a local host agent and the proxy in one process.
+    Up(UpArgs),
+    /// Run control and a local host agent, without the proxy.
+    Control(ControlArgs),
+    /// Run the proxy alone against a control plane.
+    Proxy(ProxyArgs),
+    /// Manage tenants (operator).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage databases.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Manage tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Where the REST API listens.
+    #[arg(long, env = "DORMOUSE_API_LISTEN", default_value = "127.0.0.1:7070")]
+    pub api_listen: SocketAddr,
+    /// Host name clients should use in connection strings (default: the listen address).
+    #[arg(long, env = "DORMOUSE_PUBLIC_HOST")]
+    pub public_host: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyListenArgs {
+    /// Where the Redis listener listens.
+    #[arg(long, env = "DORMOUSE_REDIS_LISTEN", default_value = "127.0.0.1:6380")]
+    pub redis_listen: SocketAddr,
+    /// Largest Redis request a client may send, in bytes.
+    #[arg(long, env = "DORMOUSE_REDIS_MAX_REQUEST", default_value_t = 32 * 1024 * 1024)]
+    pub redis_max_request: usize,
+    /// Client connections per listener.
+    #[arg(
+        long,
+        env = "DORMOUSE_MAX_CLIENT_CONNECTIONS",
+        default_value_t = 10_000
+    )]
+    pub max_client_connections: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub proxy: ProxyListenArgs,
+    /// On first start, create a tenant `demo` with a Redis database `demo-redis`.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    #[command(flatten)]
+    pub proxy: ProxyListenArgs,
+    /// Control API base URL; the proxy authenticates to it with `--token` (the operator's).
+    #[arg(
+        long,
+        env = "DORMOUSE_CONTROL",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub control: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant and print its admin token.
+    Create { name: String },
+    /// List tenants.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create a database and print how to connect.
+    Create {
+        name: String,
+        /// mysql or redis.
+        #[arg(long)]
+        engine: String,
+        /// micro, small or medium.
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// List databases.
+    List,
+    /// Show one database.
+    Show { name: String },
+    /// Delete a database and all its data.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token.
+    Create {
+        /// Limit the token to one database.
+        #[arg(long)]
+        database: Option<String>,
+        /// admin, readwrite (default) or readonly.
+        #[arg(long)]
+        role: Option<String>,
+        /// Lifetime, e.g. 1h, 30d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("dormouse");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/dormouse"),
+        None => PathBuf::from(".dormouse"),
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match &cli.command {
+        Command::Up(args) => serve::up(&cli, args).await,
+        Command::Control(args) => serve::control(&cli, args).await,
+        Command::Proxy(args) => serve::proxy(&cli, args).await,
+        Command::Tenant(cmd) => client::tenant(&cli, cmd).await,
+        Command::Db(cmd) => client::db(&cli, cmd).await,
+        Command::Token(cmd) => client::token(&cli, cmd).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

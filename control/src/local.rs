@@ -1,0 +1,27 @@
+//! The proxy's view of control when both run in one process (`dormouse up`): the same
+//! questions `HttpControl` asks over HTTP, answered by direct calls.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use dormouse_proxy::control::{ControlError, ControlPlane, Route};
+use jsonwebtoken::jwk::JwkSet;
+
+use crate::service::ControlService;
+
+pub struct LocalControl(pub Arc<ControlService>);
+
+#[async_trait]
+impl ControlPlane for LocalControl {
+    async fn jwks(&self) -> Result<JwkSet, ControlError> {
+        Ok(self.0.keys().jwks().clone())
+    }
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool, ControlError> {
+        Ok(self.0.is_revoked(jti))
+    }
+
+    async fn route(&self, tenant: &str, database: &str) -> Result<Option<Route>, ControlError> {
+        self.0.route(tenant, database).await
+    }
+}

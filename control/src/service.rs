@@ -1,0 +1,402 @@
+//! Control's operations, shared by the REST API and the in-process link to the proxy: tenants,
+//! databases and their instances, tokens, routes.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dormouse_engines::{EngineKind, HostAgent, InstanceId, Secret};
+use dormouse_proxy::claims::{Claims, Role};
+use dormouse_proxy::control::{BackendSecret, ControlError, Protocol, Route};
+use rand::RngCore;
+
+use crate::keys::{KeyError, KeyRing};
+use crate::lifecycle::{Lifecycle, LifecycleError};
+use crate::names;
+use crate::store::{Database, DatabaseStatus, Store, StoreError, Tenant, TokenRecord};
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lifetime of the token a new tenant gets.
+pub const TENANT_TOKEN_TTL: i64 = 365 * 24 * 3600;
+/// Default lifetime of tokens made through `POST /v1/tokens` and of a new database's token.
+pub const DEFAULT_TOKEN_TTL: i64 = 30 * 24 * 3600;
+/// Longest lifetime a token may be given.
+pub const MAX_TOKEN_TTL: i64 = 10 * 365 * 24 * 3600;
+
+/// Errors a caller can cause, each mapped to an HTTP status by the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        ServiceError::Internal(format!("store: {e}"))
+    }
+}
+
+impl From<KeyError> for ServiceError {
+    fn from(e: KeyError) -> Self {
+        ServiceError::Internal(format!("keys: {e}"))
+    }
+}
+
+/// Who is calling, after their token was verified.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The platform operator (the admin token `dormouse up` writes).
+    Operator,
+    Tenant {
+        tenant: Tenant,
+        role: Role,
+        database: Option<String>,
+    },
+}
+
+/// A freshly signed token.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IssuedToken {
+    pub id: String,
+    pub token: String,
+    pub expires_at: i64,
+}
+
+/// Where clients reach the proxy, for connection strings.
+#[derive(Debug, Clone, Default)]
+pub struct PublicEndpoints {
+    pub host: String,
+    pub redis_port: Option<u16>,
+    pub mysql_port: Option<u16>,
+}
+
+pub struct ControlService {
+    store: Arc<dyn Store>,
+    keys: KeyRing,
+    lifecycle: Lifecycle,
+    /// Ids of revoked, unexpired tokens; the proxy asks this on every login.
+    revoked: RwLock<HashSet<String>>,
+    endpoints: RwLock<PublicEndpoints>,
+}
+
+impl ControlService {
+    pub async fn new(
+        store: Arc<dyn Store>,
+        keys: KeyRing,
+        agent: Arc<dyn HostAgent>,
+    ) -> Result<Self, ServiceError> {
+        let revoked = store.revoked_tokens(now()).await?.into_iter().collect();
+        Ok(Self {
+            lifecycle: Lifecycle::new(store.clone(), agent),
+            store,
+            keys,
+            revoked: RwLock::new(revoked),
+            endpoints: RwLock::default(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    pub fn set_endpoints(&self, endpoints: PublicEndpoints) {
+        *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = endpoints;
+    }
+
+    pub fn endpoints(&self) -> PublicEndpoints {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(jti)
+    }
+
+    pub fn revoked_ids(&self) -> Vec<String> {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Verifies a bearer token and says who it belongs to.
+    pub async fn caller(&self, token: &str) -> Result<Caller, ServiceError> {
+        let claims = self
+            .keys
+            .verify(token)
+            .map_err(|_| ServiceError::Unauthorized("invalid or expired token".into()))?;
+        if self.is_revoked(&claims.jti) {
+            return Err(ServiceError::Unauthorized("this token was revoked".into()));
+        }
+        match &claims.sub {
+            None if claims.role == Role::Admin => Ok(Caller::Operator),
+            None => Err(ServiceError::Unauthorized("invalid token".into())),
+            Some(tenant_id) => {
+                let tenant = self.store.tenant(tenant_id).await?.ok_or_else(|| {
+                    ServiceError::Unauthorized("this token's tenant no longer exists".into())
+                })?;
+                Ok(Caller::Tenant {
+                    tenant,
+                    role: claims.role,
+                    database: claims.db,
+                })
+            }
+        }
+    }
+
+    /// Signs and records a token.
+    pub async fn issue(
+        &self,
+        tenant: Option<&str>,
+        database: Option<&str>,
+        role: Role,
+        ttl_seconds: i64,
+    ) -> Result<IssuedToken, ServiceError> {
+        let created = now();
+        let record = TokenRecord {
+            id: random_hex(8),
+            tenant_id: tenant.map(Into::into),
+            database: database.map(Into::into),
+            role,
+            expires_at: created + ttl_seconds,
+            revoked_at: None,
+            created_at: created,
+        };
+        let claims = Claims {
+            sub: record.tenant_id.clone(),
+            db: record.database.clone(),
+            role,
+            exp: u64::try_from(record.expires_at).unwrap_or_default(),
+            jti: record.id.clone(),
+        };
+        let token = self.keys.sign(&claims)?;
+        self.store.insert_token(&record).await?;
+        Ok(IssuedToken {
+            id: record.id,
+            token,
+            expires_at: record.expires_at,
+        })
+    }
+
+    pub async fn create_tenant(&self, name: &str) -> Result<(Tenant, IssuedToken), ServiceError> {
+        if !names::valid_name(name) {
+            return Err(ServiceError::Invalid {
+                field: "name",
+                message: format!("invalid tenant name: {}", names::NAME_RULE),
+            });
+        }
+        let tenant = Tenant {
+            id: format!("t-{}", random_hex(6)),
+            name: name.into(),
+            created_at: now(),
+        };
+        match self.store.insert_tenant(&tenant).await {
+            Err(StoreError::Conflict) => {
+                return Err(ServiceError::Conflict(format!(
+                    "a tenant named {name:?} already exists"
+                )));
+            }
+            other => other?,
+        }
+        let token = self
+            .issue(Some(&tenant.id), None, Role::Admin, TENANT_TOKEN_TTL)
+            .await?;
+        tracing::info!(tenant = %tenant.name, id = %tenant.id, "tenant created");
+        Ok((tenant, token))
+    }
+
+    /// Creates a database and starts its instance; returns it with a token scoped to it.
+    pub async fn create_database(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        engine: &str,
+        plan: Option<&str>,
+    ) -> Result<(Database, IssuedToken), ServiceError> {
+        if !names::valid_name(name) {
+            return Err(ServiceError::Invalid {
+                field: "name",
+                message: format!("invalid database name: {}", names::NAME_RULE),
+            });
+        }
+        let engine: EngineKind = engine.parse().map_err(|_| ServiceError::Invalid {
+            field: "engine",
+            message: format!("unknown engine {engine:?}: expected \"mysql\" or \"redis\""),
+        })?;
+        let plan_name = plan.unwrap_or(names::DEFAULT_PLAN);
+        if names::plan(plan_name).is_none() {
+            return Err(ServiceError::Invalid {
+                field: "plan",
+                message: format!(
+                    "unknown plan {plan_name:?}: expected one of {}",
+                    names::plan_names()
+                ),
+            });
+        }
+        if !self.lifecycle.agent().engines().contains(&engine) {
+            return Err(ServiceError::Unavailable(format!(
+                "{engine} databases are not available on this installation (is the {} package installed?)",
+                match engine {
+                    EngineKind::Redis => "redis-server",
+                    EngineKind::Mysql => "mariadb-server",
+                }
+            )));
+        }
+        let db = Database {
+            id: InstanceId::generate(),
+            tenant_id: tenant.id.clone(),
+            name: name.into(),
+            engine,
+            plan: plan_name.into(),
+            status: DatabaseStatus::Creating,
+            port: 0,
+            password: Secret::generate(),
+            created_at: now(),
+        };
+        match self.store.insert_database(&db).await {
+            Err(StoreError::Conflict) => {
+                return Err(ServiceError::Conflict(format!(
+                    "a database named {name:?} already exists"
+                )));
+            }
+            other => other?,
+        }
+        if let Err(e) = self.lifecycle.start(&db).await {
+            // A database that never ran holds no data: remove it rather than leave a corpse.
+            if let Err(cleanup) = self.lifecycle.destroy(&db).await {
+                tracing::error!(db = %db.name, error = %cleanup, "cleaning up a failed create");
+            }
+            return Err(match e {
+                LifecycleError::Agent(agent) => {
+                    tracing::error!(db = %db.name, error = %agent, "database failed to start");
+                    ServiceError::Unavailable(
+                        "the database server failed to start; try again".into(),
+                    )
+                }
+                other => ServiceError::Internal(other.to_string()),
+            });
+        }
+        let db = self.store.database(&tenant.id, name).await?.unwrap_or(db);
+        let token = self
+            .issue(
+                Some(&tenant.id),
+                Some(name),
+                Role::Readwrite,
+                DEFAULT_TOKEN_TTL,
+            )
+            .await?;
+        tracing::info!(tenant = %tenant.name, db = %db.name, engine = %engine, "database created");
+        Ok((db, token))
+    }
+
+    pub async fn database(&self, tenant: &Tenant, name: &str) -> Result<Database, ServiceError> {
+        self.store
+            .database(&tenant.id, name)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no database named {name:?}")))
+    }
+
+    pub async fn delete_database(&self, tenant: &Tenant, name: &str) -> Result<(), ServiceError> {
+        let db = self.database(tenant, name).await?;
+        self.lifecycle
+            .destroy(&db)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        // Tokens scoped to it were revoked in the store; mirror that for the proxy.
+        let revoked = self.store.revoked_tokens(now()).await?;
+        *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked.into_iter().collect();
+        Ok(())
+    }
+
+    /// Revokes a token. Tenants may revoke their own tenant's tokens; the operator any.
+    pub async fn revoke(&self, caller: &Caller, id: &str) -> Result<(), ServiceError> {
+        let record = self.store.token(id).await?;
+        let visible = match (caller, &record) {
+            (_, None) => false,
+            (Caller::Operator, Some(_)) => true,
+            (Caller::Tenant { tenant, .. }, Some(r)) => {
+                r.tenant_id.as_deref() == Some(tenant.id.as_str())
+            }
+        };
+        if !visible {
+            return Err(ServiceError::NotFound(format!("no token with id {id:?}")));
+        }
+        self.store.revoke_token(id, now()).await?;
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned());
+        tracing::info!(token = id, "token revoked");
+        Ok(())
+    }
+
+    /// Where the proxy finds `tenant`'s database `name`.
+    pub async fn route(&self, tenant: &str, name: &str) -> Result<Option<Route>, ControlError> {
+        let db = self
+            .store
+            .database(tenant, name)
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        let Some(db) = db else { return Ok(None) };
+        if db.status == DatabaseStatus::Deleting {
+            return Ok(None);
+        }
+        let endpoint =
+            self.lifecycle.agent().endpoint(&db.id).ok_or_else(|| {
+                ControlError::NotRunning(format!("database {name:?} is not running"))
+            })?;
+        let (protocol, user) = match db.engine {
+            EngineKind::Redis => (Protocol::Redis, dormouse_engines::redis::INTERNAL_USER),
+            EngineKind::Mysql => (Protocol::Mysql, "dormouse"),
+        };
+        Ok(Some(Route {
+            protocol,
+            host: endpoint.host,
+            port: endpoint.port,
+            user: user.into(),
+            password: BackendSecret(db.password.expose().to_owned()),
+        }))
+    }
+}

@@ -1,0 +1,137 @@
+//! Control's state: tenants, databases (intent plus last observed status) and tokens. Every
+//! read and write goes through the `Store` trait, so a PostgreSQL store can sit beside SQLite
+//! without touching handlers.
+
+mod sqlite;
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use dormouse_engines::{EngineKind, InstanceId, Secret};
+use dormouse_proxy::claims::Role;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("already exists")]
+    Conflict,
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// Lifecycle of a database. Every change goes through `lifecycle::transition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseStatus {
+    /// Row written, instance being provisioned and started.
+    Creating,
+    /// Should be running; the agent's observed state says whether it is.
+    Running,
+    /// Its server could not be started; the reconciler keeps trying.
+    Failed,
+    /// Being destroyed; the reconciler finishes the job after a crash.
+    Deleting,
+}
+
+impl DatabaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseStatus::Creating => "creating",
+            DatabaseStatus::Running => "running",
+            DatabaseStatus::Failed => "failed",
+            DatabaseStatus::Deleting => "deleting",
+        }
+    }
+}
+
+impl fmt::Display for DatabaseStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DatabaseStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "creating" => DatabaseStatus::Creating,
+            "running" => DatabaseStatus::Running,
+            "failed" => DatabaseStatus::Failed,
+            "deleting" => DatabaseStatus::Deleting,
+            other => return Err(format!("unknown database status {other:?}")),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Database {
+    pub id: InstanceId,
+    pub tenant_id: String,
+    pub name: String,
+    pub engine: EngineKind,
+    pub plan: String,
+    pub status: DatabaseStatus,
+    pub port: u16,
+    pub password: Secret,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub tenant_id: Option<String>,
+    pub database: Option<String>,
+    pub role: Role,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub created_at: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Cheap liveness check for `/healthz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn insert_tenant(&self, tenant: &Tenant) -> Result<(), StoreError>;
+    async fn tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError>;
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+
+    async fn insert_database(&self, db: &Database) -> Result<(), StoreError>;
+    async fn database(&self, tenant_id: &str, name: &str) -> Result<Option<Database>, StoreError>;
+    async fn list_databases(&self, tenant_id: &str) -> Result<Vec<Database>, StoreError>;
+    async fn all_databases(&self) -> Result<Vec<Database>, StoreError>;
+    async fn update_database_status(
+        &self,
+        id: &InstanceId,
+        status: DatabaseStatus,
+        port: Option<u16>,
+    ) -> Result<(), StoreError>;
+    async fn delete_database(&self, id: &InstanceId) -> Result<(), StoreError>;
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Marks a token revoked; false if it does not exist.
+    async fn revoke_token(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    /// Revokes every token scoped to a database (when it is deleted, so a later database of the
+    /// same name is not reachable with them).
+    async fn revoke_database_tokens(
+        &self,
+        tenant_id: &str,
+        database: &str,
+        at: i64,
+    ) -> Result<(), StoreError>;
+    /// Ids of revoked tokens that have not expired by `now`.
+    async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StoreError>;
+}

@@ -1,0 +1,378 @@
+//! The SQLite store: one file in the data directory, WAL mode, migrations embedded in the binary.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dormouse_engines::{EngineKind, InstanceId, Secret};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{Database, DatabaseStatus, Store, StoreError, Tenant, TokenRecord};
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn conflict_or(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        _ => StoreError::Db(e),
+    }
+}
+
+fn parse<T: FromStr>(value: String, what: &str) -> Result<T, StoreError> {
+    value
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("{what} {value:?}")))
+}
+
+fn tenant_row(row: sqlx::sqlite::SqliteRow) -> Result<Tenant, StoreError> {
+    Ok(Tenant {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn database_row(row: sqlx::sqlite::SqliteRow) -> Result<Database, StoreError> {
+    let id: String = row.try_get("id")?;
+    let port: i64 = row.try_get("port")?;
+    Ok(Database {
+        id: InstanceId::new(id.clone())
+            .map_err(|_| StoreError::Corrupt(format!("instance id {id:?}")))?,
+        tenant_id: row.try_get("tenant_id")?,
+        name: row.try_get("name")?,
+        engine: parse::<EngineKind>(row.try_get("engine")?, "engine")?,
+        plan: row.try_get("plan")?,
+        status: parse::<DatabaseStatus>(row.try_get("status")?, "status")?,
+        port: u16::try_from(port).map_err(|_| StoreError::Corrupt(format!("port {port}")))?,
+        password: Secret::new(row.try_get::<String, _>("password")?),
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn token_row(row: sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        database: row.try_get("database")?,
+        role: parse(row.try_get("role")?, "role")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// The `databases` columns, as a literal so queries stay static strings.
+macro_rules! database_columns {
+    () => {
+        "id, tenant_id, name, engine, plan, status, port, password, created_at"
+    };
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_tenant(&self, t: &Tenant) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)")
+            .bind(&t.id)
+            .bind(&t.name)
+            .bind(t.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(conflict_or)?;
+        Ok(())
+    }
+
+    async fn tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        sqlx::query("SELECT id, name, created_at FROM tenants WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(tenant_row)
+            .transpose()
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(tenant_row)
+            .collect()
+    }
+
+    async fn insert_database(&self, d: &Database) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO databases (id, tenant_id, name, engine, plan, status, port, password, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(d.id.as_str())
+        .bind(&d.tenant_id)
+        .bind(&d.name)
+        .bind(d.engine.as_str())
+        .bind(&d.plan)
+        .bind(d.status.as_str())
+        .bind(i64::from(d.port))
+        .bind(d.password.expose())
+        .bind(d.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(conflict_or)?;
+        Ok(())
+    }
+
+    async fn database(&self, tenant_id: &str, name: &str) -> Result<Option<Database>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            database_columns!(),
+            " FROM databases WHERE tenant_id = ? AND name = ?"
+        ))
+        .bind(tenant_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(database_row)
+        .transpose()
+    }
+
+    async fn list_databases(&self, tenant_id: &str) -> Result<Vec<Database>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            database_columns!(),
+            " FROM databases WHERE tenant_id = ? ORDER BY name"
+        ))
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(database_row)
+        .collect()
+    }
+
+    async fn all_databases(&self) -> Result<Vec<Database>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            database_columns!(),
+            " FROM databases ORDER BY created_at"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(database_row)
+        .collect()
+    }
+
+    async fn update_database_status(
+        &self,
+        id: &InstanceId,
+        status: DatabaseStatus,
+        port: Option<u16>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE databases SET status = ?, port = COALESCE(?, port) WHERE id = ?")
+            .bind(status.as_str())
+            .bind(port.map(i64::from))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_database(&self, id: &InstanceId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM databases WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, tenant_id, database, role, expires_at, revoked_at, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.tenant_id)
+        .bind(&t.database)
+        .bind(t.role.as_str())
+        .bind(t.expires_at)
+        .bind(t.revoked_at)
+        .bind(t.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(conflict_or)?;
+        Ok(())
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        sqlx::query(
+            "SELECT id, tenant_id, database, role, expires_at, revoked_at, created_at FROM tokens WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(token_row)
+        .transpose()
+    }
+
+    async fn revoke_token(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+                .bind(at)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn revoke_database_tokens(
+        &self,
+        tenant_id: &str,
+        database: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tokens SET revoked_at = ? WHERE tenant_id = ? AND database = ? AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(tenant_id)
+        .bind(database)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id FROM tokens WHERE revoked_at IS NOT NULL AND expires_at > ?")
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|r| r.try_get("id").map_err(StoreError::from))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dormouse_proxy::claims::Role;
+
+    async fn store() -> anyhow::Result<(tempfile::TempDir, SqliteStore)> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(&dir.path().join("control.db")).await?;
+        Ok((dir, store))
+    }
+
+    fn tenant(name: &str) -> Tenant {
+        Tenant {
+            id: format!("t-{name}"),
+            name: name.into(),
+            created_at: 1,
+        }
+    }
+
+    fn database(tenant: &Tenant, name: &str) -> Database {
+        Database {
+            id: InstanceId::generate(),
+            tenant_id: tenant.id.clone(),
+            name: name.into(),
+            engine: EngineKind::Redis,
+            plan: "micro".into(),
+            status: DatabaseStatus::Creating,
+            port: 0,
+            password: Secret::generate(),
+            created_at: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn tenants_and_databases_round_trip_with_unique_names() -> anyhow::Result<()> {
+        let (_dir, s) = store().await?;
+        let t = tenant("acme");
+        s.insert_tenant(&t).await?;
+        assert!(matches!(
+            s.insert_tenant(&Tenant {
+                id: "t-other".into(),
+                ..t.clone()
+            })
+            .await,
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(s.tenant(&t.id).await?, Some(t.clone()));
+
+        let d = database(&t, "cache");
+        s.insert_database(&d).await?;
+        assert!(matches!(
+            s.insert_database(&database(&t, "cache")).await,
+            Err(StoreError::Conflict)
+        ));
+        s.update_database_status(&d.id, DatabaseStatus::Running, Some(7000))
+            .await?;
+        let got = s.database(&t.id, "cache").await?.expect("stored");
+        assert_eq!((got.status, got.port), (DatabaseStatus::Running, 7000));
+        assert_eq!(got.password, d.password);
+        assert_eq!(s.list_databases(&t.id).await?.len(), 1);
+        s.delete_database(&d.id).await?;
+        assert!(s.database(&t.id, "cache").await?.is_none());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn revoked_tokens_are_listed_until_they_expire() -> anyhow::Result<()> {
+        let (_dir, s) = store().await?;
+        let t = tenant("acme");
+        s.insert_tenant(&t).await?;
+        for (id, db, exp) in [
+            ("a", Some("cache"), 100),
+            ("b", Some("cache"), 10),
+            ("c", None, 100),
+        ] {
+            s.insert_token(&TokenRecord {
+                id: id.into(),
+                tenant_id: Some(t.id.clone()),
+                database: db.map(Into::into),
+                role: Role::Readwrite,
+                expires_at: exp,
+                revoked_at: None,
+                created_at: 1,
+            })
+            .await?;
+        }
+        assert!(s.revoke_token("c", 5).await?);
+        assert!(!s.revoke_token("missing", 5).await?);
+        s.revoke_database_tokens(&t.id, "cache", 5).await?;
+        let mut revoked = s.revoked_tokens(50).await?;
+        revoked.sort();
+        assert_eq!(revoked, ["a", "c"]);
+        Ok(())
+    }
+}

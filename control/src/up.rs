@@ -1,0 +1,236 @@
+//! `dormouse up` (control, an in-process host agent and the proxy in one process) and
+//! `dormouse control` (the same without the proxy). Start-up order: data directory, store,
+//! signing key, admin token, agent, reconcile (so existing databases are back before clients
+//! arrive), then the listeners.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use dormouse_engines::engine::Engine;
+use dormouse_engines::redis::RedisEngine;
+use dormouse_engines::supervisor::RestartPolicy;
+use dormouse_engines::{HostAgent, LocalAgent};
+use dormouse_proxy::claims::Role;
+use dormouse_proxy::{Proxy, ProxyConfig};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{AppState, Health, router};
+use crate::keys::KeyRing;
+use crate::local::LocalControl;
+use crate::reconciler;
+use crate::service::{ControlService, MAX_TOKEN_TTL, PublicEndpoints};
+use crate::store::SqliteStore;
+
+/// The operator's token, written on first start.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    pub data_dir: PathBuf,
+    pub api_listen: SocketAddr,
+    /// `None` runs control without the proxy (`dormouse control`).
+    pub proxy: Option<ProxyConfig>,
+    /// Host name put in connection strings; defaults to the proxy's listen address.
+    pub public_host: Option<String>,
+    pub reconcile_every: Duration,
+}
+
+impl UpConfig {
+    /// Everything on loopback with kernel-chosen ports: for tests.
+    pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            proxy: Some(ProxyConfig::ephemeral()),
+            public_host: None,
+            reconcile_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running `dormouse up`.
+pub struct Running {
+    pub api_addr: SocketAddr,
+    pub redis_addr: Option<SocketAddr>,
+    pub admin_token: String,
+    pub admin_token_path: PathBuf,
+    pub service: Arc<ControlService>,
+    pub agent: Arc<LocalAgent>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api_addr)
+    }
+
+    /// A token that cancels everything when triggered.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until shut down (by [`Self::shutdown_token`]) and every server has stopped.
+    pub async fn wait(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "dormouse task failed");
+        }
+    }
+
+    /// Stops listeners, sessions and every database server, then returns.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+/// Installs the process-wide TLS crypto provider (several dependencies bring their own; with
+/// two compiled in, rustls cannot pick one and panics at first use).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+fn detect_engines() -> Vec<Arc<dyn Engine>> {
+    let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
+    match RedisEngine::detect() {
+        Ok(redis) => engines.push(Arc::new(redis)),
+        Err(e) => tracing::warn!(error = %e, "redis databases unavailable"),
+    }
+    engines
+}
+
+pub async fn start(config: UpConfig) -> anyhow::Result<Running> {
+    install_crypto_provider();
+    let dir = &config.data_dir;
+    create_private_dir(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    let store = Arc::new(
+        SqliteStore::open(&dir.join("control.db"))
+            .await
+            .context("opening the store")?,
+    );
+    let keys = KeyRing::load_or_create(dir)?;
+    let agent = Arc::new(LocalAgent::new(
+        dir.join("instances"),
+        detect_engines(),
+        RestartPolicy::default(),
+    )?);
+    let service =
+        Arc::new(ControlService::new(store, keys, agent.clone() as Arc<dyn HostAgent>).await?);
+    let (admin_token, admin_token_path) = ensure_admin_token(&service, dir).await?;
+
+    reconciler::reconcile_once(&service).await;
+
+    let shutdown = CancellationToken::new();
+    let health = Arc::new(Health {
+        proxy_expected: config.proxy.is_some(),
+        ..Health::default()
+    });
+    let api = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("binding the API to {}", config.api_listen))?;
+    let api_addr = api.local_addr()?;
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let mut redis_addr = None;
+    if let Some(proxy_config) = config.proxy.clone() {
+        let listen = proxy_config.redis_listen;
+        let proxy = Proxy::bind(proxy_config, Arc::new(LocalControl(service.clone())))
+            .await
+            .with_context(|| format!("binding the Redis listener to {listen}"))?;
+        let addr = proxy.redis_addr()?;
+        redis_addr = Some(addr);
+        let host = config
+            .public_host
+            .clone()
+            .unwrap_or_else(|| match addr.ip() {
+                ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+                ip => ip.to_string(),
+            });
+        service.set_endpoints(PublicEndpoints {
+            host,
+            redis_port: Some(addr.port()),
+            mysql_port: None,
+        });
+        health.set_proxy_ready(true);
+        tasks.spawn(proxy.run(shutdown.clone()));
+    }
+
+    let app = router(AppState {
+        service: service.clone(),
+        health,
+    });
+    let api_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let serve = axum::serve(api, app).with_graceful_shutdown(api_shutdown.cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "API server failed");
+        }
+    });
+    tasks.spawn(reconciler::run(
+        service.clone(),
+        config.reconcile_every,
+        shutdown.clone(),
+    ));
+
+    let stopping = agent.clone();
+    let task = tokio::spawn(async move {
+        while tasks.join_next().await.is_some() {}
+        stopping.shutdown().await;
+        tracing::info!("all database servers stopped");
+    });
+    Ok(Running {
+        api_addr,
+        redis_addr,
+        admin_token,
+        admin_token_path,
+        service,
+        agent,
+        shutdown,
+        task,
+    })
+}
+
+/// Reuses the operator token in `admin.token` while it is valid; otherwise writes a new one.
+async fn ensure_admin_token(
+    service: &ControlService,
+    dir: &Path,
+) -> anyhow::Result<(String, PathBuf)> {
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_owned();
+        if matches!(
+            service.caller(&existing).await,
+            Ok(crate::service::Caller::Operator)
+        ) {
+            return Ok((existing, path));
+        }
+        tracing::warn!(path = %path.display(), "admin token is invalid or revoked; writing a new one");
+        std::fs::remove_file(&path).ok();
+    }
+    let issued = service
+        .issue(None, None, Role::Admin, MAX_TOKEN_TTL)
+        .await?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{}", issued.token)?;
+    tracing::info!(path = %path.display(), "wrote the operator's admin token");
+    Ok((issued.token, path))
+}

@@ -1,0 +1,207 @@
+//! Token verification and authorization. Tokens are verified offline against control's public
+//! keys (cached; fetched again when a token names an unknown key id), then checked against
+//! revocation. Every failure a client can cause looks the same from outside.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+
+use crate::claims::{Claims, MAX_TOKEN_BYTES, Role};
+use crate::control::{ControlError, ControlPlane};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Malformed, badly signed, expired, revoked, or for someone else. Deliberately one kind:
+    /// the client learns nothing about which.
+    #[error("invalid credentials ({0})")]
+    Refused(&'static str),
+    /// The token is fine but names no single database, and the client named none either.
+    #[error("token is not limited to one database")]
+    NeedsDatabase,
+    /// Keys or revocations could not be fetched.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+/// Who a verified connection is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub tenant: String,
+    pub database: String,
+    pub role: Role,
+    pub token_id: String,
+}
+
+/// Decides which database a verified token may reach. `requested` is what the client named
+/// (MySQL user, Redis AUTH user); it must agree with the token's scope if both are present.
+pub fn authorize(claims: &Claims, requested: Option<&str>) -> Result<Identity, AuthError> {
+    let tenant = claims
+        .sub
+        .clone()
+        .ok_or(AuthError::Refused("operator token"))?;
+    let database = match (requested, claims.db.as_deref()) {
+        (Some(r), Some(scope)) if r != scope => return Err(AuthError::Refused("other database")),
+        (Some(r), _) => r.to_owned(),
+        (None, Some(scope)) => scope.to_owned(),
+        (None, None) => return Err(AuthError::NeedsDatabase),
+    };
+    Ok(Identity {
+        tenant,
+        database,
+        role: claims.role,
+        token_id: claims.jti.clone(),
+    })
+}
+
+/// Verifies tokens with cached keys.
+pub struct TokenVerifier {
+    control: Arc<dyn ControlPlane>,
+    keys: RwLock<KeyCache>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<String, Arc<DecodingKey>>,
+    fetched: Option<Instant>,
+}
+
+/// Unknown key ids trigger a refetch at most this often, so garbage tokens cannot make the proxy
+/// hammer control.
+const MIN_REFETCH: Duration = Duration::from_secs(1);
+
+impl TokenVerifier {
+    pub fn new(control: Arc<dyn ControlPlane>) -> Self {
+        Self {
+            control,
+            keys: RwLock::default(),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES * 2 {
+            return Err(AuthError::Refused("oversized"));
+        }
+        let header = decode_header(token).map_err(|_| AuthError::Refused("malformed"))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::Refused("algorithm"));
+        }
+        let kid = header.kid.ok_or(AuthError::Refused("no key id"))?;
+        let key = self
+            .key(&kid)
+            .await?
+            .ok_or(AuthError::Refused("unknown key"))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = 5;
+        let data = decode::<Claims>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            AuthError::Refused(match e.kind() {
+                ErrorKind::ExpiredSignature => "expired",
+                ErrorKind::InvalidSignature => "signature",
+                _ => "invalid",
+            })
+        })?;
+        if self.control.is_revoked(&data.claims.jti).await? {
+            return Err(AuthError::Refused("revoked"));
+        }
+        Ok(data.claims)
+    }
+
+    async fn key(&self, kid: &str) -> Result<Option<Arc<DecodingKey>>, ControlError> {
+        if let Some(k) = self.cached(kid) {
+            return Ok(Some(k));
+        }
+        let _one_fetch = self.refresh.lock().await;
+        // Another task may have fetched while this one waited.
+        if let Some(k) = self.cached(kid) {
+            return Ok(Some(k));
+        }
+        let recently = self
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .fetched
+            .is_some_and(|t| t.elapsed() < MIN_REFETCH);
+        if recently {
+            return Ok(None);
+        }
+        let set = self.control.jwks().await?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let (Some(id), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk))
+            else {
+                continue;
+            };
+            keys.insert(id, Arc::new(key));
+        }
+        let mut cache = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        cache.keys = keys;
+        cache.fetched = Some(Instant::now());
+        Ok(cache.keys.get(kid).cloned())
+    }
+
+    fn cached(&self, kid: &str) -> Option<Arc<DecodingKey>> {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys
+            .get(kid)
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(sub: Option<&str>, db: Option<&str>) -> Claims {
+        Claims {
+            sub: sub.map(Into::into),
+            db: db.map(Into::into),
+            role: Role::Readwrite,
+            exp: u64::MAX,
+            jti: "j".into(),
+        }
+    }
+
+    #[test]
+    fn a_scoped_token_reaches_only_its_database() {
+        let c = claims(Some("t1"), Some("cache"));
+        assert_eq!(
+            authorize(&c, None).map(|i| i.database).ok(),
+            Some("cache".into())
+        );
+        assert_eq!(
+            authorize(&c, Some("cache")).map(|i| i.database).ok(),
+            Some("cache".into())
+        );
+        assert!(matches!(
+            authorize(&c, Some("other")),
+            Err(AuthError::Refused(_))
+        ));
+    }
+
+    #[test]
+    fn a_tenant_token_must_name_a_database() {
+        let c = claims(Some("t1"), None);
+        assert!(matches!(authorize(&c, None), Err(AuthError::NeedsDatabase)));
+        assert_eq!(
+            authorize(&c, Some("x")).map(|i| i.tenant).ok(),
+            Some("t1".into())
+        );
+    }
+
+    #[test]
+    fn the_operator_token_reaches_no_database() {
+        let mut c = claims(None, None);
+        c.role = Role::Admin;
+        assert!(matches!(
+            authorize(&c, Some("x")),
+            Err(AuthError::Refused(_))
+        ));
+    }
+}

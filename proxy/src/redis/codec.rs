@@ -1,0 +1,482 @@
+//! RESP bytes to frames and back, nothing else. Requests: RESP arrays of bulk strings, or
+//! inline commands as typed into telnet, parsed with hard limits on size and argument count.
+//! Replies: only the boundary of each RESP2/RESP3 frame is found, without allocating, so the
+//! relay forwards the server's bytes unchanged.
+//!
+//! (`redis-protocol` parses neither inline commands nor with limits, and allocates a tree per
+//! frame; it is used where a whole reply must be understood, see `commands.rs`.)
+
+use bytes::{Bytes, BytesMut};
+
+/// Limits on one request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub max_bytes: usize,
+    pub max_args: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("Protocol error: invalid multibulk length")]
+    MultibulkLength,
+    #[error("Protocol error: invalid bulk length")]
+    BulkLength,
+    #[error("Protocol error: expected '$', got '{0}'")]
+    ExpectedBulk(char),
+    #[error("Protocol error: too big inline request")]
+    InlineTooBig,
+    #[error("Protocol error: unbalanced quotes in request")]
+    UnbalancedQuotes,
+    #[error("Protocol error: request exceeds the proxy's limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("Protocol error: too many arguments (limit {0})")]
+    TooManyArgs(usize),
+    #[error("Protocol error: malformed reply from the server")]
+    BadReply,
+}
+
+/// One client command. `wire` is the RESP array to forward; `args` are slices of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub wire: Bytes,
+    pub args: Vec<Bytes>,
+}
+
+impl Request {
+    /// Builds a request from arguments, encoding it as a RESP array.
+    pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Self {
+        let mut wire = BytesMut::new();
+        let ranges = encode_array(&mut wire, args);
+        let wire = wire.freeze();
+        let args = ranges.into_iter().map(|r| wire.slice(r)).collect();
+        Self { wire, args }
+    }
+}
+
+/// Appends `args` as a RESP array of bulk strings; returns where each argument landed.
+pub fn encode_array<A: AsRef<[u8]>>(out: &mut BytesMut, args: &[A]) -> Vec<std::ops::Range<usize>> {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    let mut ranges = Vec::with_capacity(args.len());
+    for a in args {
+        let a = a.as_ref();
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        ranges.push(out.len()..out.len() + a.len());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    ranges
+}
+
+/// Position of the `\r` of the first `\r\n` at or after `from`.
+fn line_end(buf: &[u8], from: usize) -> Option<usize> {
+    let rest = buf.get(from..)?;
+    let mut i = 0;
+    while let Some(off) = rest[i..].iter().position(|&b| b == b'\r') {
+        let at = i + off;
+        match rest.get(at + 1) {
+            Some(b'\n') => return Some(from + at),
+            Some(_) => i = at + 1,
+            None => return None,
+        }
+    }
+    None
+}
+
+fn parse_int(digits: &[u8]) -> Option<i64> {
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Longest header line (`*123\r\n`, `$456\r\n`) accepted before deciding it is garbage.
+const MAX_HEADER: usize = 32;
+/// Longest inline command line.
+const MAX_INLINE: usize = 64 * 1024;
+
+/// Takes one request off the front of `buf`. `Ok(None)`: need more bytes. An empty request
+/// (`*0`, a blank inline line) comes back with no arguments and should be ignored.
+pub fn take_request(
+    buf: &mut BytesMut,
+    limits: RequestLimits,
+) -> Result<Option<Request>, ProtocolError> {
+    match buf.first() {
+        None => Ok(None),
+        Some(b'*') => take_multibulk(buf, limits),
+        Some(_) => take_inline(buf, limits),
+    }
+}
+
+fn take_multibulk(
+    buf: &mut BytesMut,
+    limits: RequestLimits,
+) -> Result<Option<Request>, ProtocolError> {
+    let Some(end) = line_end(buf, 1) else {
+        return if buf.len() > MAX_HEADER {
+            Err(ProtocolError::MultibulkLength)
+        } else {
+            Ok(None)
+        };
+    };
+    let count = parse_int(&buf[1..end]).ok_or(ProtocolError::MultibulkLength)?;
+    let mut pos = end + 2;
+    if count <= 0 {
+        let _ = buf.split_to(pos);
+        return Ok(Some(Request {
+            wire: Bytes::new(),
+            args: Vec::new(),
+        }));
+    }
+    let count = usize::try_from(count).map_err(|_| ProtocolError::MultibulkLength)?;
+    if count > limits.max_args {
+        return Err(ProtocolError::TooManyArgs(limits.max_args));
+    }
+    let mut ranges = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        let Some(&first) = buf.get(pos) else {
+            return Ok(None);
+        };
+        if first != b'$' {
+            return Err(ProtocolError::ExpectedBulk(first as char));
+        }
+        let Some(end) = line_end(buf, pos + 1) else {
+            return if buf.len() - pos > MAX_HEADER {
+                Err(ProtocolError::BulkLength)
+            } else {
+                Ok(None)
+            };
+        };
+        let len = parse_int(&buf[pos + 1..end]).ok_or(ProtocolError::BulkLength)?;
+        let len = usize::try_from(len).map_err(|_| ProtocolError::BulkLength)?;
+        let start = end + 2;
+        // Refuse on the declared size, before buffering any of it.
+        if start.saturating_add(len).saturating_add(2) > limits.max_bytes {
+            return Err(ProtocolError::TooLarge(limits.max_bytes));
+        }
+        if buf.len() < start + len + 2 {
+            return Ok(None);
+        }
+        if &buf[start + len..start + len + 2] != b"\r\n" {
+            return Err(ProtocolError::BulkLength);
+        }
+        ranges.push(start..start + len);
+        pos = start + len + 2;
+    }
+    let wire = buf.split_to(pos).freeze();
+    let args = ranges.into_iter().map(|r| wire.slice(r)).collect();
+    Ok(Some(Request { wire, args }))
+}
+
+fn take_inline(
+    buf: &mut BytesMut,
+    limits: RequestLimits,
+) -> Result<Option<Request>, ProtocolError> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        return if buf.len() > MAX_INLINE.min(limits.max_bytes) {
+            Err(ProtocolError::InlineTooBig)
+        } else {
+            Ok(None)
+        };
+    };
+    let line = buf.split_to(nl + 1);
+    let args = split_inline(&line[..nl])?;
+    if args.len() > limits.max_args {
+        return Err(ProtocolError::TooManyArgs(limits.max_args));
+    }
+    if args.is_empty() {
+        return Ok(Some(Request {
+            wire: Bytes::new(),
+            args: Vec::new(),
+        }));
+    }
+    Ok(Some(Request::from_args(&args)))
+}
+
+/// Splits an inline line on whitespace, honouring "double" and 'single' quotes the way
+/// redis-cli users expect (`SET k "hello world"`), with `\n`, `\t`, `\\`, `\"` and `\xHH` escapes
+/// inside double quotes.
+fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= line.len() {
+            return Ok(args);
+        }
+        let mut arg = Vec::new();
+        match line[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    match line.get(i) {
+                        None => return Err(ProtocolError::UnbalancedQuotes),
+                        Some(b'"') => break,
+                        Some(b'\\') if i + 1 < line.len() => {
+                            let hex = line.get(i + 2..i + 4).and_then(|h| {
+                                u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+                            });
+                            match (line[i + 1], hex) {
+                                (b'x', Some(byte)) => {
+                                    arg.push(byte);
+                                    i += 2;
+                                }
+                                (b'n', _) => arg.push(b'\n'),
+                                (b'r', _) => arg.push(b'\r'),
+                                (b't', _) => arg.push(b'\t'),
+                                (b'b', _) => arg.push(8),
+                                (b'a', _) => arg.push(7),
+                                (other, _) => arg.push(other),
+                            }
+                            i += 2;
+                        }
+                        Some(&b) => {
+                            arg.push(b);
+                            i += 1;
+                        }
+                    }
+                }
+                i += 1;
+                if line.get(i).is_some_and(|b| !b.is_ascii_whitespace()) {
+                    return Err(ProtocolError::UnbalancedQuotes);
+                }
+            }
+            b'\'' => {
+                i += 1;
+                loop {
+                    match line.get(i) {
+                        None => return Err(ProtocolError::UnbalancedQuotes),
+                        Some(b'\'') => break,
+                        Some(b'\\') if line.get(i + 1) == Some(&b'\'') => {
+                            arg.push(b'\'');
+                            i += 2;
+                        }
+                        Some(&b) => {
+                            arg.push(b);
+                            i += 1;
+                        }
+                    }
+                }
+                i += 1;
+                if line.get(i).is_some_and(|b| !b.is_ascii_whitespace()) {
+                    return Err(ProtocolError::UnbalancedQuotes);
+                }
+            }
+            _ => {
+                while i < line.len() && !line[i].is_ascii_whitespace() {
+                    arg.push(line[i]);
+                    i += 1;
+                }
+            }
+        }
+        args.push(arg);
+    }
+}
+
+/// Length of the complete RESP2 or RESP3 frame at the start of `buf`; `Ok(None)` if more bytes
+/// are needed. Attributes (`|`) count as part of the frame they annotate.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+    let mut pos = 0usize;
+    let mut remaining: u64 = 1;
+    while remaining > 0 {
+        remaining -= 1;
+        let Some(&kind) = buf.get(pos) else {
+            return Ok(None);
+        };
+        let Some(end) = line_end(buf, pos + 1) else {
+            return Ok(None);
+        };
+        let header = &buf[pos + 1..end];
+        pos = end + 2;
+        match kind {
+            b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => {}
+            b'$' | b'!' | b'=' => {
+                let n = parse_int(header).ok_or(ProtocolError::BadReply)?;
+                if n >= 0 {
+                    let n = usize::try_from(n).map_err(|_| ProtocolError::BadReply)?;
+                    if buf.len() < pos + n + 2 {
+                        return Ok(None);
+                    }
+                    pos += n + 2;
+                }
+            }
+            b'*' | b'~' | b'>' | b'%' | b'|' => {
+                let n = parse_int(header).ok_or(ProtocolError::BadReply)?;
+                if n > 0 {
+                    let n = u64::try_from(n).map_err(|_| ProtocolError::BadReply)?;
+                    remaining += match kind {
+                        b'%' => 2 * n,
+                        b'|' => 2 * n + 1,
+                        _ => n,
+                    };
+                } else if kind == b'|' {
+                    remaining += 1;
+                }
+            }
+            _ => return Err(ProtocolError::BadReply),
+        }
+    }
+    Ok(Some(pos))
+}
+
+/// The elements of a complete top-level array or push frame, as byte slices of `frame`
+/// (bulk strings without their header; other frames whole). `None` for anything else.
+pub fn array_elements(frame: &[u8]) -> Option<Vec<&[u8]>> {
+    if !matches!(frame.first(), Some(b'*' | b'>')) {
+        return None;
+    }
+    let end = line_end(frame, 1)?;
+    let count = usize::try_from(parse_int(&frame[1..end])?).ok()?;
+    let mut pos = end + 2;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = frame_len(&frame[pos..]).ok()??;
+        let element = &frame[pos..pos + len];
+        out.push(match element.first() {
+            Some(b'$') => {
+                let h = line_end(element, 1)?;
+                &element[h + 2..element.len() - 2]
+            }
+            _ => element,
+        });
+        pos += len;
+    }
+    Some(out)
+}
+
+/// The integer in a `:N\r\n` frame.
+pub fn integer(frame: &[u8]) -> Option<i64> {
+    let rest = frame.strip_prefix(b":")?;
+    parse_int(&rest[..line_end(rest, 0)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: RequestLimits = RequestLimits {
+        max_bytes: 1024,
+        max_args: 16,
+    };
+
+    fn take(bytes: &[u8]) -> Result<Option<Request>, ProtocolError> {
+        take_request(&mut BytesMut::from(bytes), LIMITS)
+    }
+
+    #[test]
+    fn multibulk_requests_round_trip() {
+        let req = Request::from_args(&["SET", "key", "va\r\nlue"]);
+        let mut buf = BytesMut::from(&req.wire[..]);
+        buf.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+        let parsed = take_request(&mut buf, LIMITS)
+            .ok()
+            .flatten()
+            .expect("complete");
+        assert_eq!(parsed, req);
+        assert_eq!(parsed.args[2], &b"va\r\nlue"[..]);
+        let ping = take_request(&mut buf, LIMITS)
+            .ok()
+            .flatten()
+            .expect("complete");
+        assert_eq!(ping.args, vec![Bytes::from_static(b"PING")]);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn partial_requests_wait_for_more() {
+        let wire = Request::from_args(&["SET", "k", "v"]).wire;
+        for cut in 0..wire.len() {
+            assert_eq!(take(&wire[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert!(take(&wire).ok().flatten().is_some());
+    }
+
+    #[test]
+    fn oversized_requests_are_refused_before_they_are_buffered() {
+        assert_eq!(
+            take(b"*2\r\n$3\r\nSET\r\n$999999\r\n"),
+            Err(ProtocolError::TooLarge(1024))
+        );
+        assert_eq!(take(b"*99\r\n"), Err(ProtocolError::TooManyArgs(16)));
+        assert_eq!(take(b"*1\r\n$-5\r\n"), Err(ProtocolError::BulkLength));
+        assert_eq!(take(b"*x\r\n"), Err(ProtocolError::MultibulkLength));
+        assert_eq!(take(b"*1\r\n:5\r\n"), Err(ProtocolError::ExpectedBulk(':')));
+        assert_eq!(
+            take(b"*1\r\n$3\r\nabcde\r\n"),
+            Err(ProtocolError::BulkLength)
+        );
+        assert_eq!(take(&[b'*'; 100]), Err(ProtocolError::MultibulkLength));
+    }
+
+    #[test]
+    fn inline_commands_are_split_and_reencoded() {
+        let req = take(b"set k \"hello world\\n\" 'it\\'s'\r\n")
+            .ok()
+            .flatten()
+            .expect("complete");
+        assert_eq!(
+            req.args,
+            ["set", "k", "hello world\n", "it's"].map(|s| Bytes::from(s.to_owned()))
+        );
+        assert_eq!(
+            req,
+            Request::from_args(&["set", "k", "hello world\n", "it's"])
+        );
+        assert_eq!(take(b"PING"), Ok(None));
+        assert_eq!(take(b"get \"x\r\n"), Err(ProtocolError::UnbalancedQuotes));
+        assert!(
+            take(b"\r\n")
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.args.is_empty())
+        );
+        assert_eq!(take(&[b'a'; 2000]), Err(ProtocolError::InlineTooBig));
+    }
+
+    #[test]
+    fn frame_boundaries_of_resp2_and_resp3_replies() {
+        let frames: &[&[u8]] = &[
+            b"+OK\r\n",
+            b"-ERR no\r\n",
+            b":42\r\n",
+            b"$5\r\nhe\r\no\r\n",
+            b"$-1\r\n",
+            b"*-1\r\n",
+            b"*0\r\n",
+            b"*2\r\n$1\r\na\r\n*1\r\n:1\r\n",
+            b"%2\r\n+a\r\n:1\r\n+b\r\n*1\r\n_\r\n",
+            b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nx\r\n",
+            b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n",
+            b"~2\r\n#t\r\n,1.5\r\n",
+            b"=8\r\ntxt:abcd\r\n",
+            b"(123456789012345678901234567890\r\n",
+        ];
+        for f in frames {
+            let mut buf = f.to_vec();
+            buf.extend_from_slice(b"+NEXT\r\n");
+            assert_eq!(
+                frame_len(&buf),
+                Ok(Some(f.len())),
+                "{}",
+                String::from_utf8_lossy(f)
+            );
+            for cut in 0..f.len() {
+                assert_eq!(
+                    frame_len(&f[..cut]),
+                    Ok(None),
+                    "cut {cut} of {}",
+                    String::from_utf8_lossy(f)
+                );
+            }
+        }
+        assert_eq!(frame_len(b"?x\r\n"), Err(ProtocolError::BadReply));
+    }
+
+    #[test]
+    fn array_elements_and_integers() {
+        let f = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
+        let el = array_elements(f).expect("array");
+        assert_eq!(el[0], b"subscribe");
+        assert_eq!(el[1], b"ch");
+        assert_eq!(integer(el[2]), Some(1));
+        assert!(array_elements(b"+OK\r\n").is_none());
+    }
+}
