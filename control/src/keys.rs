@@ -17,10 +17,7 @@ pub const KEY_FILE: &str = "signing-key.der";
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
     #[error("the signing key in {0} is not a valid Ed25519 key")]
     BadKey(String),
     #[error("token: {0}")]
@@ -66,21 +63,11 @@ impl KeyRing {
         let encoding = EncodingKey::from_ed_der(der);
         let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::EdDSA).ok()?;
         // A short kid keeps tokens small; 11 characters of the thumbprint are 66 bits.
-        let kid: String = jwk
-            .thumbprint(ThumbprintHash::SHA256)
-            .ok()?
-            .chars()
-            .take(11)
-            .collect();
+        let kid: String = jwk.thumbprint(ThumbprintHash::SHA256).ok()?.chars().take(11).collect();
         jwk.common.key_id = Some(kid.clone());
         jwk.common.key_algorithm = Some(KeyAlgorithm::EdDSA);
         let decoding = DecodingKey::from_jwk(&jwk).ok()?;
-        Some(Self {
-            kid,
-            encoding,
-            decoding,
-            jwks: JwkSet { keys: vec![jwk] },
-        })
+        Some(Self { kid, encoding, decoding, jwks: JwkSet { keys: vec![jwk] } })
     }
 
     pub fn jwks(&self) -> &JwkSet {
@@ -112,11 +99,8 @@ fn generate() -> Option<Vec<u8>> {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
 }
@@ -141,9 +125,7 @@ mod tests {
     fn the_key_is_created_once_private_and_reloaded() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let first = KeyRing::load_or_create(dir.path())?;
-        let mode = std::fs::metadata(dir.path().join(KEY_FILE))?
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))?.permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let again = KeyRing::load_or_create(dir.path())?;
         assert_eq!(first.kid, again.kid);
@@ -165,10 +147,8 @@ mod tests {
     #[test]
     fn tampered_and_foreign_tokens_are_rejected() -> anyhow::Result<()> {
         let (a, b) = (tempfile::tempdir()?, tempfile::tempdir()?);
-        let (ours, theirs) = (
-            KeyRing::load_or_create(a.path())?,
-            KeyRing::load_or_create(b.path())?,
-        );
+        let (ours, theirs) =
+            (KeyRing::load_or_create(a.path())?, KeyRing::load_or_create(b.path())?);
         let token = ours.sign(&claims(None))?;
         assert!(theirs.verify(&token).is_err());
         // Flip a character in the middle of the signature (the last one may be padding bits).

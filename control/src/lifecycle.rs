@@ -21,11 +21,7 @@ pub enum LifecycleError {
     #[error("database {0} no longer exists")]
     Gone(InstanceId),
     #[error("database {id} cannot go from {from} to {to}")]
-    BadTransition {
-        id: InstanceId,
-        from: DatabaseStatus,
-        to: DatabaseStatus,
-    },
+    BadTransition { id: InstanceId, from: DatabaseStatus, to: DatabaseStatus },
     #[error(transparent)]
     Agent(#[from] AgentError),
     #[error(transparent)]
@@ -55,6 +51,7 @@ pub fn spec(db: &Database) -> InstanceSpec {
     let plan = names::plan(&db.plan).or_else(|| names::plan(names::DEFAULT_PLAN));
     InstanceSpec {
         id: db.id.clone(),
+        name: db.name.clone(),
         engine: db.engine,
         limits: plan.map(|p| p.limits).unwrap_or(names::PLANS[0].limits),
         password: db.password.clone(),
@@ -64,11 +61,7 @@ pub fn spec(db: &Database) -> InstanceSpec {
 
 impl Lifecycle {
     pub fn new(store: Arc<dyn Store>, agent: Arc<dyn HostAgent>) -> Self {
-        Self {
-            store,
-            agent,
-            locks: DashMap::new(),
-        }
+        Self { store, agent, locks: DashMap::new() }
     }
 
     pub fn agent(&self) -> &Arc<dyn HostAgent> {
@@ -87,11 +80,7 @@ impl Lifecycle {
         port: Option<u16>,
     ) -> Result<(), LifecycleError> {
         if !allowed(db.status, to) {
-            return Err(LifecycleError::BadTransition {
-                id: db.id.clone(),
-                from: db.status,
-                to,
-            });
+            return Err(LifecycleError::BadTransition { id: db.id.clone(), from: db.status, to });
         }
         self.store.update_database_status(&db.id, to, port).await?;
         if db.status != to {
@@ -123,8 +112,7 @@ impl Lifecycle {
         }
         match self.agent.start(&spec(&db)).await {
             Ok(endpoint) => {
-                self.transition(&db, DatabaseStatus::Running, Some(endpoint.port))
-                    .await?;
+                self.transition(&db, DatabaseStatus::Running, Some(endpoint.port)).await?;
                 Ok(endpoint)
             }
             Err(e) => {
@@ -148,9 +136,7 @@ impl Lifecycle {
         self.transition(&db, DatabaseStatus::Deleting, None).await?;
         self.agent.destroy(&db.id).await?;
         let now = crate::service::now();
-        self.store
-            .revoke_database_tokens(&db.tenant_id, &db.name, now)
-            .await?;
+        self.store.revoke_database_tokens(&db.tenant_id, &db.name, now).await?;
         self.store.delete_database(&db.id).await?;
         drop(guard);
         self.locks.remove(&db.id);
@@ -164,8 +150,7 @@ impl Lifecycle {
         let _guard = lock.lock().await;
         let db = self.reread(db).await?;
         if db.status == DatabaseStatus::Running && db.port != port {
-            self.transition(&db, DatabaseStatus::Running, Some(port))
-                .await?;
+            self.transition(&db, DatabaseStatus::Running, Some(port)).await?;
         }
         Ok(())
     }

@@ -21,27 +21,9 @@ pub struct Plan {
 }
 
 pub const PLANS: &[Plan] = &[
-    Plan {
-        name: "micro",
-        limits: Limits {
-            memory_mb: 64,
-            max_connections: 100,
-        },
-    },
-    Plan {
-        name: "small",
-        limits: Limits {
-            memory_mb: 256,
-            max_connections: 300,
-        },
-    },
-    Plan {
-        name: "medium",
-        limits: Limits {
-            memory_mb: 1024,
-            max_connections: 1000,
-        },
-    },
+    Plan { name: "micro", limits: Limits { memory_mb: 64, max_connections: 100 } },
+    Plan { name: "small", limits: Limits { memory_mb: 256, max_connections: 300 } },
+    Plan { name: "medium", limits: Limits { memory_mb: 1024, max_connections: 1000 } },
 ];
 
 pub const DEFAULT_PLAN: &str = "micro";
@@ -63,17 +45,7 @@ mod tests {
         for ok in ["a", "cache", "my-db_2", &"a".repeat(63)] {
             assert!(valid_name(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "1db",
-            "-x",
-            "Cache",
-            "a b",
-            "a.b",
-            "ü",
-            &"a".repeat(64),
-            "a;drop",
-        ] {
+        for bad in ["", "1db", "-x", "Cache", "a b", "a.b", "ü", &"a".repeat(64), "a;drop"] {
             assert!(!valid_name(bad), "{bad}");
         }
     }

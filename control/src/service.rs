@@ -17,9 +17,7 @@ use crate::store::{Database, DatabaseStatus, Store, StoreError, Tenant, TokenRec
 
 /// Seconds since the epoch.
 pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -39,10 +37,7 @@ pub const MAX_TOKEN_TTL: i64 = 10 * 365 * 24 * 3600;
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("{message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
+    Invalid { field: &'static str, message: String },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -139,26 +134,15 @@ impl ControlService {
     }
 
     pub fn endpoints(&self) -> PublicEndpoints {
-        self.endpoints
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.endpoints.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn is_revoked(&self, jti: &str) -> bool {
-        self.revoked
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(jti)
+        self.revoked.read().unwrap_or_else(|e| e.into_inner()).contains(jti)
     }
 
     pub fn revoked_ids(&self) -> Vec<String> {
-        self.revoked
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.revoked.read().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
     /// Verifies a bearer token and says who it belongs to.
@@ -177,11 +161,7 @@ impl ControlService {
                 let tenant = self.store.tenant(tenant_id).await?.ok_or_else(|| {
                     ServiceError::Unauthorized("this token's tenant no longer exists".into())
                 })?;
-                Ok(Caller::Tenant {
-                    tenant,
-                    role: claims.role,
-                    database: claims.db,
-                })
+                Ok(Caller::Tenant { tenant, role: claims.role, database: claims.db })
             }
         }
     }
@@ -213,11 +193,7 @@ impl ControlService {
         };
         let token = self.keys.sign(&claims)?;
         self.store.insert_token(&record).await?;
-        Ok(IssuedToken {
-            id: record.id,
-            token,
-            expires_at: record.expires_at,
-        })
+        Ok(IssuedToken { id: record.id, token, expires_at: record.expires_at })
     }
 
     pub async fn create_tenant(&self, name: &str) -> Result<(Tenant, IssuedToken), ServiceError> {
@@ -227,11 +203,8 @@ impl ControlService {
                 message: format!("invalid tenant name: {}", names::NAME_RULE),
             });
         }
-        let tenant = Tenant {
-            id: format!("t-{}", random_hex(6)),
-            name: name.into(),
-            created_at: now(),
-        };
+        let tenant =
+            Tenant { id: format!("t-{}", random_hex(6)), name: name.into(), created_at: now() };
         match self.store.insert_tenant(&tenant).await {
             Err(StoreError::Conflict) => {
                 return Err(ServiceError::Conflict(format!(
@@ -240,9 +213,7 @@ impl ControlService {
             }
             other => other?,
         }
-        let token = self
-            .issue(Some(&tenant.id), None, Role::Admin, TENANT_TOKEN_TTL)
-            .await?;
+        let token = self.issue(Some(&tenant.id), None, Role::Admin, TENANT_TOKEN_TTL).await?;
         tracing::info!(tenant = %tenant.name, id = %tenant.id, "tenant created");
         Ok((tenant, token))
     }
@@ -319,14 +290,8 @@ impl ControlService {
             });
         }
         let db = self.store.database(&tenant.id, name).await?.unwrap_or(db);
-        let token = self
-            .issue(
-                Some(&tenant.id),
-                Some(name),
-                Role::Readwrite,
-                DEFAULT_TOKEN_TTL,
-            )
-            .await?;
+        let token =
+            self.issue(Some(&tenant.id), Some(name), Role::Readwrite, DEFAULT_TOKEN_TTL).await?;
         tracing::info!(tenant = %tenant.name, db = %db.name, engine = %engine, "database created");
         Ok((db, token))
     }
@@ -340,10 +305,7 @@ impl ControlService {
 
     pub async fn delete_database(&self, tenant: &Tenant, name: &str) -> Result<(), ServiceError> {
         let db = self.database(tenant, name).await?;
-        self.lifecycle
-            .destroy(&db)
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        self.lifecycle.destroy(&db).await.map_err(|e| ServiceError::Internal(e.to_string()))?;
         // Tokens scoped to it were revoked in the store; mirror that for the proxy.
         let revoked = self.store.revoked_tokens(now()).await?;
         *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked.into_iter().collect();
@@ -364,10 +326,7 @@ impl ControlService {
             return Err(ServiceError::NotFound(format!("no token with id {id:?}")));
         }
         self.store.revoke_token(id, now()).await?;
-        self.revoked
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_owned());
+        self.revoked.write().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned());
         tracing::info!(token = id, "token revoked");
         Ok(())
     }
@@ -389,7 +348,7 @@ impl ControlService {
             })?;
         let (protocol, user) = match db.engine {
             EngineKind::Redis => (Protocol::Redis, dormouse_engines::redis::INTERNAL_USER),
-            EngineKind::Mysql => (Protocol::Mysql, "dormouse"),
+            EngineKind::Mysql => (Protocol::Mysql, dormouse_engines::mariadb::INTERNAL_USER),
         };
         Ok(Some(Route {
             protocol,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use dormouse_engines::engine::Engine;
+use dormouse_engines::mariadb::MariaDbEngine;
 use dormouse_engines::redis::RedisEngine;
 use dormouse_engines::supervisor::RestartPolicy;
 use dormouse_engines::{HostAgent, LocalAgent};
@@ -39,15 +40,25 @@ pub struct UpConfig {
     /// Host name put in connection strings; defaults to the proxy's listen address.
     pub public_host: Option<String>,
     pub reconcile_every: Duration,
+    /// Pre-initialised engine data directories (MariaDB), made once and copied per database.
+    /// Safe to share between installations on one host.
+    pub templates_dir: PathBuf,
+}
+
+/// The proxy's key material (TLS certificate, MySQL RSA key) within the data directory.
+pub fn proxy_keys_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("proxy")
 }
 
 impl UpConfig {
     /// Everything on loopback with kernel-chosen ports: for tests.
     pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
         Self {
-            data_dir: data_dir.into(),
+            proxy: Some(ProxyConfig::ephemeral(proxy_keys_dir(&data_dir))),
+            templates_dir: data_dir.join("templates"),
+            data_dir,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            proxy: Some(ProxyConfig::ephemeral()),
             public_host: None,
             reconcile_every: Duration::from_secs(10),
         }
@@ -58,6 +69,9 @@ impl UpConfig {
 pub struct Running {
     pub api_addr: SocketAddr,
     pub redis_addr: Option<SocketAddr>,
+    pub mysql_addr: Option<SocketAddr>,
+    /// The proxy's MySQL backend pool, for its counters.
+    pub mysql_pool: Option<Arc<dormouse_proxy::mysql::pool::Pool>>,
     pub admin_token: String,
     pub admin_token_path: PathBuf,
     pub service: Arc<ControlService>,
@@ -97,35 +111,45 @@ pub fn install_crypto_provider() {
 }
 
 pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
 }
 
-fn detect_engines() -> Vec<Arc<dyn Engine>> {
+/// The engines this host can run. The MariaDB template is built in the background right
+/// away, so the first MySQL database is created as fast as the rest.
+fn detect_engines(templates_dir: &Path) -> Vec<Arc<dyn Engine>> {
     let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
     match RedisEngine::detect() {
         Ok(redis) => engines.push(Arc::new(redis)),
         Err(e) => tracing::warn!(error = %e, "redis databases unavailable"),
     }
+    match MariaDbEngine::detect(templates_dir) {
+        Ok(mariadb) => {
+            let mariadb = Arc::new(mariadb);
+            let preparing = mariadb.clone();
+            tokio::spawn(async move {
+                if let Err(e) = preparing.prepare().await {
+                    tracing::error!(error = %e, "building the MariaDB template");
+                }
+            });
+            engines.push(mariadb);
+        }
+        Err(e) => tracing::warn!(error = %e, "mysql databases unavailable"),
+    }
     engines
 }
 
-pub async fn start(config: UpConfig) -> anyhow::Result<Running> {
+/// Starts everything; it all stops when `shutdown` is cancelled (see [`Running::wait`]).
+pub async fn start(config: UpConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
     install_crypto_provider();
     let dir = &config.data_dir;
     create_private_dir(dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;
-    let store = Arc::new(
-        SqliteStore::open(&dir.join("control.db"))
-            .await
-            .context("opening the store")?,
-    );
+    let store =
+        Arc::new(SqliteStore::open(&dir.join("control.db")).await.context("opening the store")?);
     let keys = KeyRing::load_or_create(dir)?;
     let agent = Arc::new(LocalAgent::new(
         dir.join("instances"),
-        detect_engines(),
+        detect_engines(&config.templates_dir),
         RestartPolicy::default(),
     )?);
     let service =
@@ -134,45 +158,36 @@ pub async fn start(config: UpConfig) -> anyhow::Result<Running> {
 
     reconciler::reconcile_once(&service).await;
 
-    let shutdown = CancellationToken::new();
-    let health = Arc::new(Health {
-        proxy_expected: config.proxy.is_some(),
-        ..Health::default()
-    });
+    let health = Arc::new(Health { proxy_expected: config.proxy.is_some(), ..Health::default() });
     let api = tokio::net::TcpListener::bind(config.api_listen)
         .await
         .with_context(|| format!("binding the API to {}", config.api_listen))?;
     let api_addr = api.local_addr()?;
     let mut tasks = tokio::task::JoinSet::new();
 
-    let mut redis_addr = None;
+    let (mut redis_addr, mut mysql_addr, mut mysql_pool) = (None, None, None);
     if let Some(proxy_config) = config.proxy.clone() {
-        let listen = proxy_config.redis_listen;
         let proxy = Proxy::bind(proxy_config, Arc::new(LocalControl(service.clone())))
             .await
-            .with_context(|| format!("binding the Redis listener to {listen}"))?;
-        let addr = proxy.redis_addr()?;
-        redis_addr = Some(addr);
-        let host = config
-            .public_host
-            .clone()
-            .unwrap_or_else(|| match addr.ip() {
-                ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
-                ip => ip.to_string(),
-            });
+            .context("starting the proxy")?;
+        let (redis, mysql) = (proxy.redis_addr()?, proxy.mysql_addr()?);
+        redis_addr = Some(redis);
+        mysql_addr = Some(mysql);
+        mysql_pool = Some(proxy.mysql_pool());
+        let host = config.public_host.clone().unwrap_or_else(|| match redis.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            ip => ip.to_string(),
+        });
         service.set_endpoints(PublicEndpoints {
             host,
-            redis_port: Some(addr.port()),
-            mysql_port: None,
+            redis_port: Some(redis.port()),
+            mysql_port: Some(mysql.port()),
         });
         health.set_proxy_ready(true);
         tasks.spawn(proxy.run(shutdown.clone()));
     }
 
-    let app = router(AppState {
-        service: service.clone(),
-        health,
-    });
+    let app = router(AppState { service: service.clone(), health });
     let api_shutdown = shutdown.clone();
     tasks.spawn(async move {
         let serve = axum::serve(api, app).with_graceful_shutdown(api_shutdown.cancelled_owned());
@@ -180,11 +195,7 @@ pub async fn start(config: UpConfig) -> anyhow::Result<Running> {
             tracing::error!(error = %e, "API server failed");
         }
     });
-    tasks.spawn(reconciler::run(
-        service.clone(),
-        config.reconcile_every,
-        shutdown.clone(),
-    ));
+    tasks.spawn(reconciler::run(service.clone(), config.reconcile_every, shutdown.clone()));
 
     let stopping = agent.clone();
     let task = tokio::spawn(async move {
@@ -195,6 +206,8 @@ pub async fn start(config: UpConfig) -> anyhow::Result<Running> {
     Ok(Running {
         api_addr,
         redis_addr,
+        mysql_addr,
+        mysql_pool,
         admin_token,
         admin_token_path,
         service,
@@ -212,18 +225,13 @@ async fn ensure_admin_token(
     let path = dir.join(ADMIN_TOKEN_FILE);
     if let Ok(existing) = std::fs::read_to_string(&path) {
         let existing = existing.trim().to_owned();
-        if matches!(
-            service.caller(&existing).await,
-            Ok(crate::service::Caller::Operator)
-        ) {
+        if matches!(service.caller(&existing).await, Ok(crate::service::Caller::Operator)) {
             return Ok((existing, path));
         }
         tracing::warn!(path = %path.display(), "admin token is invalid or revoked; writing a new one");
         std::fs::remove_file(&path).ok();
     }
-    let issued = service
-        .issue(None, None, Role::Admin, MAX_TOKEN_TTL)
-        .await?;
+    let issued = service.issue(None, None, Role::Admin, MAX_TOKEN_TTL).await?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

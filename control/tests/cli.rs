@@ -25,24 +25,15 @@ fn up(data_dir: &std::path::Path) -> anyhow::Result<Up> {
     let mut child = Command::new(BIN)
         .args(["--data-dir"])
         .arg(data_dir)
-        .args([
-            "up",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--redis-listen",
-            "127.0.0.1:0",
-            "--demo",
-        ])
+        .args(["up", "--api-listen", "127.0.0.1:0", "--redis-listen", "127.0.0.1:0", "--demo"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let (mut api, mut redis) = (String::new(), String::new());
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line?;
         if let Some(a) = line.trim().strip_prefix("API:") {
             api = a.trim().to_owned();
@@ -54,10 +45,9 @@ fn up(data_dir: &std::path::Path) -> anyhow::Result<Up> {
             break;
         }
     }
-    anyhow::ensure!(
-        !api.is_empty() && !redis.is_empty(),
-        "endpoints not printed"
-    );
+    anyhow::ensure!(!api.is_empty() && !redis.is_empty(), "endpoints not printed");
+    // Keep reading, so the server never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     Ok(Up { child, api, redis })
 }
 
@@ -68,11 +58,7 @@ fn dormouse(
     args: &[&str],
 ) -> anyhow::Result<(bool, String, String)> {
     let mut cmd = Command::new(BIN);
-    cmd.arg("--api")
-        .arg(&up.api)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("DORMOUSE_TOKEN");
+    cmd.arg("--api").arg(&up.api).arg("--data-dir").arg(data_dir).env_remove("DORMOUSE_TOKEN");
     if let Some(t) = token {
         cmd.args(["--token", t]);
     }
@@ -90,29 +76,17 @@ fn the_cli_drives_a_running_dormouse_up() -> anyhow::Result<()> {
     let mut up = up(dir.path())?;
 
     // The operator's token is picked up from the data directory.
-    let (ok, out, err) = dormouse(
-        &up,
-        dir.path(),
-        None,
-        &["--json", "tenant", "create", "acme"],
-    )?;
+    let (ok, out, err) = dormouse(&up, dir.path(), None, &["--json", "tenant", "create", "acme"])?;
     assert!(ok, "{err}");
     let tenant: serde_json::Value = serde_json::from_str(&out)?;
     let token = tenant["token"].as_str().unwrap_or_default().to_owned();
 
-    let (ok, out, err) = dormouse(
-        &up,
-        dir.path(),
-        Some(&token),
-        &["db", "create", "cache", "--engine", "redis"],
-    )?;
+    let (ok, out, err) =
+        dormouse(&up, dir.path(), Some(&token), &["db", "create", "cache", "--engine", "redis"])?;
     assert!(ok, "{err}");
     assert!(out.contains("is running"), "{out}");
-    let command = out
-        .lines()
-        .find_map(|l| l.strip_prefix("connect: "))
-        .unwrap_or_default()
-        .to_owned();
+    let command =
+        out.lines().find_map(|l| l.strip_prefix("connect: ")).unwrap_or_default().to_owned();
     let args: Vec<&str> = command.split_whitespace().collect();
     assert_eq!(args.first(), Some(&"redis-cli"));
     assert!(
@@ -121,31 +95,16 @@ fn the_cli_drives_a_running_dormouse_up() -> anyhow::Result<()> {
         up.redis
     );
     // The printed command line works as pasted.
-    let pasted = Command::new(args[0])
-        .args(&args[1..])
-        .args(["SET", "k", "v"])
-        .output()?;
+    let pasted = Command::new(args[0]).args(&args[1..]).args(["SET", "k", "v"]).output()?;
     assert_eq!(String::from_utf8_lossy(&pasted.stdout).trim(), "OK");
 
     let (ok, out, _) = dormouse(&up, dir.path(), Some(&token), &["db", "list"])?;
-    assert!(
-        ok && out.contains("cache") && out.contains("running"),
-        "{out}"
-    );
+    assert!(ok && out.contains("cache") && out.contains("running"), "{out}");
     let (ok, out, _) = dormouse(
         &up,
         dir.path(),
         Some(&token),
-        &[
-            "token",
-            "create",
-            "--database",
-            "cache",
-            "--role",
-            "readonly",
-            "--ttl",
-            "1h",
-        ],
+        &["token", "create", "--database", "cache", "--role", "readonly", "--ttl", "1h"],
     )?;
     assert!(ok && out.contains("readonly"), "{out}");
     let id = out.split_whitespace().nth(1).unwrap_or_default().to_owned();
@@ -153,12 +112,8 @@ fn the_cli_drives_a_running_dormouse_up() -> anyhow::Result<()> {
     assert!(ok && out.contains("revoked"), "{out}");
 
     // Errors are clear and exit non-zero.
-    let (ok, _, err) = dormouse(
-        &up,
-        dir.path(),
-        Some(&token),
-        &["db", "create", "cache", "--engine", "redis"],
-    )?;
+    let (ok, _, err) =
+        dormouse(&up, dir.path(), Some(&token), &["db", "create", "cache", "--engine", "redis"])?;
     assert!(!ok && err.contains("already exists"), "{err}");
     let (ok, _, err) = dormouse(&up, dir.path(), Some(&token), &["db", "show", "nope"])?;
     assert!(!ok && err.contains("no database named"), "{err}");

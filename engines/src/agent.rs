@@ -37,10 +37,9 @@ pub trait HostAgent: Send + Sync {
     /// Where the instance listens while it is running.
     fn endpoint(&self, id: &InstanceId) -> Option<Endpoint> {
         match self.state(id) {
-            InstanceState::Running { port, .. } => Some(Endpoint {
-                host: "127.0.0.1".into(),
-                port,
-            }),
+            InstanceState::Running { port, .. } => {
+                Some(Endpoint { host: "127.0.0.1".into(), port })
+            }
             _ => None,
         }
     }
@@ -67,10 +66,7 @@ impl LocalAgent {
         policy: RestartPolicy,
     ) -> std::io::Result<Self> {
         let root = root.into();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&root)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&root)?;
         Ok(Self {
             root,
             engines: engines.into_iter().map(|e| (e.kind(), e)).collect(),
@@ -106,10 +102,7 @@ impl LocalAgent {
         engine.provision(spec, &scratch).await?;
         tokio::fs::rename(&scratch, &dir)
             .await
-            .map_err(EngineError::io(format!(
-                "moving {} into place",
-                dir.display()
-            )))?;
+            .map_err(EngineError::io(format!("moving {} into place", dir.display())))?;
         Ok(dir)
     }
 
@@ -121,33 +114,21 @@ impl LocalAgent {
 }
 
 fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)?;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
 #[async_trait]
 impl HostAgent for LocalAgent {
     async fn start(&self, spec: &InstanceSpec) -> Result<Endpoint, AgentError> {
-        let engine = self
-            .engines
-            .get(&spec.engine)
-            .ok_or(AgentError::EngineUnavailable(spec.engine))?;
+        let engine =
+            self.engines.get(&spec.engine).ok_or(AgentError::EngineUnavailable(spec.engine))?;
         let supervisor = {
             let lock = self.lock(&spec.id);
             let _guard = lock.lock().await;
-            let live = self
-                .supervisors
-                .get(&spec.id)
-                .map(|s| s.clone())
-                .filter(|s| {
-                    !matches!(
-                        s.state(),
-                        InstanceState::Stopped | InstanceState::Failed { .. }
-                    )
-                });
+            let live = self.supervisors.get(&spec.id).map(|s| s.clone()).filter(|s| {
+                !matches!(s.state(), InstanceState::Stopped | InstanceState::Failed { .. })
+            });
             match live {
                 Some(s) => s,
                 None => {
@@ -164,15 +145,11 @@ impl HostAgent for LocalAgent {
             }
         };
         match supervisor.ready().await {
-            Ok(port) => Ok(Endpoint {
-                host: "127.0.0.1".into(),
-                port,
-            }),
+            Ok(port) => Ok(Endpoint { host: "127.0.0.1".into(), port }),
             Err(e) => {
                 let lock = self.lock(&spec.id);
                 let _guard = lock.lock().await;
-                self.supervisors
-                    .remove_if(&spec.id, |_, s| Arc::ptr_eq(s, &supervisor));
+                self.supervisors.remove_if(&spec.id, |_, s| Arc::ptr_eq(s, &supervisor));
                 supervisor.stop().await;
                 Err(e.into())
             }
@@ -202,9 +179,7 @@ impl HostAgent for LocalAgent {
     }
 
     fn state(&self, id: &InstanceId) -> InstanceState {
-        self.supervisors
-            .get(id)
-            .map_or(InstanceState::Stopped, |s| s.state())
+        self.supervisors.get(id).map_or(InstanceState::Stopped, |s| s.state())
     }
 
     fn engines(&self) -> Vec<EngineKind> {

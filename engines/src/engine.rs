@@ -26,15 +26,9 @@ pub struct Launch {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("{program} was not found; install the {package} package")]
-    NotInstalled {
-        program: &'static str,
-        package: &'static str,
-    },
+    NotInstalled { program: &'static str, package: &'static str },
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
     #[error("{0}")]
     Failed(String),
 }

@@ -5,6 +5,7 @@
 //! - [`spec`]: instance identity, engine kind, limits and the internal secret.
 //! - [`engine`]: the `Engine` trait: provision, launch, probe, destroy.
 //! - [`redis`]: the Redis driver (`redis-server`, one process per database).
+//! - [`mariadb`]: the MariaDB driver (`mariadbd` from a copied template data directory).
 //! - [`process`]: spawning a server process with captured output, SIGTERM-then-SIGKILL stop.
 //! - [`supervisor`]: one task per instance: start, wait for readiness, restart with backoff.
 //! - [`agent`]: the `HostAgent` trait and the in-process implementation `dormouse up` uses.
@@ -12,6 +13,7 @@
 
 pub mod agent;
 pub mod engine;
+pub mod mariadb;
 pub mod ports;
 pub mod process;
 pub mod redis;

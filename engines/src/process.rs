@@ -37,9 +37,7 @@ impl ManagedProcess {
             .process_group(0)
             .kill_on_drop(true);
         set_parent_death_signal(&mut cmd);
-        Ok(Self {
-            child: cmd.spawn()?,
-        })
+        Ok(Self { child: cmd.spawn()? })
     }
 
     /// The pid while the process has not been reaped.
@@ -112,10 +110,7 @@ mod tests {
     #[tokio::test]
     async fn stop_terminates_and_reaps() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let launch = Launch {
-            program: "sleep".into(),
-            args: vec!["30".into()],
-        };
+        let launch = Launch { program: "sleep".into(), args: vec!["30".into()] };
         let proc = ManagedProcess::spawn(&launch, &dir.path().join("log"))?;
         assert!(proc.pid().is_some());
         let status = proc.stop(Duration::from_secs(5)).await?;
@@ -129,10 +124,7 @@ mod tests {
         let launch = Launch {
             program: "sh".into(),
             // An ignored signal stays ignored across exec, so `sleep` ignores SIGTERM too.
-            args: vec![
-                "-c".into(),
-                "trap '' TERM; echo ready; exec sleep 30".into(),
-            ],
+            args: vec!["-c".into(), "trap '' TERM; echo ready; exec sleep 30".into()],
         };
         let log = dir.path().join("log");
         let proc = ManagedProcess::spawn(&launch, &log)?;

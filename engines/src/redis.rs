@@ -32,17 +32,12 @@ impl RedisEngine {
     pub fn detect() -> Result<Self, EngineError> {
         find_program("redis-server")
             .map(|server| Self { server })
-            .ok_or(EngineError::NotInstalled {
-                program: "redis-server",
-                package: "redis-server",
-            })
+            .ok_or(EngineError::NotInstalled { program: "redis-server", package: "redis-server" })
     }
 
     /// Uses the given binary, e.g. a stand-in that fails in tests.
     pub fn with_binary(server: impl Into<PathBuf>) -> Self {
-        Self {
-            server: server.into(),
-        }
+        Self { server: server.into() }
     }
 }
 
@@ -171,10 +166,7 @@ impl Engine for RedisEngine {
         write_private(&path, render_config(instance).as_bytes())
             .await
             .map_err(EngineError::io(format!("writing {}", path.display())))?;
-        Ok(Launch {
-            program: self.server.clone(),
-            args: vec![path.into_os_string()],
-        })
+        Ok(Launch { program: self.server.clone(), args: vec![path.into_os_string()] })
     }
 
     async fn probe(&self, instance: &Instance) -> Result<(), ProbeError> {
@@ -221,11 +213,9 @@ mod tests {
         Instance {
             spec: InstanceSpec {
                 id: InstanceId::new("i-test").expect("valid id"),
+                name: "test".into(),
                 engine: EngineKind::Redis,
-                limits: Limits {
-                    memory_mb: 64,
-                    max_connections: 50,
-                },
+                limits: Limits { memory_mb: 64, max_connections: 50 },
                 password: Secret::new("hunter2"),
                 port: 0,
             },

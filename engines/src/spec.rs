@@ -58,11 +58,7 @@ impl InstanceId {
             && id
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if ok {
-            Ok(Self(id))
-        } else {
-            Err(InvalidInstanceId(id))
-        }
+        if ok { Ok(Self(id)) } else { Err(InvalidInstanceId(id)) }
     }
 
     /// A fresh random id, `i-` followed by 16 hex digits.
@@ -128,6 +124,8 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceSpec {
     pub id: InstanceId,
+    /// The database's name as its tenant knows it (the MariaDB schema).
+    pub name: String,
     pub engine: EngineKind,
     pub limits: Limits,
     /// Password of the internal user that only the proxy uses.

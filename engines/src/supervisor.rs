@@ -56,9 +56,7 @@ impl Default for RestartPolicy {
 impl RestartPolicy {
     fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
+        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
     }
 }
 
@@ -150,17 +148,11 @@ async fn supervise(
         port = match ports::pick(port) {
             Ok(p) => p,
             Err(e) => {
-                state.send_replace(InstanceState::Failed {
-                    reason: format!("no free port: {e}"),
-                });
+                state.send_replace(InstanceState::Failed { reason: format!("no free port: {e}") });
                 return;
             }
         };
-        let instance = Instance {
-            spec: spec.clone(),
-            dir: dir.clone(),
-            port,
-        };
+        let instance = Instance { spec: spec.clone(), dir: dir.clone(), port };
         let reason = match start_once(engine.as_ref(), &instance, &log, &stop).await {
             Ok(mut process) => {
                 let pid = process.pid().unwrap_or_default();
@@ -222,10 +214,7 @@ async fn start_once(
     log: &std::path::Path,
     stop: &CancellationToken,
 ) -> Result<ManagedProcess, StartError> {
-    let launch = engine
-        .launch(instance)
-        .await
-        .map_err(|e| StartError::Failed(e.to_string()))?;
+    let launch = engine.launch(instance).await.map_err(|e| StartError::Failed(e.to_string()))?;
     let mut process = ManagedProcess::spawn(&launch, log)
         .map_err(|e| StartError::Failed(format!("spawning {}: {e}", launch.program.display())))?;
     let deadline = Instant::now() + engine.start_timeout();

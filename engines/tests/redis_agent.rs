@@ -16,11 +16,9 @@ use tokio::net::TcpStream;
 fn spec() -> InstanceSpec {
     InstanceSpec {
         id: InstanceId::generate(),
+        name: "test".into(),
         engine: EngineKind::Redis,
-        limits: Limits {
-            memory_mb: 32,
-            max_connections: 20,
-        },
+        limits: Limits { memory_mb: 32, max_connections: 20 },
         password: Secret::generate(),
         port: 0,
     }
@@ -37,8 +35,7 @@ async fn run(port: u16, password: &str, commands: &[&str]) -> std::io::Result<Ve
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     let mut out = Vec::new();
-    w.write_all(format!("AUTH {INTERNAL_USER} {password}\r\n").as_bytes())
-        .await?;
+    w.write_all(format!("AUTH {INTERNAL_USER} {password}\r\n").as_bytes()).await?;
     assert_eq!(lines.next_line().await?.as_deref(), Some("+OK"));
     for c in commands {
         w.write_all(format!("{c}\r\n").as_bytes()).await?;
@@ -93,10 +90,7 @@ async fn a_killed_redis_server_is_restarted() -> anyhow::Result<()> {
     let InstanceState::Running { pid, .. } = agent.state(&spec.id) else {
         anyhow::bail!("not running");
     };
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::SIGKILL,
-    )?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL)?;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -111,10 +105,7 @@ async fn a_killed_redis_server_is_restarted() -> anyhow::Result<()> {
     let ep = agent.endpoint(&spec.id).expect("running");
     // The SET was followed by a kill -9 within a second: AOF `everysec` may not have it, so only
     // check that the restarted server answers.
-    assert_eq!(
-        run(ep.port, spec.password.expose(), &["PING"]).await?,
-        ["+PONG"]
-    );
+    assert_eq!(run(ep.port, spec.password.expose(), &["PING"]).await?, ["+PONG"]);
     agent.shutdown().await;
     Ok(())
 }
@@ -123,10 +114,7 @@ async fn a_killed_redis_server_is_restarted() -> anyhow::Result<()> {
 async fn a_server_that_cannot_start_fails_with_its_log() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let broken: Arc<dyn Engine> = Arc::new(RedisEngine::with_binary("/bin/false"));
-    let policy = RestartPolicy {
-        initial_backoff: Duration::from_millis(1),
-        ..Default::default()
-    };
+    let policy = RestartPolicy { initial_backoff: Duration::from_millis(1), ..Default::default() };
     let agent = LocalAgent::new(tmp.path(), vec![broken], policy)?;
     let spec = spec();
     let err = agent.start(&spec).await.expect_err("cannot start");

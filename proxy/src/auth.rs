@@ -38,22 +38,14 @@ pub struct Identity {
 /// Decides which database a verified token may reach. `requested` is what the client named
 /// (MySQL user, Redis AUTH user); it must agree with the token's scope if both are present.
 pub fn authorize(claims: &Claims, requested: Option<&str>) -> Result<Identity, AuthError> {
-    let tenant = claims
-        .sub
-        .clone()
-        .ok_or(AuthError::Refused("operator token"))?;
+    let tenant = claims.sub.clone().ok_or(AuthError::Refused("operator token"))?;
     let database = match (requested, claims.db.as_deref()) {
         (Some(r), Some(scope)) if r != scope => return Err(AuthError::Refused("other database")),
         (Some(r), _) => r.to_owned(),
         (None, Some(scope)) => scope.to_owned(),
         (None, None) => return Err(AuthError::NeedsDatabase),
     };
-    Ok(Identity {
-        tenant,
-        database,
-        role: claims.role,
-        token_id: claims.jti.clone(),
-    })
+    Ok(Identity { tenant, database, role: claims.role, token_id: claims.jti.clone() })
 }
 
 /// Verifies tokens with cached keys.
@@ -75,11 +67,7 @@ const MIN_REFETCH: Duration = Duration::from_secs(1);
 
 impl TokenVerifier {
     pub fn new(control: Arc<dyn ControlPlane>) -> Self {
-        Self {
-            control,
-            keys: RwLock::default(),
-            refresh: tokio::sync::Mutex::new(()),
-        }
+        Self { control, keys: RwLock::default(), refresh: tokio::sync::Mutex::new(()) }
     }
 
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
@@ -91,10 +79,7 @@ impl TokenVerifier {
             return Err(AuthError::Refused("algorithm"));
         }
         let kid = header.kid.ok_or(AuthError::Refused("no key id"))?;
-        let key = self
-            .key(&kid)
-            .await?
-            .ok_or(AuthError::Refused("unknown key"))?;
+        let key = self.key(&kid).await?.ok_or(AuthError::Refused("unknown key"))?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = 5;
         let data = decode::<Claims>(token, &key, &validation).map_err(|e| {
@@ -145,12 +130,7 @@ impl TokenVerifier {
     }
 
     fn cached(&self, kid: &str) -> Option<Arc<DecodingKey>> {
-        self.keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys
-            .get(kid)
-            .cloned()
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).keys.get(kid).cloned()
     }
 }
 
@@ -171,37 +151,22 @@ mod tests {
     #[test]
     fn a_scoped_token_reaches_only_its_database() {
         let c = claims(Some("t1"), Some("cache"));
-        assert_eq!(
-            authorize(&c, None).map(|i| i.database).ok(),
-            Some("cache".into())
-        );
-        assert_eq!(
-            authorize(&c, Some("cache")).map(|i| i.database).ok(),
-            Some("cache".into())
-        );
-        assert!(matches!(
-            authorize(&c, Some("other")),
-            Err(AuthError::Refused(_))
-        ));
+        assert_eq!(authorize(&c, None).map(|i| i.database).ok(), Some("cache".into()));
+        assert_eq!(authorize(&c, Some("cache")).map(|i| i.database).ok(), Some("cache".into()));
+        assert!(matches!(authorize(&c, Some("other")), Err(AuthError::Refused(_))));
     }
 
     #[test]
     fn a_tenant_token_must_name_a_database() {
         let c = claims(Some("t1"), None);
         assert!(matches!(authorize(&c, None), Err(AuthError::NeedsDatabase)));
-        assert_eq!(
-            authorize(&c, Some("x")).map(|i| i.tenant).ok(),
-            Some("t1".into())
-        );
+        assert_eq!(authorize(&c, Some("x")).map(|i| i.tenant).ok(), Some("t1".into()));
     }
 
     #[test]
     fn the_operator_token_reaches_no_database() {
         let mut c = claims(None, None);
         c.role = Role::Admin;
-        assert!(matches!(
-            authorize(&c, Some("x")),
-            Err(AuthError::Refused(_))
-        ));
+        assert!(matches!(authorize(&c, Some("x")), Err(AuthError::Refused(_))));
     }
 }

@@ -49,9 +49,7 @@ impl FromStr for Role {
             "readonly" => Ok(Role::Readonly),
             "readwrite" => Ok(Role::Readwrite),
             "admin" => Ok(Role::Admin),
-            _ => Err(format!(
-                "unknown role {s:?} (expected admin, readwrite or readonly)"
-            )),
+            _ => Err(format!("unknown role {s:?} (expected admin, readwrite or readonly)")),
         }
     }
 }

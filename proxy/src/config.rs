@@ -1,16 +1,30 @@
 //! Proxy configuration: where to listen and the limits that bound what clients can cost.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::mysql::pool::PoolConfig;
+use crate::tls::TlsSource;
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub redis_listen: SocketAddr,
+    pub mysql_listen: SocketAddr,
+    /// Where the proxy keeps key material it generates: the MySQL RSA key, and the
+    /// self-signed TLS certificate unless `tls` names files.
+    pub keys_dir: PathBuf,
+    pub tls: TlsSource,
     /// Client connections per listener; one more is answered with a "too many" error.
     pub max_client_connections: usize,
+    /// Failed logins per second per client address before it is refused for a moment.
+    pub failed_logins_per_second: u32,
+    /// RSA decryptions (the expensive pre-authentication step) per second per address.
+    pub rsa_per_second: u32,
     /// How long a cached route is trusted before control is asked again.
     pub route_ttl: Duration,
     pub redis: RedisConfig,
+    pub mysql: MysqlConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -33,14 +47,46 @@ impl Default for RedisConfig {
     }
 }
 
+#[derive(Debug, Clone)]
+pub struct MysqlConfig {
+    /// Time a new connection has to complete its login.
+    pub handshake_timeout: Duration,
+    /// Largest command a client may send (the backends accept 64 MiB).
+    pub max_packet: usize,
+    pub backend_connect_timeout: Duration,
+    pub pool: PoolConfig,
+    /// Version announced before any backend has been seen.
+    pub default_version: String,
+}
+
+impl Default for MysqlConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            max_packet: 64 * 1024 * 1024,
+            backend_connect_timeout: Duration::from_secs(5),
+            pool: PoolConfig::default(),
+            default_version: "5.5.5-10.11.19-MariaDB".into(),
+        }
+    }
+}
+
 impl ProxyConfig {
-    /// Loopback listeners on kernel-chosen ports, default limits: for tests and embedding.
-    pub fn ephemeral() -> Self {
+    /// Loopback listeners on kernel-chosen ports, default limits, a self-signed certificate
+    /// in `keys_dir`: for tests and embedding.
+    pub fn ephemeral(keys_dir: impl Into<PathBuf>) -> Self {
+        let keys_dir = keys_dir.into();
         Self {
             redis_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mysql_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: TlsSource::SelfSigned { dir: keys_dir.clone() },
+            keys_dir,
             max_client_connections: 10_000,
+            failed_logins_per_second: 20,
+            rsa_per_second: 100,
             route_ttl: Duration::from_secs(2),
             redis: RedisConfig::default(),
+            mysql: MysqlConfig::default(),
         }
     }
 }

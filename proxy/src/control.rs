@@ -113,14 +113,12 @@ impl HttpControl {
             .map_err(|e| ControlError::Unavailable(e.to_string()))?;
         match resp.status() {
             reqwest::StatusCode::NOT_FOUND => Ok(None),
-            reqwest::StatusCode::SERVICE_UNAVAILABLE => Err(ControlError::NotRunning(
-                resp.text().await.unwrap_or_default(),
-            )),
-            s if s.is_success() => resp
-                .json()
-                .await
-                .map(Some)
-                .map_err(|e| ControlError::Unavailable(e.to_string())),
+            reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                Err(ControlError::NotRunning(resp.text().await.unwrap_or_default()))
+            }
+            s if s.is_success() => {
+                resp.json().await.map(Some).map_err(|e| ControlError::Unavailable(e.to_string()))
+            }
             s => Err(ControlError::Unavailable(format!("GET {path}: HTTP {s}"))),
         }
     }
@@ -149,7 +147,6 @@ impl ControlPlane for HttpControl {
     }
 
     async fn route(&self, tenant: &str, database: &str) -> Result<Option<Route>, ControlError> {
-        self.get(&format!("{}/{tenant}/{database}", paths::ROUTES))
-            .await
+        self.get(&format!("{}/{tenant}/{database}", paths::ROUTES)).await
     }
 }

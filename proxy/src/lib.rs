@@ -8,15 +8,20 @@
 //! - [`auth`]: token verification against the cached JWKS, and who may reach which database.
 //! - [`routes`]: the route cache.
 //! - [`listener`]: the accept loop: connection limit, task tracking, drain on shutdown.
+//! - [`tls`]: TLS for client connections.
 //! - [`redis`]: the Redis front end: codec, commands, backend connections, the session relay.
+//! - [`mysql`]: the MySQL front end: login, backend connections and their pool, the relay.
 
 pub mod auth;
 pub mod claims;
 pub mod config;
 pub mod control;
 pub mod listener;
+pub mod mysql;
 pub mod redis;
 pub mod routes;
+pub mod throttle;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,30 +32,70 @@ use tokio_util::sync::CancellationToken;
 pub use config::ProxyConfig;
 pub use control::ControlPlane;
 
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Rsa(#[from] mysql::rsa::RsaError),
+    #[error("creating {0}: {1}")]
+    KeysDir(String, std::io::Error),
+}
+
 /// A proxy whose listeners are bound (so their addresses are known) but not yet serving.
 pub struct Proxy {
     redis: TcpListener,
-    redis_ctx: Arc<redis::RedisFrontend>,
+    mysql: TcpListener,
+    redis_front: Arc<redis::RedisFrontend>,
+    mysql_front: Arc<mysql::MysqlFrontend>,
+    throttle: Arc<throttle::Throttle>,
     max_connections: usize,
 }
 
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr).await.map_err(|source| ProxyError::Bind { addr, source })
+}
+
 impl Proxy {
-    /// Binds the listeners named in `config`.
+    /// Loads or creates key material and binds the listeners named in `config`.
     pub async fn bind(
         config: ProxyConfig,
         control: Arc<dyn ControlPlane>,
-    ) -> std::io::Result<Self> {
+    ) -> Result<Self, ProxyError> {
+        std::fs::create_dir_all(&config.keys_dir)
+            .map_err(|e| ProxyError::KeysDir(config.keys_dir.display().to_string(), e))?;
+        let tls = tls::acceptor(&config.tls)?;
+        let rsa = mysql::rsa::RsaKey::load_or_create(&config.keys_dir)?;
         let verifier = Arc::new(auth::TokenVerifier::new(control.clone()));
         let routes = Arc::new(routes::RouteCache::new(control, config.route_ttl));
-        let redis = TcpListener::bind(config.redis_listen).await?;
-        let redis_ctx = Arc::new(redis::RedisFrontend::new(
+        let redis = bind(config.redis_listen).await?;
+        let mysql = bind(config.mysql_listen).await?;
+        let throttle = Arc::new(throttle::Throttle::new(
+            config.failed_logins_per_second,
+            config.rsa_per_second,
+        ));
+        let redis_front = Arc::new(redis::RedisFrontend::new(
             config.redis.clone(),
+            verifier.clone(),
+            routes.clone(),
+            throttle.clone(),
+        ));
+        let mysql_front = Arc::new(mysql::MysqlFrontend::new(
+            config.mysql.clone(),
             verifier,
             routes,
+            Some(tls),
+            rsa,
+            throttle.clone(),
         ));
         Ok(Self {
             redis,
-            redis_ctx,
+            mysql,
+            redis_front,
+            mysql_front,
+            throttle,
             max_connections: config.max_client_connections,
         })
     }
@@ -59,8 +104,34 @@ impl Proxy {
         self.redis.local_addr()
     }
 
+    pub fn mysql_addr(&self) -> std::io::Result<SocketAddr> {
+        self.mysql.local_addr()
+    }
+
+    /// The MySQL backend pool (for its counters).
+    pub fn mysql_pool(&self) -> Arc<mysql::pool::Pool> {
+        self.mysql_front.pool.clone()
+    }
+
     /// Serves until `shutdown`, then waits for open sessions to end.
     pub async fn run(self, shutdown: CancellationToken) {
-        listener::serve(self.redis, self.max_connections, shutdown, self.redis_ctx).await;
+        let pool = self.mysql_front.pool.clone();
+        let throttle = self.throttle.clone();
+        let forget = shutdown.clone();
+        let limiter_cleanup = async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => throttle.forget_quiet(),
+                    () = forget.cancelled() => return,
+                }
+            }
+        };
+        tokio::join!(
+            listener::serve(self.redis, self.max_connections, shutdown.clone(), self.redis_front),
+            listener::serve(self.mysql, self.max_connections, shutdown.clone(), self.mysql_front),
+            pool.maintain(shutdown.clone()),
+            limiter_cleanup,
+        );
     }
 }

@@ -16,11 +16,7 @@ pub struct RouteCache {
 
 impl RouteCache {
     pub fn new(control: Arc<dyn ControlPlane>, ttl: Duration) -> Self {
-        Self {
-            control,
-            ttl,
-            entries: DashMap::new(),
-        }
+        Self { control, ttl, entries: DashMap::new() }
     }
 
     /// The route, from the cache if fresh, else from control.
@@ -45,7 +41,6 @@ impl RouteCache {
 
     /// Forgets a route that turned out to be wrong.
     pub fn invalidate(&self, tenant: &str, database: &str) {
-        self.entries
-            .remove(&(tenant.to_owned(), database.to_owned()));
+        self.entries.remove(&(tenant.to_owned(), database.to_owned()));
     }
 }

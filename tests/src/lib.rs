@@ -10,6 +10,7 @@ use dormouse_control::up::{self, Running, UpConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
 
 /// A running Dormouse in a temporary directory; everything stops when it is dropped.
 pub struct Cluster {
@@ -43,14 +44,34 @@ pub fn init_tracing() {
 
 impl Cluster {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with a configuration adjusted by `configure` (smaller limits, shorter timeouts).
+    pub async fn start_with(configure: impl FnOnce(&mut UpConfig)) -> anyhow::Result<Self> {
         init_tracing();
         let dir = tempfile::tempdir()?;
-        let running = up::start(UpConfig::ephemeral(dir.path())).await?;
-        Ok(Self {
-            running: Some(running),
-            dir,
-            http: reqwest::Client::new(),
-        })
+        let config = Self::config(dir.path(), configure)?;
+        let running = up::start(config, CancellationToken::new()).await?;
+        Ok(Self { running: Some(running), dir, http: reqwest::Client::new() })
+    }
+
+    /// Test configuration: what a user gets, except that every test cluster shares one MariaDB
+    /// template and one RSA key, each made once per machine (both cost a second of CPU).
+    fn config(
+        dir: &std::path::Path,
+        configure: impl FnOnce(&mut UpConfig),
+    ) -> anyhow::Result<UpConfig> {
+        let uid = nix::unistd::geteuid();
+        let shared = std::env::temp_dir().join(format!("dormouse-tests-shared-{uid}"));
+        std::fs::create_dir_all(&shared)?;
+        let mut config = UpConfig::ephemeral(dir);
+        config.templates_dir = shared.join("templates");
+        let keys = up::proxy_keys_dir(dir);
+        std::fs::create_dir_all(&keys)?;
+        std::fs::copy(shared_rsa_key(&shared)?, keys.join(dormouse_proxy::mysql::rsa::KEY_FILE))?;
+        configure(&mut config);
+        Ok(config)
     }
 
     pub fn running(&self) -> &Running {
@@ -66,10 +87,58 @@ impl Cluster {
     }
 
     pub fn redis_port(&self) -> u16 {
-        self.running()
-            .redis_addr
-            .map(|a| a.port())
-            .unwrap_or_default()
+        self.running().redis_addr.map(|a| a.port()).unwrap_or_default()
+    }
+
+    pub fn mysql_port(&self) -> u16 {
+        self.running().mysql_addr.map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// The proxy's self-signed certificate, for clients that verify it.
+    pub fn tls_cert(&self) -> std::path::PathBuf {
+        up::proxy_keys_dir(self.data_dir()).join("tls-cert.pem")
+    }
+
+    /// `mysql_async` options for logging in as `database` with `token`, over TLS or not.
+    pub fn mysql_opts(&self, database: &str, token: &str, tls: bool) -> mysql_async::Opts {
+        let mut opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(self.mysql_port())
+            .user(Some(database))
+            .pass(Some(token))
+            .db_name(Some(database))
+            // By default mysql_async, connected to 127.0.0.1, also tries the server's unix
+            // socket (from `@@socket`): the backend's, which refuses the tenant's user. That
+            // costs nothing but a refused login on the backend, which would skew the counts
+            // tests make of backend connections.
+            .prefer_socket(false);
+        if tls {
+            let ssl = mysql_async::SslOpts::default().with_root_certs(vec![self.tls_cert().into()]);
+            opts = opts.ssl_opts(ssl);
+        }
+        opts.into()
+    }
+
+    /// Runs the real `mariadb` client against the proxy with `args` after the connection options.
+    pub async fn mariadb(&self, user: &str, token: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let port = self.mysql_port().to_string();
+        let password = format!("-p{token}");
+        let mut cmd = tokio::process::Command::new("mariadb");
+        cmd.args([
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &port,
+            "-u",
+            user,
+            &password,
+            "--batch",
+        ]);
+        let out = tokio::time::timeout(Duration::from_secs(30), cmd.args(args).output())
+            .await
+            .context("mariadb timed out")??;
+        Ok(out)
     }
 
     /// Stops everything cleanly and starts again on the same data directory (new ports).
@@ -77,7 +146,8 @@ impl Cluster {
         if let Some(running) = self.running.take() {
             running.stop().await;
         }
-        self.running = Some(up::start(UpConfig::ephemeral(self.dir.path())).await?);
+        let config = Self::config(self.dir.path(), |_| {})?;
+        self.running = Some(up::start(config, CancellationToken::new()).await?);
         Ok(())
     }
 
@@ -105,11 +175,7 @@ impl Cluster {
         let resp = req.send().await?;
         let status = resp.status();
         let text = resp.text().await?;
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text)?
-        };
+        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? };
         Ok(ApiResponse { status, body })
     }
 
@@ -117,12 +183,7 @@ impl Cluster {
     pub async fn tenant(&self, name: &str) -> anyhow::Result<String> {
         let admin = self.admin_token();
         let r = self
-            .api(
-                Method::POST,
-                "/v1/tenants",
-                Some(&admin),
-                Some(json!({ "name": name })),
-            )
+            .api(Method::POST, "/v1/tenants", Some(&admin), Some(json!({ "name": name })))
             .await?;
         if r.status != StatusCode::CREATED {
             bail!("creating tenant {name}: {r:?}");
@@ -133,9 +194,7 @@ impl Cluster {
     /// Creates a database; returns the API's answer (with a database-scoped token).
     pub async fn database(&self, token: &str, name: &str, engine: &str) -> anyhow::Result<Value> {
         let body = json!({ "name": name, "engine": engine });
-        let r = self
-            .api(Method::POST, "/v1/databases", Some(token), Some(body))
-            .await?;
+        let r = self.api(Method::POST, "/v1/databases", Some(token), Some(body)).await?;
         if r.status != StatusCode::CREATED {
             bail!("creating database {name}: {r:?}");
         }
@@ -144,9 +203,7 @@ impl Cluster {
 
     /// Mints a token through the API.
     pub async fn token(&self, admin: &str, body: Value) -> anyhow::Result<(String, String)> {
-        let r = self
-            .api(Method::POST, "/v1/tokens", Some(admin), Some(body))
-            .await?;
+        let r = self.api(Method::POST, "/v1/tokens", Some(admin), Some(body)).await?;
         if r.status != StatusCode::CREATED {
             bail!("creating token: {r:?}");
         }
@@ -182,6 +239,21 @@ impl Cluster {
             .context("redis-cli timed out")??;
         Ok(out)
     }
+}
+
+/// The RSA key every test cluster uses, generated on first use. Test binaries run in parallel,
+/// so it is made in a scratch directory and renamed into place.
+fn shared_rsa_key(shared: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let path = shared.join(dormouse_proxy::mysql::rsa::KEY_FILE);
+    if !path.exists() {
+        let scratch = tempfile::tempdir_in(shared)?;
+        dormouse_proxy::mysql::rsa::RsaKey::load_or_create(scratch.path())?;
+        let made = scratch.path().join(dormouse_proxy::mysql::rsa::KEY_FILE);
+        if std::fs::rename(&made, &path).is_err() && !path.exists() {
+            anyhow::bail!("could not place the shared RSA key at {}", path.display());
+        }
+    }
+    Ok(path)
 }
 
 /// Trimmed stdout of a finished command.

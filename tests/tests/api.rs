@@ -12,65 +12,33 @@ async fn a_tenant_creates_lists_shows_and_deletes_a_database() -> anyhow::Result
     let created = cluster.database(&admin, "cache", "redis").await?;
     assert_eq!(created["status"], "running");
     assert_eq!(created["plan"], "micro");
-    let command = created["connection"]["command"]
-        .as_str()
-        .unwrap_or_default();
+    let command = created["connection"]["command"].as_str().unwrap_or_default();
     let token = created["token"]["token"].as_str().unwrap_or_default();
-    assert!(
-        command.starts_with("redis-cli -h 127.0.0.1 -p "),
-        "{command}"
-    );
-    assert!(
-        command.contains(&format!("--user cache --pass {token}")),
-        "{command}"
-    );
+    assert!(command.starts_with("redis-cli -h 127.0.0.1 -p "), "{command}");
+    assert!(command.contains(&format!("--user cache --pass {token}")), "{command}");
     assert!(token.len() <= 400);
 
-    let list = cluster
-        .api(Method::GET, "/v1/databases", Some(&admin), None)
-        .await?;
+    let list = cluster.api(Method::GET, "/v1/databases", Some(&admin), None).await?;
     assert_eq!(list.body["databases"][0]["name"], "cache");
-    let shown = cluster
-        .api(Method::GET, "/v1/databases/cache", Some(&admin), None)
-        .await?;
+    let shown = cluster.api(Method::GET, "/v1/databases/cache", Some(&admin), None).await?;
     assert_eq!(shown.status, StatusCode::OK);
-    assert!(
-        shown.body["connection"]["uri"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("<token>")
-    );
+    assert!(shown.body["connection"]["uri"].as_str().unwrap_or_default().contains("<token>"));
     // A database-scoped token sees its database only.
-    let scoped = cluster
-        .api(Method::GET, "/v1/databases", Some(token), None)
-        .await?;
+    let scoped = cluster.api(Method::GET, "/v1/databases", Some(token), None).await?;
     assert_eq!(scoped.body["databases"].as_array().map(Vec::len), Some(1));
 
     let instances = cluster.data_dir().join("instances");
     assert_eq!(std::fs::read_dir(&instances)?.count(), 1);
-    let deleted = cluster
-        .api(Method::DELETE, "/v1/databases/cache", Some(&admin), None)
-        .await?;
+    let deleted = cluster.api(Method::DELETE, "/v1/databases/cache", Some(&admin), None).await?;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    assert_eq!(
-        std::fs::read_dir(&instances)?.count(),
-        0,
-        "its data is gone"
-    );
-    let gone = cluster
-        .api(Method::GET, "/v1/databases/cache", Some(&admin), None)
-        .await?;
+    assert_eq!(std::fs::read_dir(&instances)?.count(), 0, "its data is gone");
+    let gone = cluster.api(Method::GET, "/v1/databases/cache", Some(&admin), None).await?;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
 
     // A new database of the same name is not reachable with the old database's token.
     cluster.database(&admin, "cache", "redis").await?;
-    let out = cluster
-        .redis_cli(Some("cache"), Some(token), &["PING"])
-        .await?;
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("WRONGPASS"),
-        "{out:?}"
-    );
+    let out = cluster.redis_cli(Some("cache"), Some(token), &["PING"]).await?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WRONGPASS"), "{out:?}");
     cluster.stop().await;
     Ok(())
 }
@@ -213,66 +181,20 @@ async fn bad_input_gets_a_clear_4xx() -> anyhow::Result<()> {
             400,
             "invalid_role",
         ),
-        (
-            Method::DELETE,
-            "/v1/tokens/nope",
-            Some(&admin),
-            None,
-            404,
-            "not_found",
-        ),
-        (
-            Method::GET,
-            "/v1/databases/nope",
-            Some(&admin),
-            None,
-            404,
-            "not_found",
-        ),
-        (
-            Method::GET,
-            "/v1/nothing",
-            Some(&admin),
-            None,
-            404,
-            "not_found",
-        ),
-        (
-            Method::PUT,
-            "/v1/databases",
-            Some(&admin),
-            None,
-            405,
-            "method_not_allowed",
-        ),
-        (
-            Method::GET,
-            "/internal/v1/revocations",
-            Some(&admin),
-            None,
-            403,
-            "forbidden",
-        ),
+        (Method::DELETE, "/v1/tokens/nope", Some(&admin), None, 404, "not_found"),
+        (Method::GET, "/v1/databases/nope", Some(&admin), None, 404, "not_found"),
+        (Method::GET, "/v1/nothing", Some(&admin), None, 404, "not_found"),
+        (Method::PUT, "/v1/databases", Some(&admin), None, 405, "method_not_allowed"),
+        (Method::GET, "/internal/v1/revocations", Some(&admin), None, 403, "forbidden"),
     ];
     for (method, path, token, body, status, code) in cases {
-        let r = cluster
-            .api(
-                method.clone(),
-                path,
-                token.map(String::as_str),
-                body.clone(),
-            )
-            .await?;
+        let r = cluster.api(method.clone(), path, token.map(String::as_str), body.clone()).await?;
         assert_eq!(
             (r.status.as_u16(), r.error_code()),
             (status, code),
             "{method} {path} {body:?}: {r:?}"
         );
-        assert!(
-            r.body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty())
-        );
+        assert!(r.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
 
     // Malformed JSON.
@@ -289,17 +211,8 @@ async fn bad_input_gets_a_clear_4xx() -> anyhow::Result<()> {
 
     // A revoked token no longer works on the API either.
     let (id, victim) = cluster.token(&admin, json!({})).await?;
-    cluster
-        .api(
-            Method::DELETE,
-            &format!("/v1/tokens/{id}"),
-            Some(&admin),
-            None,
-        )
-        .await?;
-    let r = cluster
-        .api(Method::GET, "/v1/databases", Some(&victim), None)
-        .await?;
+    cluster.api(Method::DELETE, &format!("/v1/tokens/{id}"), Some(&admin), None).await?;
+    let r = cluster.api(Method::GET, "/v1/databases", Some(&victim), None).await?;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     cluster.stop().await;
     Ok(())
@@ -311,14 +224,9 @@ async fn health_and_jwks_are_served() -> anyhow::Result<()> {
     let health = cluster.api(Method::GET, "/healthz", None, None).await?;
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(health.body["parts"]["proxy"], "up");
-    let jwks = cluster
-        .api(Method::GET, "/.well-known/jwks.json", None, None)
-        .await?;
+    let jwks = cluster.api(Method::GET, "/.well-known/jwks.json", None, None).await?;
     let key = &jwks.body["keys"][0];
-    assert_eq!(
-        (key["kty"].as_str(), key["crv"].as_str()),
-        (Some("OKP"), Some("Ed25519"))
-    );
+    assert_eq!((key["kty"].as_str(), key["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
     assert!(key["kid"].as_str().is_some_and(|k| !k.is_empty()));
     assert!(key.get("d").is_none(), "no private part");
     cluster.stop().await;

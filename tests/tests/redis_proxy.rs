@@ -80,12 +80,8 @@ async fn pipelines_and_transactions_work_within_one_connection() -> anyhow::Resu
         .query_async(&mut con)
         .await?;
     assert_eq!((a.as_str(), b.as_str(), n), ("1", "2", 5));
-    let (x, y): (i64, i64) = redis::pipe()
-        .atomic()
-        .incr("n", 1)
-        .incr("n", 1)
-        .query_async(&mut con)
-        .await?;
+    let (x, y): (i64, i64) =
+        redis::pipe().atomic().incr("n", 1).incr("n", 1).query_async(&mut con).await?;
     assert_eq!((x, y), (6, 7));
 
     // A thousand pipelined commands come back in order.
@@ -103,13 +99,9 @@ async fn pipelines_and_transactions_work_within_one_connection() -> anyhow::Resu
 async fn a_refused_command_inside_multi_aborts_the_transaction() -> anyhow::Result<()> {
     let (cluster, _, token) = setup().await?;
     let mut req = resp(&["AUTH", "cache", &token]);
-    for c in [
-        &["MULTI"][..],
-        &["SET", "k", "v"],
-        &["CONFIG", "GET", "dir"],
-        &["EXEC"],
-        &["EXISTS", "k"],
-    ] {
+    for c in
+        [&["MULTI"][..], &["SET", "k", "v"], &["CONFIG", "GET", "dir"], &["EXEC"], &["EXISTS", "k"]]
+    {
         req.extend(resp(c));
     }
     let out = raw(cluster.redis_port(), &req, 6).await?;
@@ -132,11 +124,8 @@ async fn pubsub_delivers_messages_in_resp2_and_resp3() -> anyhow::Result<()> {
         pubsub.subscribe("news").await?;
         pubsub.psubscribe("sport.*").await?;
         let mut publisher = client.get_multiplexed_async_connection().await?;
-        let receivers: i64 = redis::cmd("PUBLISH")
-            .arg("news")
-            .arg("hello")
-            .query_async(&mut publisher)
-            .await?;
+        let receivers: i64 =
+            redis::cmd("PUBLISH").arg("news").arg("hello").query_async(&mut publisher).await?;
         assert_eq!(receivers, 1, "{url}");
         let _: i64 = redis::cmd("PUBLISH")
             .arg("sport.tennis")
@@ -149,20 +138,9 @@ async fn pubsub_delivers_messages_in_resp2_and_resp3() -> anyhow::Result<()> {
         let got: Vec<(String, String)> = [first, second]
             .into_iter()
             .flatten()
-            .map(|m| {
-                (
-                    m.get_channel_name().to_owned(),
-                    m.get_payload().unwrap_or_default(),
-                )
-            })
+            .map(|m| (m.get_channel_name().to_owned(), m.get_payload().unwrap_or_default()))
             .collect();
-        assert_eq!(
-            got,
-            [
-                ("news".into(), "hello".into()),
-                ("sport.tennis".into(), "ace".into())
-            ]
-        );
+        assert_eq!(got, [("news".into(), "hello".into()), ("sport.tennis".into(), "ace".into())]);
     }
 
     // RESP2 by hand: after unsubscribing from everything the connection is an ordinary one again.
@@ -173,15 +151,9 @@ async fn pubsub_delivers_messages_in_resp2_and_resp3() -> anyhow::Result<()> {
     req.extend(resp(&["LPUSH", "l", "message"]));
     req.extend(resp(&["LRANGE", "l", "0", "-1"]));
     let out = raw(cluster.redis_port(), &req, 1 + 6 + 6 + 5 + 12 + 1 + 3).await?;
-    assert!(
-        out.starts_with("+OK\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n"),
-        "{out}"
-    );
+    assert!(out.starts_with("+OK\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n"), "{out}");
     assert!(out.contains("*2\r\n$4\r\npong\r\n$0\r\n\r\n"), "{out}");
-    assert!(
-        out.ends_with(":0\r\n:1\r\n*1\r\n$7\r\nmessage\r\n"),
-        "{out}"
-    );
+    assert!(out.ends_with(":0\r\n:1\r\n*1\r\n$7\r\nmessage\r\n"), "{out}");
     cluster.stop().await;
     Ok(())
 }
@@ -201,26 +173,15 @@ async fn hello_3_with_auth_answers_in_resp3_like_redis_py_expects() -> anyhow::R
     ]));
     req.extend(resp(&["GET", "missing"]));
     let out = raw(cluster.redis_port(), &req, 26 + 3).await?;
-    assert!(
-        out.starts_with("%7\r\n"),
-        "HELLO 3 answers with a map: {out}"
-    );
+    assert!(out.starts_with("%7\r\n"), "HELLO 3 answers with a map: {out}");
     assert!(out.contains("$5\r\nproto\r\n:3\r\n"), "{out}");
-    assert!(
-        out.ends_with("+OK\r\n+OK\r\n_\r\n"),
-        "RESP3 null for a missing key: {out}"
-    );
+    assert!(out.ends_with("+OK\r\n+OK\r\n_\r\n"), "RESP3 null for a missing key: {out}");
 
     let client = redis::Client::open(
         format!("{}?protocol=resp3", cluster.redis_url("cache", &token)).as_str(),
     )?;
     let mut con = client.get_multiplexed_async_connection().await?;
-    let _: () = redis::cmd("HSET")
-        .arg("h")
-        .arg("f")
-        .arg("v")
-        .query_async(&mut con)
-        .await?;
+    let _: () = redis::cmd("HSET").arg("h").arg("f").arg("v").query_async(&mut con).await?;
     let map: std::collections::HashMap<String, String> =
         redis::cmd("HGETALL").arg("h").query_async(&mut con).await?;
     assert_eq!(map.get("f").map(String::as_str), Some("v"));
@@ -240,10 +201,7 @@ async fn commands_before_auth_get_noauth() -> anyhow::Result<()> {
         ),
         "{out}"
     );
-    assert!(
-        out.ends_with("-NOAUTH Authentication required.\r\n"),
-        "{out}"
-    );
+    assert!(out.ends_with("-NOAUTH Authentication required.\r\n"), "{out}");
     cluster.stop().await;
     Ok(())
 }
@@ -255,29 +213,16 @@ async fn wrong_expired_revoked_and_foreign_tokens_are_refused() -> anyhow::Resul
     let login = |user: &str, token: &str| resp(&["AUTH", user, token]);
     let port = cluster.redis_port();
 
-    assert_eq!(
-        raw(port, &login("cache", "not-a-token"), 1).await?,
-        WRONGPASS
-    );
+    assert_eq!(raw(port, &login("cache", "not-a-token"), 1).await?, WRONGPASS);
     // A signature that does not verify.
     let mut forged = token.clone().into_bytes();
     let mid = forged.len() - 40;
     forged[mid] = if forged[mid] == b'A' { b'B' } else { b'A' };
-    assert_eq!(
-        raw(port, &login("cache", std::str::from_utf8(&forged)?), 1).await?,
-        WRONGPASS
-    );
+    assert_eq!(raw(port, &login("cache", std::str::from_utf8(&forged)?), 1).await?, WRONGPASS);
 
     // Expired: signed by control's own key, but in the past.
     let expired = cluster.running().service.keys().sign(&Claims {
-        sub: cluster
-            .running()
-            .service
-            .store()
-            .list_tenants()
-            .await?
-            .first()
-            .map(|t| t.id.clone()),
+        sub: cluster.running().service.store().list_tenants().await?.first().map(|t| t.id.clone()),
         db: Some("cache".into()),
         role: Role::Readwrite,
         exp: jsonwebtoken::get_current_timestamp() - 3600,
@@ -286,18 +231,9 @@ async fn wrong_expired_revoked_and_foreign_tokens_are_refused() -> anyhow::Resul
     assert_eq!(raw(port, &login("cache", &expired), 1).await?, WRONGPASS);
 
     // Revoked.
-    let (id, revocable) = cluster
-        .token(&admin, json!({ "database": "cache" }))
-        .await?;
+    let (id, revocable) = cluster.token(&admin, json!({ "database": "cache" })).await?;
     assert_eq!(raw(port, &login("cache", &revocable), 1).await?, "+OK\r\n");
-    let r = cluster
-        .api(
-            Method::DELETE,
-            &format!("/v1/tokens/{id}"),
-            Some(&admin),
-            None,
-        )
-        .await?;
+    let r = cluster.api(Method::DELETE, &format!("/v1/tokens/{id}"), Some(&admin), None).await?;
     assert_eq!(r.status, 204);
     assert_eq!(raw(port, &login("cache", &revocable), 1).await?, WRONGPASS);
 
@@ -310,18 +246,10 @@ async fn wrong_expired_revoked_and_foreign_tokens_are_refused() -> anyhow::Resul
     cluster.database(&admin, "other", "redis").await?;
     assert_eq!(raw(port, &login("other", &token), 1).await?, WRONGPASS);
     // The operator's token opens no database.
-    assert_eq!(
-        raw(port, &login("cache", &cluster.admin_token()), 1).await?,
-        WRONGPASS
-    );
+    assert_eq!(raw(port, &login("cache", &cluster.admin_token()), 1).await?, WRONGPASS);
 
-    let out = cluster
-        .redis_cli(Some("cache"), Some("wrong"), &["GET", "k"])
-        .await?;
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("WRONGPASS"),
-        "{out:?}"
-    );
+    let out = cluster.redis_cli(Some("cache"), Some("wrong"), &["GET", "k"]).await?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WRONGPASS"), "{out:?}");
     cluster.stop().await;
     Ok(())
 }
@@ -360,15 +288,9 @@ async fn commands_a_tenant_must_not_run_get_noperm() -> anyhow::Result<()> {
     for (line, cmd) in lines[1..=refused.len()].iter().zip(refused) {
         assert!(line.starts_with("-NOPERM"), "{cmd:?} got {line}");
     }
-    assert_eq!(
-        lines[refused.len() + 1],
-        "+PONG",
-        "the connection stays usable"
-    );
+    assert_eq!(lines[refused.len() + 1], "+PONG", "the connection stays usable");
     // redis-cli shows the same.
-    let out = cluster
-        .redis_cli(Some("cache"), Some(&token), &["CONFIG", "GET", "dir"])
-        .await?;
+    let out = cluster.redis_cli(Some("cache"), Some(&token), &["CONFIG", "GET", "dir"]).await?;
     assert!(stdout(&out).starts_with("NOPERM"), "{out:?}");
     cluster.stop().await;
     Ok(())
@@ -377,26 +299,15 @@ async fn commands_a_tenant_must_not_run_get_noperm() -> anyhow::Result<()> {
 #[tokio::test]
 async fn readonly_tokens_can_read_but_not_write() -> anyhow::Result<()> {
     let (cluster, admin, token) = setup().await?;
-    cluster
-        .redis_cli(Some("cache"), Some(&token), &["SET", "k", "v"])
-        .await?;
-    let (_, ro) = cluster
-        .token(&admin, json!({ "database": "cache", "role": "readonly" }))
-        .await?;
+    cluster.redis_cli(Some("cache"), Some(&token), &["SET", "k", "v"]).await?;
+    let (_, ro) = cluster.token(&admin, json!({ "database": "cache", "role": "readonly" })).await?;
     let cli = |args: &'static [&'static str]| cluster.redis_cli(Some("cache"), Some(&ro), args);
     assert_eq!(stdout(&cli(&["GET", "k"]).await?), "v");
     assert_eq!(stdout(&cli(&["EXISTS", "k"]).await?), "1");
-    for write in [
-        &["SET", "k", "w"][..],
-        &["DEL", "k"],
-        &["FLUSHALL"],
-        &["EVAL", "return 1", "0"],
-    ] {
+    for write in [&["SET", "k", "w"][..], &["DEL", "k"], &["FLUSHALL"], &["EVAL", "return 1", "0"]]
+    {
         let out = cluster.redis_cli(Some("cache"), Some(&ro), write).await?;
-        assert!(
-            stdout(&out).starts_with("NOPERM this token is read-only"),
-            "{write:?}: {out:?}"
-        );
+        assert!(stdout(&out).starts_with("NOPERM this token is read-only"), "{write:?}: {out:?}");
     }
     assert_eq!(
         stdout(&cli(&["EVAL_RO", "return redis.call('GET', KEYS[1])", "1", "k"]).await?),
@@ -413,10 +324,7 @@ async fn oversized_requests_are_refused_with_an_error_not_buffered() -> anyhow::
     let port = cluster.redis_port();
     // Before auth, even a 1 MiB argument is refused at once (the limit there is 16 KiB).
     let out = raw(port, b"*2\r\n$4\r\nAUTH\r\n$1048576\r\n", 1).await?;
-    assert_eq!(
-        out,
-        "-ERR Protocol error: request exceeds the proxy's limit of 16384 bytes\r\n"
-    );
+    assert_eq!(out, "-ERR Protocol error: request exceeds the proxy's limit of 16384 bytes\r\n");
     // After auth, the configured limit (32 MiB) applies to the declared size.
     let mut req = resp(&["AUTH", "cache", &token]);
     req.extend_from_slice(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$999999999\r\n");
@@ -428,19 +336,13 @@ async fn oversized_requests_are_refused_with_an_error_not_buffered() -> anyhow::
     // Garbage gets a protocol error, not a crash; the proxy keeps serving.
     let out = raw(port, b"*1\r\n+PING\r\n", 1).await?;
     assert_eq!(out, "-ERR Protocol error: expected '$', got '+'\r\n");
-    let out = cluster
-        .redis_cli(Some("cache"), Some(&token), &["PING"])
-        .await?;
+    let out = cluster.redis_cli(Some("cache"), Some(&token), &["PING"]).await?;
     assert_eq!(stdout(&out), "PONG");
     // A large value within the limit goes through intact.
     let client = redis::Client::open(cluster.redis_url("cache", &token))?;
     let mut con = client.get_multiplexed_async_connection().await?;
     let big = "x".repeat(8 * 1024 * 1024);
-    let _: () = redis::cmd("SET")
-        .arg("big")
-        .arg(&big)
-        .query_async(&mut con)
-        .await?;
+    let _: () = redis::cmd("SET").arg("big").arg(&big).query_async(&mut con).await?;
     let back: String = redis::cmd("GET").arg("big").query_async(&mut con).await?;
     assert_eq!(back.len(), big.len());
     cluster.stop().await;

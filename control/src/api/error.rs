@@ -17,11 +17,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code: code.into(),
-            message: message.into(),
-        }
+        Self { status, code: code.into(), message: message.into() }
     }
 
     pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
@@ -52,11 +48,7 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
             }
         }
     }

@@ -58,15 +58,9 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+        let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
         let token = header
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .ok_or_else(|| {
                 ApiError::from(ServiceError::Unauthorized(
@@ -80,13 +74,11 @@ impl FromRequestParts<AppState> for Caller {
 /// The caller's tenant, for endpoints that act within one; `admin` demands the admin role.
 pub fn tenant_of(caller: &Caller, admin: bool) -> Result<&crate::store::Tenant, ApiError> {
     match caller {
-        Caller::Operator => Err(ApiError::forbidden(
-            "this endpoint needs a tenant's token, not the operator's",
-        )),
+        Caller::Operator => {
+            Err(ApiError::forbidden("this endpoint needs a tenant's token, not the operator's"))
+        }
         Caller::Tenant { role, .. } if admin && *role != dormouse_proxy::claims::Role::Admin => {
-            Err(ApiError::forbidden(
-                "this needs a token with the admin role",
-            ))
+            Err(ApiError::forbidden("this needs a token with the admin role"))
         }
         Caller::Tenant { tenant, .. } => Ok(tenant),
     }

@@ -37,14 +37,8 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route(
-            "/v1/tenants",
-            post(routes::tenants::create).get(routes::tenants::list),
-        )
-        .route(
-            "/v1/databases",
-            post(routes::databases::create).get(routes::databases::list),
-        )
+        .route("/v1/tenants", post(routes::tenants::create).get(routes::tenants::list))
+        .route("/v1/databases", post(routes::databases::create).get(routes::databases::list))
         .route(
             "/v1/databases/{name}",
             get(routes::databases::show).delete(routes::databases::remove),
@@ -54,10 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route(paths::JWKS, get(routes::internal::jwks))
         .route(paths::REVOCATIONS, get(routes::internal::revocations))
-        .route(
-            &format!("{}/{{tenant}}/{{database}}", paths::ROUTES),
-            get(routes::internal::route),
-        )
+        .route(&format!("{}/{{tenant}}/{{database}}", paths::ROUTES), get(routes::internal::route))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -13,14 +13,9 @@ pub fn token_or_admin(cli: &Cli) -> anyhow::Result<String> {
         return Ok(t.trim().to_owned());
     }
     let path = cli.data_dir.join(ADMIN_TOKEN_FILE);
-    std::fs::read_to_string(&path)
-        .map(|t| t.trim().to_owned())
-        .with_context(|| {
-            format!(
-                "no token: pass --token or set DORMOUSE_TOKEN (could not read {})",
-                path.display()
-            )
-        })
+    std::fs::read_to_string(&path).map(|t| t.trim().to_owned()).with_context(|| {
+        format!("no token: pass --token or set DORMOUSE_TOKEN (could not read {})", path.display())
+    })
 }
 
 async fn call(
@@ -31,28 +26,19 @@ async fn call(
 ) -> anyhow::Result<Option<Value>> {
     let token = token_or_admin(cli)?;
     let url = format!("{}{path}", cli.api.trim_end_matches('/'));
-    let mut request = reqwest::Client::new()
-        .request(method, &url)
-        .bearer_auth(token);
+    let mut request = reqwest::Client::new().request(method, &url).bearer_auth(token);
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("calling {url}"))?;
+    let response = request.send().await.with_context(|| format!("calling {url}"))?;
     let status = response.status();
     if status == StatusCode::NO_CONTENT {
         return Ok(None);
     }
-    let body: Value = response
-        .json()
-        .await
-        .with_context(|| format!("reading the answer from {url}"))?;
+    let body: Value =
+        response.json().await.with_context(|| format!("reading the answer from {url}"))?;
     if !status.is_success() {
-        let message = body["error"]["message"]
-            .as_str()
-            .unwrap_or("request failed");
+        let message = body["error"]["message"].as_str().unwrap_or("request failed");
         let code = body["error"]["code"].as_str().unwrap_or("");
         bail!("{message} ({code}, HTTP {})", status.as_u16());
     }
@@ -60,10 +46,7 @@ async fn call(
 }
 
 fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
 fn text<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -73,31 +56,20 @@ fn text<'a>(v: &'a Value, key: &str) -> &'a str {
 pub async fn tenant(cli: &Cli, cmd: &TenantCommand) -> anyhow::Result<()> {
     match cmd {
         TenantCommand::Create { name } => {
-            let body = call(
-                cli,
-                Method::POST,
-                "/v1/tenants",
-                Some(json!({ "name": name })),
-            )
-            .await?;
+            let body =
+                call(cli, Method::POST, "/v1/tenants", Some(json!({ "name": name }))).await?;
             let body = body.unwrap_or_default();
             if cli.json {
                 print_json(&body);
             } else {
-                println!(
-                    "tenant {} created (id {})",
-                    text(&body, "name"),
-                    text(&body, "id")
-                );
+                println!("tenant {} created (id {})", text(&body, "name"), text(&body, "id"));
                 println!("admin token (expires {}):", text(&body, "token_expires_at"));
                 println!("{}", text(&body, "token"));
                 println!("\nuse it:  export DORMOUSE_TOKEN={}", text(&body, "token"));
             }
         }
         TenantCommand::List => {
-            let body = call(cli, Method::GET, "/v1/tenants", None)
-                .await?
-                .unwrap_or_default();
+            let body = call(cli, Method::GET, "/v1/tenants", None).await?.unwrap_or_default();
             if cli.json {
                 print_json(&body);
             } else {
@@ -120,9 +92,8 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
     match cmd {
         DbCommand::Create { name, engine, plan } => {
             let req = json!({ "name": name, "engine": engine, "plan": plan });
-            let body = call(cli, Method::POST, "/v1/databases", Some(req))
-                .await?
-                .unwrap_or_default();
+            let body =
+                call(cli, Method::POST, "/v1/databases", Some(req)).await?.unwrap_or_default();
             if cli.json {
                 print_json(&body);
             } else {
@@ -142,16 +113,11 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
             }
         }
         DbCommand::List => {
-            let body = call(cli, Method::GET, "/v1/databases", None)
-                .await?
-                .unwrap_or_default();
+            let body = call(cli, Method::GET, "/v1/databases", None).await?.unwrap_or_default();
             if cli.json {
                 print_json(&body);
             } else {
-                println!(
-                    "{:<24} {:<7} {:<7} {:<10} ENDPOINT",
-                    "NAME", "ENGINE", "PLAN", "STATUS"
-                );
+                println!("{:<24} {:<7} {:<7} {:<10} ENDPOINT", "NAME", "ENGINE", "PLAN", "STATUS");
                 for d in body["databases"].as_array().into_iter().flatten() {
                     let c = &d["connection"];
                     println!(
@@ -194,19 +160,13 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
 
 pub async fn token(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
     match cmd {
-        TokenCommand::Create {
-            database,
-            role,
-            ttl,
-        } => {
+        TokenCommand::Create { database, role, ttl } => {
             let req = json!({
                 "database": database,
                 "role": role,
                 "ttl_seconds": ttl.map(|d| d.as_secs().max(1)),
             });
-            let body = call(cli, Method::POST, "/v1/tokens", Some(req))
-                .await?
-                .unwrap_or_default();
+            let body = call(cli, Method::POST, "/v1/tokens", Some(req)).await?.unwrap_or_default();
             if cli.json {
                 print_json(&body);
             } else {

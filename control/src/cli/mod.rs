@@ -11,19 +11,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "dormouse",
-    version,
-    about = "Databases that sleep until you connect"
-)]
+#[command(name = "dormouse", version, about = "Databases that sleep until you connect")]
 pub struct Cli {
     /// Control API base URL (client commands).
-    #[arg(
-        long,
-        global = true,
-        env = "DORMOUSE_API",
-        default_value = "http://127.0.0.1:7070"
-    )]
+    #[arg(long, global = true, env = "DORMOUSE_API", default_value = "http://127.0.0.1:7070")]
     pub api: String,
     /// Token for client commands; defaults to the admin token in the data directory.
     #[arg(long, global = true, env = "DORMOUSE_TOKEN", hide_env_values = true)]
@@ -72,15 +63,21 @@ pub struct ProxyListenArgs {
     /// Where the Redis listener listens.
     #[arg(long, env = "DORMOUSE_REDIS_LISTEN", default_value = "127.0.0.1:6380")]
     pub redis_listen: SocketAddr,
+    /// Where the MySQL listener listens.
+    #[arg(long, env = "DORMOUSE_MYSQL_LISTEN", default_value = "127.0.0.1:3307")]
+    pub mysql_listen: SocketAddr,
+    /// TLS certificate (PEM) for client connections; default: a self-signed one in the data
+    /// directory's `proxy/`.
+    #[arg(long, env = "DORMOUSE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "DORMOUSE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Largest Redis request a client may send, in bytes.
     #[arg(long, env = "DORMOUSE_REDIS_MAX_REQUEST", default_value_t = 32 * 1024 * 1024)]
     pub redis_max_request: usize,
     /// Client connections per listener.
-    #[arg(
-        long,
-        env = "DORMOUSE_MAX_CLIENT_CONNECTIONS",
-        default_value_t = 10_000
-    )]
+    #[arg(long, env = "DORMOUSE_MAX_CLIENT_CONNECTIONS", default_value_t = 10_000)]
     pub max_client_connections: usize,
 }
 
@@ -90,7 +87,7 @@ pub struct UpArgs {
     pub listen: ListenArgs,
     #[command(flatten)]
     pub proxy: ProxyListenArgs,
-    /// On first start, create a tenant `demo` with a Redis database `demo-redis`.
+    /// On first start, create a tenant `demo` with databases `demo-redis` and `demo-mysql`.
     #[arg(long)]
     pub demo: bool,
 }
@@ -106,11 +103,7 @@ pub struct ProxyArgs {
     #[command(flatten)]
     pub proxy: ProxyListenArgs,
     /// Control API base URL; the proxy authenticates to it with `--token` (the operator's).
-    #[arg(
-        long,
-        env = "DORMOUSE_CONTROL",
-        default_value = "http://127.0.0.1:7070"
-    )]
+    #[arg(long, env = "DORMOUSE_CONTROL", default_value = "http://127.0.0.1:7070")]
     pub control: String,
 }
 

@@ -7,63 +7,73 @@ use std::time::Duration;
 use anyhow::Context;
 use dormouse_proxy::config::RedisConfig;
 use dormouse_proxy::control::HttpControl;
+use dormouse_proxy::tls::TlsSource;
 use dormouse_proxy::{Proxy, ProxyConfig};
 use tokio_util::sync::CancellationToken;
+
+use dormouse_engines::EngineKind;
 
 use super::{Cli, ControlArgs, ProxyArgs, ProxyListenArgs, UpArgs};
 use crate::up::{self, UpConfig};
 
-fn proxy_config(args: &ProxyListenArgs) -> ProxyConfig {
+fn proxy_config(cli: &Cli, args: &ProxyListenArgs) -> ProxyConfig {
+    let keys_dir = up::proxy_keys_dir(&cli.data_dir);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => TlsSource::Files { cert: cert.clone(), key: key.clone() },
+        _ => TlsSource::SelfSigned { dir: keys_dir.clone() },
+    };
     ProxyConfig {
         redis_listen: args.redis_listen,
+        mysql_listen: args.mysql_listen,
+        tls,
         max_client_connections: args.max_client_connections,
-        route_ttl: Duration::from_secs(2),
-        redis: RedisConfig {
-            max_request_bytes: args.redis_max_request,
-            ..RedisConfig::default()
-        },
+        redis: RedisConfig { max_request_bytes: args.redis_max_request, ..RedisConfig::default() },
+        ..ProxyConfig::ephemeral(keys_dir)
     }
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM.
-fn cancel_on_signal(token: CancellationToken) {
+/// A token cancelled by Ctrl-C or SIGTERM. The handlers are registered before this returns,
+/// so a signal during start-up also leads to a clean stop.
+fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+    let cancel = token.clone();
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot watch SIGTERM");
-                    return;
-                }
-            };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+            _ = int.recv() => {}
         }
         tracing::info!("shutting down");
-        token.cancel();
+        cancel.cancel();
     });
+    Ok(token)
 }
 
 pub async fn up(cli: &Cli, args: &UpArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signal()?;
     let config = UpConfig {
         data_dir: cli.data_dir.clone(),
         api_listen: args.listen.api_listen,
-        proxy: Some(proxy_config(&args.proxy)),
+        proxy: Some(proxy_config(cli, &args.proxy)),
         public_host: args.listen.public_host.clone(),
         reconcile_every: Duration::from_secs(10),
+        templates_dir: cli.data_dir.join("templates"),
     };
-    let running = up::start(config).await?;
+    let running = up::start(config, shutdown).await?;
     println!("dormouse is up");
     println!("  API:    {}", running.api_url());
     if let Some(addr) = running.redis_addr {
         println!("  Redis:  {addr}");
     }
+    if let Some(addr) = running.mysql_addr {
+        println!("  MySQL:  {addr}");
+    }
     println!("  admin token: {}", running.admin_token_path.display());
     if args.demo {
         demo(&running, &cli.data_dir).await?;
     }
-    cancel_on_signal(running.shutdown_token());
     running.wait().await;
     Ok(())
 }
@@ -72,12 +82,7 @@ pub async fn up(cli: &Cli, args: &UpArgs) -> anyhow::Result<()> {
 async fn demo(running: &up::Running, data_dir: &std::path::Path) -> anyhow::Result<()> {
     let service = &running.service;
     let token_path = data_dir.join("demo.token");
-    let tenant = match service
-        .store()
-        .list_tenants()
-        .await?
-        .into_iter()
-        .find(|t| t.name == "demo")
+    let tenant = match service.store().list_tenants().await?.into_iter().find(|t| t.name == "demo")
     {
         Some(t) => t,
         None => {
@@ -86,28 +91,27 @@ async fn demo(running: &up::Running, data_dir: &std::path::Path) -> anyhow::Resu
             tenant
         }
     };
-    if !service.lifecycle().agent().engines().is_empty()
-        && service
-            .store()
-            .database(&tenant.id, "demo-redis")
-            .await?
-            .is_none()
-    {
-        service
-            .create_database(&tenant, "demo-redis", "redis", None)
-            .await?;
+    let engines = service.lifecycle().agent().engines();
+    for (name, engine) in [("demo-redis", EngineKind::Redis), ("demo-mysql", EngineKind::Mysql)] {
+        let exists = service.store().database(&tenant.id, name).await?.is_some();
+        if engines.contains(&engine) && !exists {
+            service.create_database(&tenant, name, engine.as_str(), None).await?;
+        }
     }
     let endpoints = service.endpoints();
     println!();
-    println!(
-        "demo tenant ready; its admin token is in {}",
-        token_path.display()
-    );
+    println!("demo tenant ready; its admin token is in {}", token_path.display());
     println!("  export DORMOUSE_TOKEN=$(cat {})", token_path.display());
     println!("  dormouse db list");
-    if let Some(port) = endpoints.redis_port {
+    if let (Some(port), true) = (endpoints.redis_port, engines.contains(&EngineKind::Redis)) {
         println!(
             "  redis-cli -h {} -p {port} --user demo-redis --pass \"$DORMOUSE_TOKEN\" --no-auth-warning PING",
+            endpoints.host
+        );
+    }
+    if let (Some(port), true) = (endpoints.mysql_port, engines.contains(&EngineKind::Mysql)) {
+        println!(
+            "  mariadb -h {} -P {port} -u demo-mysql -p\"$DORMOUSE_TOKEN\" -e 'SELECT VERSION()'",
             endpoints.host
         );
     }
@@ -129,18 +133,19 @@ fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
 }
 
 pub async fn control(cli: &Cli, args: &ControlArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signal()?;
     let config = UpConfig {
         data_dir: cli.data_dir.clone(),
         api_listen: args.listen.api_listen,
         proxy: None,
         public_host: args.listen.public_host.clone(),
         reconcile_every: Duration::from_secs(10),
+        templates_dir: cli.data_dir.join("templates"),
     };
-    let running = up::start(config).await?;
+    let running = up::start(config, shutdown).await?;
     println!("dormouse control is up");
     println!("  API:    {}", running.api_url());
     println!("  admin token: {}", running.admin_token_path.display());
-    cancel_on_signal(running.shutdown_token());
     running.wait().await;
     Ok(())
 }
@@ -149,13 +154,12 @@ pub async fn proxy(cli: &Cli, args: &ProxyArgs) -> anyhow::Result<()> {
     up::install_crypto_provider();
     let token = super::client::token_or_admin(cli)?;
     let control = Arc::new(HttpControl::new(args.control.clone(), token));
-    let proxy = Proxy::bind(proxy_config(&args.proxy), control)
-        .await
-        .with_context(|| format!("binding {}", args.proxy.redis_listen))?;
+    let proxy =
+        Proxy::bind(proxy_config(cli, &args.proxy), control).await.context("starting the proxy")?;
     println!("dormouse proxy is up");
     println!("  Redis:  {}", proxy.redis_addr()?);
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
+    println!("  MySQL:  {}", proxy.mysql_addr()?);
+    let shutdown = shutdown_on_signal()?;
     proxy.run(shutdown).await;
     Ok(())
 }

@@ -27,10 +27,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
@@ -44,9 +41,7 @@ fn conflict_or(e: sqlx::Error) -> StoreError {
 }
 
 fn parse<T: FromStr>(value: String, what: &str) -> Result<T, StoreError> {
-    value
-        .parse()
-        .map_err(|_| StoreError::Corrupt(format!("{what} {value:?}")))
+    value.parse().map_err(|_| StoreError::Corrupt(format!("{what} {value:?}")))
 }
 
 fn tenant_row(row: sqlx::sqlite::SqliteRow) -> Result<Tenant, StoreError> {
@@ -178,16 +173,12 @@ impl Store for SqliteStore {
     }
 
     async fn all_databases(&self) -> Result<Vec<Database>, StoreError> {
-        sqlx::query(concat!(
-            "SELECT ",
-            database_columns!(),
-            " FROM databases ORDER BY created_at"
-        ))
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(database_row)
-        .collect()
+        sqlx::query(concat!("SELECT ", database_columns!(), " FROM databases ORDER BY created_at"))
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(database_row)
+            .collect()
     }
 
     async fn update_database_status(
@@ -275,9 +266,7 @@ impl Store for SqliteStore {
                 .bind(now)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.into_iter()
-            .map(|r| r.try_get("id").map_err(StoreError::from))
-            .collect()
+        rows.into_iter().map(|r| r.try_get("id").map_err(StoreError::from)).collect()
     }
 }
 
@@ -293,11 +282,7 @@ mod tests {
     }
 
     fn tenant(name: &str) -> Tenant {
-        Tenant {
-            id: format!("t-{name}"),
-            name: name.into(),
-            created_at: 1,
-        }
+        Tenant { id: format!("t-{name}"), name: name.into(), created_at: 1 }
     }
 
     fn database(tenant: &Tenant, name: &str) -> Database {
@@ -320,11 +305,7 @@ mod tests {
         let t = tenant("acme");
         s.insert_tenant(&t).await?;
         assert!(matches!(
-            s.insert_tenant(&Tenant {
-                id: "t-other".into(),
-                ..t.clone()
-            })
-            .await,
+            s.insert_tenant(&Tenant { id: "t-other".into(), ..t.clone() }).await,
             Err(StoreError::Conflict)
         ));
         assert_eq!(s.tenant(&t.id).await?, Some(t.clone()));
@@ -335,8 +316,7 @@ mod tests {
             s.insert_database(&database(&t, "cache")).await,
             Err(StoreError::Conflict)
         ));
-        s.update_database_status(&d.id, DatabaseStatus::Running, Some(7000))
-            .await?;
+        s.update_database_status(&d.id, DatabaseStatus::Running, Some(7000)).await?;
         let got = s.database(&t.id, "cache").await?.expect("stored");
         assert_eq!((got.status, got.port), (DatabaseStatus::Running, 7000));
         assert_eq!(got.password, d.password);
@@ -351,11 +331,8 @@ mod tests {
         let (_dir, s) = store().await?;
         let t = tenant("acme");
         s.insert_tenant(&t).await?;
-        for (id, db, exp) in [
-            ("a", Some("cache"), 100),
-            ("b", Some("cache"), 10),
-            ("c", None, 100),
-        ] {
+        for (id, db, exp) in [("a", Some("cache"), 100), ("b", Some("cache"), 10), ("c", None, 100)]
+        {
             s.insert_token(&TokenRecord {
                 id: id.into(),
                 tenant_id: Some(t.id.clone()),

@@ -15,10 +15,7 @@ use crate::control::Route;
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("connecting to {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
+    Connect { addr: String, source: std::io::Error },
     #[error("the server refused the internal user: {0}")]
     Refused(String),
     #[error("{0}")]
@@ -55,13 +52,8 @@ pub async fn connect(
             .map_err(|source| BackendError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
         let proto: &[u8] = if resp3 { b"3" } else { b"2" };
-        let mut args: Vec<&[u8]> = vec![
-            b"HELLO",
-            proto,
-            b"AUTH",
-            route.user.as_bytes(),
-            route.password.0.as_bytes(),
-        ];
+        let mut args: Vec<&[u8]> =
+            vec![b"HELLO", proto, b"AUTH", route.user.as_bytes(), route.password.0.as_bytes()];
         if let Some(name) = setname {
             args.extend([&b"SETNAME"[..], name]);
         }
@@ -71,19 +63,11 @@ pub async fn connect(
             .map_err(|e| BackendError::Protocol(e.to_string()))?;
         let (hello, leftover) = read_frame(&mut stream, BytesMut::new()).await?;
         if hello.first() == Some(&b'-') {
-            return Err(BackendError::Refused(
-                String::from_utf8_lossy(&hello).trim().to_owned(),
-            ));
+            return Err(BackendError::Refused(String::from_utf8_lossy(&hello).trim().to_owned()));
         }
-        Ok(BackendConn {
-            stream,
-            hello,
-            leftover,
-        })
+        Ok(BackendConn { stream, hello, leftover })
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or(Err(BackendError::Timeout))
+    tokio::time::timeout(timeout, attempt).await.unwrap_or(Err(BackendError::Timeout))
 }
 
 /// Reads one complete frame; returns it and whatever followed it.
@@ -100,10 +84,8 @@ async fn read_frame(
             Ok(None) => {}
             Err(e) => return Err(BackendError::Protocol(e.to_string())),
         }
-        let n = stream
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| BackendError::Protocol(e.to_string()))?;
+        let n =
+            stream.read_buf(&mut buf).await.map_err(|e| BackendError::Protocol(e.to_string()))?;
         if n == 0 {
             return Err(BackendError::Protocol("connection closed".into()));
         }
@@ -127,7 +109,5 @@ pub async fn fetch_command_table(
             .ok_or_else(|| BackendError::Protocol("incomplete COMMAND reply".into()))?;
         CommandTable::from_command_reply(&frame).map_err(|e| BackendError::Protocol(e.to_string()))
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or(Err(BackendError::Timeout))
+    tokio::time::timeout(timeout, attempt).await.unwrap_or(Err(BackendError::Timeout))
 }

@@ -109,20 +109,13 @@ fn take_multibulk(
     limits: RequestLimits,
 ) -> Result<Option<Request>, ProtocolError> {
     let Some(end) = line_end(buf, 1) else {
-        return if buf.len() > MAX_HEADER {
-            Err(ProtocolError::MultibulkLength)
-        } else {
-            Ok(None)
-        };
+        return if buf.len() > MAX_HEADER { Err(ProtocolError::MultibulkLength) } else { Ok(None) };
     };
     let count = parse_int(&buf[1..end]).ok_or(ProtocolError::MultibulkLength)?;
     let mut pos = end + 2;
     if count <= 0 {
         let _ = buf.split_to(pos);
-        return Ok(Some(Request {
-            wire: Bytes::new(),
-            args: Vec::new(),
-        }));
+        return Ok(Some(Request { wire: Bytes::new(), args: Vec::new() }));
     }
     let count = usize::try_from(count).map_err(|_| ProtocolError::MultibulkLength)?;
     if count > limits.max_args {
@@ -181,10 +174,7 @@ fn take_inline(
         return Err(ProtocolError::TooManyArgs(limits.max_args));
     }
     if args.is_empty() {
-        return Ok(Some(Request {
-            wire: Bytes::new(),
-            args: Vec::new(),
-        }));
+        return Ok(Some(Request { wire: Bytes::new(), args: Vec::new() }));
     }
     Ok(Some(Request::from_args(&args)))
 }
@@ -352,10 +342,7 @@ pub fn integer(frame: &[u8]) -> Option<i64> {
 mod tests {
     use super::*;
 
-    const LIMITS: RequestLimits = RequestLimits {
-        max_bytes: 1024,
-        max_args: 16,
-    };
+    const LIMITS: RequestLimits = RequestLimits { max_bytes: 1024, max_args: 16 };
 
     fn take(bytes: &[u8]) -> Result<Option<Request>, ProtocolError> {
         take_request(&mut BytesMut::from(bytes), LIMITS)
@@ -366,16 +353,10 @@ mod tests {
         let req = Request::from_args(&["SET", "key", "va\r\nlue"]);
         let mut buf = BytesMut::from(&req.wire[..]);
         buf.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
-        let parsed = take_request(&mut buf, LIMITS)
-            .ok()
-            .flatten()
-            .expect("complete");
+        let parsed = take_request(&mut buf, LIMITS).ok().flatten().expect("complete");
         assert_eq!(parsed, req);
         assert_eq!(parsed.args[2], &b"va\r\nlue"[..]);
-        let ping = take_request(&mut buf, LIMITS)
-            .ok()
-            .flatten()
-            .expect("complete");
+        let ping = take_request(&mut buf, LIMITS).ok().flatten().expect("complete");
         assert_eq!(ping.args, vec![Bytes::from_static(b"PING")]);
         assert!(buf.is_empty());
     }
@@ -391,43 +372,26 @@ mod tests {
 
     #[test]
     fn oversized_requests_are_refused_before_they_are_buffered() {
-        assert_eq!(
-            take(b"*2\r\n$3\r\nSET\r\n$999999\r\n"),
-            Err(ProtocolError::TooLarge(1024))
-        );
+        assert_eq!(take(b"*2\r\n$3\r\nSET\r\n$999999\r\n"), Err(ProtocolError::TooLarge(1024)));
         assert_eq!(take(b"*99\r\n"), Err(ProtocolError::TooManyArgs(16)));
         assert_eq!(take(b"*1\r\n$-5\r\n"), Err(ProtocolError::BulkLength));
         assert_eq!(take(b"*x\r\n"), Err(ProtocolError::MultibulkLength));
         assert_eq!(take(b"*1\r\n:5\r\n"), Err(ProtocolError::ExpectedBulk(':')));
-        assert_eq!(
-            take(b"*1\r\n$3\r\nabcde\r\n"),
-            Err(ProtocolError::BulkLength)
-        );
+        assert_eq!(take(b"*1\r\n$3\r\nabcde\r\n"), Err(ProtocolError::BulkLength));
         assert_eq!(take(&[b'*'; 100]), Err(ProtocolError::MultibulkLength));
     }
 
     #[test]
     fn inline_commands_are_split_and_reencoded() {
-        let req = take(b"set k \"hello world\\n\" 'it\\'s'\r\n")
-            .ok()
-            .flatten()
-            .expect("complete");
+        let req = take(b"set k \"hello world\\n\" 'it\\'s'\r\n").ok().flatten().expect("complete");
         assert_eq!(
             req.args,
             ["set", "k", "hello world\n", "it's"].map(|s| Bytes::from(s.to_owned()))
         );
-        assert_eq!(
-            req,
-            Request::from_args(&["set", "k", "hello world\n", "it's"])
-        );
+        assert_eq!(req, Request::from_args(&["set", "k", "hello world\n", "it's"]));
         assert_eq!(take(b"PING"), Ok(None));
         assert_eq!(take(b"get \"x\r\n"), Err(ProtocolError::UnbalancedQuotes));
-        assert!(
-            take(b"\r\n")
-                .ok()
-                .flatten()
-                .is_some_and(|r| r.args.is_empty())
-        );
+        assert!(take(b"\r\n").ok().flatten().is_some_and(|r| r.args.is_empty()));
         assert_eq!(take(&[b'a'; 2000]), Err(ProtocolError::InlineTooBig));
     }
 
@@ -452,12 +416,7 @@ mod tests {
         for f in frames {
             let mut buf = f.to_vec();
             buf.extend_from_slice(b"+NEXT\r\n");
-            assert_eq!(
-                frame_len(&buf),
-                Ok(Some(f.len())),
-                "{}",
-                String::from_utf8_lossy(f)
-            );
+            assert_eq!(frame_len(&buf), Ok(Some(f.len())), "{}", String::from_utf8_lossy(f));
             for cut in 0..f.len() {
                 assert_eq!(
                     frame_len(&f[..cut]),

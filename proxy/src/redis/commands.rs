@@ -72,14 +72,8 @@ const LOCAL_OK: &[&str] = &["client|setinfo", "client|maint_notifications"];
 /// Scripts that may write; their `_RO` variants carry the `readonly` flag.
 const WRITING_SCRIPTS: &[&str] = &["eval", "evalsha", "fcall", "publish", "spublish"];
 
-const SUBSCRIBE: &[&str] = &[
-    "subscribe",
-    "psubscribe",
-    "ssubscribe",
-    "unsubscribe",
-    "punsubscribe",
-    "sunsubscribe",
-];
+const SUBSCRIBE: &[&str] =
+    &["subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe"];
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Flags {
@@ -168,19 +162,12 @@ impl CommandTable {
             .unwrap_or_default();
         let full = match args.get(1) {
             Some(sub) if self.containers.contains(&name) => {
-                format!(
-                    "{name}|{}",
-                    String::from_utf8_lossy(sub).to_ascii_lowercase()
-                )
+                format!("{name}|{}", String::from_utf8_lossy(sub).to_ascii_lowercase())
             }
             _ => name.clone(),
         };
         let listed = |list: &[&str]| list.contains(&name.as_str()) || list.contains(&full.as_str());
-        let flags = self
-            .commands
-            .get(&full)
-            .or_else(|| self.commands.get(&name))
-            .copied();
+        let flags = self.commands.get(&full).or_else(|| self.commands.get(&name)).copied();
         let action = if listed(DENIED) || flags.is_some_and(|f| f.admin) {
             Action::Denied
         } else if listed(LOCAL_OK) {
@@ -209,9 +196,7 @@ mod tests {
     fn entry(name: &str, flags: &[&str], cats: &[&str], subs: Vec<OwnedFrame>) -> OwnedFrame {
         let words = |w: &[&str]| {
             OwnedFrame::Array(
-                w.iter()
-                    .map(|s| OwnedFrame::SimpleString(s.as_bytes().to_vec()))
-                    .collect(),
+                w.iter().map(|s| OwnedFrame::SimpleString(s.as_bytes().to_vec())).collect(),
             )
         };
         OwnedFrame::Array(vec![
@@ -262,18 +247,9 @@ mod tests {
         let t = table();
         assert_eq!(action(&t, Role::Admin, &["BGSAVE"]), Action::Denied);
         assert_eq!(action(&t, Role::Admin, &["newadmincmd"]), Action::Denied);
-        assert_eq!(
-            action(&t, Role::Admin, &["CONFIG", "GET", "dir"]),
-            Action::Denied
-        );
-        assert_eq!(
-            action(&t, Role::Admin, &["client", "KILL", "x"]),
-            Action::Denied
-        );
-        assert_eq!(
-            action(&t, Role::Admin, &["client", "SETNAME", "x"]),
-            Action::Forward
-        );
+        assert_eq!(action(&t, Role::Admin, &["CONFIG", "GET", "dir"]), Action::Denied);
+        assert_eq!(action(&t, Role::Admin, &["client", "KILL", "x"]), Action::Denied);
+        assert_eq!(action(&t, Role::Admin, &["client", "SETNAME", "x"]), Action::Forward);
         assert_eq!(
             action(&t, Role::Admin, &["client", "setinfo", "lib-name", "x"]),
             Action::LocalOk
@@ -286,37 +262,19 @@ mod tests {
     fn readonly_tokens_cannot_write() {
         let t = table();
         assert_eq!(action(&t, Role::Readonly, &["GET", "k"]), Action::Forward);
-        assert_eq!(
-            action(&t, Role::Readonly, &["SET", "k", "v"]),
-            Action::ReadOnly
-        );
+        assert_eq!(action(&t, Role::Readonly, &["SET", "k", "v"]), Action::ReadOnly);
         assert_eq!(action(&t, Role::Readonly, &["flushall"]), Action::ReadOnly);
-        assert_eq!(
-            action(&t, Role::Readonly, &["EVAL", "return 1", "0"]),
-            Action::ReadOnly
-        );
-        assert_eq!(
-            action(&t, Role::Readonly, &["EVAL_RO", "return 1", "0"]),
-            Action::Forward
-        );
-        assert_eq!(
-            action(&t, Role::Readwrite, &["SET", "k", "v"]),
-            Action::Forward
-        );
+        assert_eq!(action(&t, Role::Readonly, &["EVAL", "return 1", "0"]), Action::ReadOnly);
+        assert_eq!(action(&t, Role::Readonly, &["EVAL_RO", "return 1", "0"]), Action::Forward);
+        assert_eq!(action(&t, Role::Readwrite, &["SET", "k", "v"]), Action::Forward);
     }
 
     #[test]
     fn relay_kinds() {
         let t = table();
-        assert_eq!(
-            action(&t, Role::Readwrite, &["subscribe", "ch"]),
-            Action::Subscribe
-        );
+        assert_eq!(action(&t, Role::Readwrite, &["subscribe", "ch"]), Action::Subscribe);
         assert_eq!(action(&t, Role::Readwrite, &["MULTI"]), Action::Multi);
         assert_eq!(action(&t, Role::Readwrite, &["exec"]), Action::Exec);
-        assert_eq!(
-            action(&t, Role::Readwrite, &["unknowncmd"]),
-            Action::Forward
-        );
+        assert_eq!(action(&t, Role::Readwrite, &["unknowncmd"]), Action::Forward);
     }
 }

@@ -31,6 +31,7 @@ use crate::config::RedisConfig;
 use crate::control::{ControlError, Protocol, Route};
 use crate::listener::Frontend;
 use crate::routes::RouteCache;
+use crate::throttle::Throttle;
 use backend::{BackendConn, BackendError};
 use commands::CommandTable;
 
@@ -39,6 +40,7 @@ pub struct RedisFrontend {
     config: RedisConfig,
     verifier: Arc<TokenVerifier>,
     routes: Arc<RouteCache>,
+    pub(crate) throttle: Arc<Throttle>,
     /// Built from the first backend's `COMMAND` reply; every instance runs the same server.
     table: OnceCell<Arc<CommandTable>>,
 }
@@ -53,13 +55,13 @@ pub(crate) enum LoginError {
 }
 
 impl RedisFrontend {
-    pub fn new(config: RedisConfig, verifier: Arc<TokenVerifier>, routes: Arc<RouteCache>) -> Self {
-        Self {
-            config,
-            verifier,
-            routes,
-            table: OnceCell::new(),
-        }
+    pub fn new(
+        config: RedisConfig,
+        verifier: Arc<TokenVerifier>,
+        routes: Arc<RouteCache>,
+        throttle: Arc<Throttle>,
+    ) -> Self {
+        Self { config, verifier, routes, throttle, table: OnceCell::new() }
     }
 
     /// Verifies `token`, decides the database, and finds its route.
@@ -98,19 +100,14 @@ impl RedisFrontend {
                     Ok(Some(fresh)) if fresh != route => fresh,
                     _ => return Err(e),
                 };
-                (
-                    backend::connect(&fresh, resp3, setname, timeout).await?,
-                    fresh,
-                )
+                (backend::connect(&fresh, resp3, setname, timeout).await?, fresh)
             }
             other => (other?, route),
         };
         let table = self
             .table
             .get_or_try_init(|| async {
-                backend::fetch_command_table(&route, timeout)
-                    .await
-                    .map(Arc::new)
+                backend::fetch_command_table(&route, timeout).await.map(Arc::new)
             })
             .await?
             .clone();
@@ -132,18 +129,13 @@ impl Frontend for RedisFrontend {
         peer: SocketAddr,
         shutdown: CancellationToken,
     ) {
-        if let Err(e) = session::Session::new(self, peer)
-            .run(stream, shutdown)
-            .await
-        {
+        if let Err(e) = session::Session::new(self, peer).run(stream, shutdown).await {
             tracing::debug!(%peer, error = %e, "redis session ended with an error");
         }
     }
 
     async fn reject_busy(&self, mut stream: TcpStream) {
-        let _ = stream
-            .write_all(b"-ERR max number of clients reached\r\n")
-            .await;
+        let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
         let _ = stream.shutdown().await;
     }
 }

@@ -19,10 +19,7 @@ use super::{LoginError, RedisFrontend};
 use crate::auth::{AuthError, Identity};
 
 /// Before authentication a client may send only small requests (AUTH, HELLO).
-const PRE_AUTH_LIMITS: RequestLimits = RequestLimits {
-    max_bytes: 16 * 1024,
-    max_args: 16,
-};
+const PRE_AUTH_LIMITS: RequestLimits = RequestLimits { max_bytes: 16 * 1024, max_args: 16 };
 /// Redis' own cap on arguments per command.
 const MAX_ARGS: usize = 1024 * 1024;
 /// Stop reading new commands while this many replies are outstanding.
@@ -156,10 +153,7 @@ impl Session {
                 let _ = client_w.shutdown().await;
                 return Ok(());
             }
-            let backend_full = self
-                .writer
-                .as_ref()
-                .is_some_and(|w| w.buf.len() >= HIGH_WATER);
+            let backend_full = self.writer.as_ref().is_some_and(|w| w.buf.len() >= HIGH_WATER);
             let read_client = !self.closing
                 && self.deferred.is_none()
                 && self.pending.len() < MAX_PENDING
@@ -220,9 +214,8 @@ impl Session {
             let Some(name) = request.args.first() else {
                 continue;
             };
-            let waits = [&b"auth"[..], b"hello", b"reset"]
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n));
+            let waits =
+                [&b"auth"[..], b"hello", b"reset"].iter().any(|n| name.eq_ignore_ascii_case(n));
             if waits && !self.pending.is_empty() {
                 self.deferred = Some(request);
                 break;
@@ -234,10 +227,7 @@ impl Session {
 
     fn limits(&self) -> RequestLimits {
         if self.identity.is_some() {
-            RequestLimits {
-                max_bytes: self.front.config.max_request_bytes,
-                max_args: MAX_ARGS,
-            }
+            RequestLimits { max_bytes: self.front.config.max_request_bytes, max_args: MAX_ARGS }
         } else {
             PRE_AUTH_LIMITS
         }
@@ -277,10 +267,7 @@ impl Session {
         let mut resp3 = self.resp3;
         let mut explicit_version = None;
         if let Some(v) = args.next() {
-            match std::str::from_utf8(v)
-                .ok()
-                .and_then(|v| v.parse::<i64>().ok())
-            {
+            match std::str::from_utf8(v).ok().and_then(|v| v.parse::<i64>().ok()) {
                 Some(2) => resp3 = false,
                 Some(3) => resp3 = true,
                 Some(_) => return self.reply(b"-NOPROTO unsupported protocol version\r\n"),
@@ -310,8 +297,7 @@ impl Session {
         match credentials {
             Some((user, token)) => {
                 let (user, token) = (user.clone(), token.clone());
-                self.login(Some(&user), &token, Some(Hello { resp3, setname }))
-                    .await;
+                self.login(Some(&user), &token, Some(Hello { resp3, setname })).await;
             }
             None if self.identity.is_none() => self.reply(NOAUTH_HELLO),
             None => {
@@ -332,7 +318,13 @@ impl Session {
         let user = user
             .filter(|u| !u.eq_ignore_ascii_case(b"default"))
             .map(|u| String::from_utf8_lossy(u).into_owned());
+        if self.front.throttle.is_blocked(self.peer.ip()) {
+            return self.reply(
+                b"-ERR Dormouse: too many failed logins from this address; try again shortly\r\n",
+            );
+        }
         let Ok(token) = std::str::from_utf8(token) else {
+            self.front.throttle.record_failure(self.peer.ip());
             return self.reply(WRONGPASS);
         };
         let (identity, route) = match self.front.authenticate(user.as_deref(), token).await {
@@ -351,10 +343,8 @@ impl Session {
                 None => self.reply(OK),
                 Some(h) => {
                     let version: &[u8] = if h.resp3 { b"3" } else { b"2" };
-                    let mut args = vec![
-                        Bytes::from_static(b"HELLO"),
-                        Bytes::copy_from_slice(version),
-                    ];
+                    let mut args =
+                        vec![Bytes::from_static(b"HELLO"), Bytes::copy_from_slice(version)];
                     if let Some(name) = h.setname {
                         args.extend([Bytes::from_static(b"SETNAME"), name]);
                     }
@@ -367,21 +357,11 @@ impl Session {
         self.drop_backend();
         let resp3 = hello.as_ref().map_or(self.resp3, |h| h.resp3);
         let setname = hello.as_ref().and_then(|h| h.setname.clone());
-        match self
-            .front
-            .open_backend(&identity, route, resp3, setname.as_deref())
-            .await
-        {
+        match self.front.open_backend(&identity, route, resp3, setname.as_deref()).await {
             Ok((conn, table)) => {
                 let (half_r, half_w) = conn.stream.into_split();
-                self.reader = Some(BackendReader {
-                    half: half_r,
-                    buf: conn.leftover,
-                });
-                self.writer = Some(BackendWriter {
-                    half: half_w,
-                    buf: BytesMut::new(),
-                });
+                self.reader = Some(BackendReader { half: half_r, buf: conn.leftover });
+                self.writer = Some(BackendWriter { half: half_w, buf: BytesMut::new() });
                 tracing::debug!(peer = %self.peer, tenant = %identity.tenant, db = %identity.database, "redis client authenticated");
                 self.identity = Some(identity);
                 self.table = Some(table);
@@ -407,6 +387,7 @@ impl Session {
         match error {
             LoginError::Auth(AuthError::Refused(why)) => {
                 tracing::debug!(peer = %self.peer, why, "redis login refused");
+                self.front.throttle.record_failure(self.peer.ip());
                 self.reply(WRONGPASS);
             }
             LoginError::Auth(AuthError::NeedsDatabase) => self.reply(
@@ -436,21 +417,16 @@ impl Session {
         let Some(table) = self.table.clone() else {
             return self.reply(NOAUTH);
         };
-        let role = self
-            .identity
-            .as_ref()
-            .map(|i| i.role)
-            .unwrap_or(crate::claims::Role::Readonly);
+        let role = self.identity.as_ref().map(|i| i.role).unwrap_or(crate::claims::Role::Readonly);
         let (action, name) = table.classify(&request.args, role);
         match action {
             Action::Forward => self.send(&request, Pending::Backend),
             Action::LocalOk => self.reply(OK),
-            Action::Denied => self.refuse(&format!(
-                "-NOPERM this command is not allowed on Dormouse: '{name}'\r\n"
-            )),
-            Action::ReadOnly => self.refuse(&format!(
-                "-NOPERM this token is read-only and '{name}' writes\r\n"
-            )),
+            Action::Denied => self
+                .refuse(&format!("-NOPERM this command is not allowed on Dormouse: '{name}'\r\n")),
+            Action::ReadOnly => {
+                self.refuse(&format!("-NOPERM this token is read-only and '{name}' writes\r\n"))
+            }
             Action::Subscribe if self.transaction.open => {
                 self.refuse("-ERR Dormouse: (P|S)SUBSCRIBE inside MULTI is not supported\r\n")
             }
@@ -507,8 +483,7 @@ impl Session {
         if self.pending.is_empty() {
             self.output.extend_from_slice(bytes);
         } else {
-            self.pending
-                .push_back(Pending::Local(Bytes::copy_from_slice(bytes)));
+            self.pending.push_back(Pending::Local(Bytes::copy_from_slice(bytes)));
         }
     }
 
@@ -549,10 +524,7 @@ impl Session {
         let Some(elements) = codec::array_elements(frame) else {
             return false;
         };
-        let kind = elements
-            .first()
-            .map(|k| k.to_ascii_lowercase())
-            .unwrap_or_default();
+        let kind = elements.first().map(|k| k.to_ascii_lowercase()).unwrap_or_default();
         let count = elements.get(2).and_then(|c| codec::integer(c));
         match (kind.as_slice(), count) {
             (b"message" | b"pmessage" | b"smessage", _) => {}

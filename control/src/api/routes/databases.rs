@@ -76,10 +76,7 @@ fn view(service: &ControlService, db: &Database, token: Option<&str>) -> Value {
 /// A database-scoped token may only see its own database.
 fn visible(caller: &Caller, name: &str) -> bool {
     match caller {
-        Caller::Tenant {
-            database: Some(scope),
-            ..
-        } => scope == name,
+        Caller::Tenant { database: Some(scope), .. } => scope == name,
         _ => true,
     }
 }
@@ -90,10 +87,8 @@ pub async fn create(
     Json(req): Json<CreateDatabase>,
 ) -> Result<(StatusCode, JsonResponse<Value>), ApiError> {
     let tenant = tenant_of(&caller, true)?;
-    let (db, token) = state
-        .service
-        .create_database(tenant, &req.name, &req.engine, req.plan.as_deref())
-        .await?;
+    let (db, token) =
+        state.service.create_database(tenant, &req.name, &req.engine, req.plan.as_deref()).await?;
     let mut body = view(&state.service, &db, Some(&token.token));
     body["token"] =
         json!({ "id": token.id, "token": token.token, "expires_at": timestamp(token.expires_at) });

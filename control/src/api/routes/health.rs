@@ -12,22 +12,12 @@ use crate::api::AppState;
 pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let store = state.service.store().ping().await.is_ok();
     let proxy = !state.health.proxy_expected || state.health.proxy_ready.load(Ordering::SeqCst);
-    let engines: Vec<&str> = state
-        .service
-        .lifecycle()
-        .agent()
-        .engines()
-        .iter()
-        .map(|e| e.as_str())
-        .collect();
+    let engines: Vec<&str> =
+        state.service.lifecycle().agent().engines().iter().map(|e| e.as_str()).collect();
     let agent = !engines.is_empty();
     let up = |ok: bool| if ok { "up" } else { "down" };
     let all = store && proxy && agent;
-    let status = if all {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if all { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
         "status": if all { "ok" } else { "degraded" },
         "parts": {

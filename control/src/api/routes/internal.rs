@@ -27,9 +27,7 @@ pub async fn revocations(
     caller: Caller,
 ) -> Result<JsonResponse<Revocations>, ApiError> {
     operator_only(&caller)?;
-    Ok(JsonResponse(Revocations {
-        revoked: state.service.revoked_ids(),
-    }))
+    Ok(JsonResponse(Revocations { revoked: state.service.revoked_ids() }))
 }
 
 pub async fn route(
@@ -41,11 +39,9 @@ pub async fn route(
     match state.service.route(&tenant, &database).await {
         Ok(Some(route)) => Ok(JsonResponse(route)),
         Ok(None) => Err(ApiError::not_found("no such database")),
-        Err(ControlError::NotRunning(m)) => Err(ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "not_running",
-            m,
-        )),
+        Err(ControlError::NotRunning(m)) => {
+            Err(ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "not_running", m))
+        }
         Err(ControlError::Unavailable(m)) => Err(crate::service::ServiceError::Internal(m).into()),
     }
 }

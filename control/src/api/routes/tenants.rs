@@ -21,9 +21,9 @@ pub struct CreateTenant {
 fn operator_only(caller: &Caller) -> Result<(), ApiError> {
     match caller {
         Caller::Operator => Ok(()),
-        Caller::Tenant { .. } => Err(ApiError::forbidden(
-            "only the operator's token manages tenants",
-        )),
+        Caller::Tenant { .. } => {
+            Err(ApiError::forbidden("only the operator's token manages tenants"))
+        }
     }
 }
 
@@ -52,12 +52,8 @@ pub async fn list(
     caller: Caller,
 ) -> Result<JsonResponse<Value>, ApiError> {
     operator_only(&caller)?;
-    let tenants = state
-        .service
-        .store()
-        .list_tenants()
-        .await
-        .map_err(crate::service::ServiceError::from)?;
+    let tenants =
+        state.service.store().list_tenants().await.map_err(crate::service::ServiceError::from)?;
     let tenants: Vec<Value> = tenants
         .iter()
         .map(|t| json!({ "id": t.id, "name": t.name, "created_at": timestamp(t.created_at) }))

@@ -30,9 +30,7 @@ pub async fn create(
     let tenant = tenant_of(&caller, true)?;
     let role: Role = match req.role.as_deref() {
         None => Role::Readwrite,
-        Some(r) => r
-            .parse()
-            .map_err(|m: String| ApiError::bad_request("invalid_role", m))?,
+        Some(r) => r.parse().map_err(|m: String| ApiError::bad_request("invalid_role", m))?,
     };
     let ttl = req.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL);
     if !(1..=MAX_TOKEN_TTL).contains(&ttl) {
@@ -50,10 +48,7 @@ pub async fn create(
         }
         state.service.database(tenant, db).await?;
     }
-    let token = state
-        .service
-        .issue(Some(&tenant.id), req.database.as_deref(), role, ttl)
-        .await?;
+    let token = state.service.issue(Some(&tenant.id), req.database.as_deref(), role, ttl).await?;
     Ok((
         StatusCode::CREATED,
         JsonResponse(json!({

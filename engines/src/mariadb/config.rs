@@ -1,0 +1,166 @@
+//! The files a MariaDB instance starts from: `my.cnf`, read only through `--defaults-file` so
+//! nothing in `/etc/mysql` applies, and `init.sql`, run by the server at every start before it
+//! accepts connections, which (re)creates the schema and the internal user idempotently.
+
+use std::fmt::Write as _;
+
+use sha1::{Digest, Sha1};
+
+use crate::engine::Instance;
+
+/// The user the proxy logs in as; it holds every privilege on the database's schema and
+/// nothing else (no SUPER, FILE, PROCESS, SHUTDOWN, no GRANT OPTION).
+pub const INTERNAL_USER: &str = "dormouse";
+
+/// Settings shared by the template and every instance. The redo log size must match between
+/// them, or the first start of a copied template rebuilds the log.
+pub fn common_settings(out: &mut String) {
+    out.push_str(
+        "skip-name-resolve\n\
+         performance_schema=OFF\n\
+         innodb_log_file_size=8M\n\
+         innodb_log_buffer_size=2M\n\
+         key_buffer_size=1M\n\
+         aria_pagecache_buffer_size=2M\n",
+    );
+}
+
+/// `my.cnf` for one start. Choices a tenant would ask about:
+/// - durability: `innodb_flush_log_at_trx_commit=1`, a committed transaction survives a crash;
+/// - memory: the plan's memory goes to the InnoDB buffer pool (minimum 8 MiB);
+/// - files: `local-infile=0` and `secure-file-priv` point away from the host's files;
+/// - session tracking is on globally, so every pooled connection reports its state changes
+///   (COM_RESET_CONNECTION resets session settings to these global values).
+pub fn render_my_cnf(instance: &Instance, run_as_root: bool) -> String {
+    let dir = instance.dir.display();
+    let limits = instance.spec.limits;
+    let mut conf = format!(
+        "# Rendered by Dormouse at every start of instance {id}; edits are overwritten.\n\
+         [mariadbd]\n",
+        id = instance.spec.id
+    );
+    if run_as_root {
+        // mariadbd refuses to run as root unless told to.
+        conf.push_str("user=root\n");
+    }
+    common_settings(&mut conf);
+    let _ = write!(
+        conf,
+        "datadir={dir}/data\n\
+         socket={dir}/mysqld.sock\n\
+         pid-file={dir}/mysqld.pid\n\
+         port={port}\n\
+         bind-address=127.0.0.1\n\
+         init-file={dir}/init.sql\n\
+         secure-file-priv={dir}/files\n\
+         local-infile=0\n\
+         skip-log-bin\n\
+         innodb_buffer_pool_size={pool}M\n\
+         innodb_flush_log_at_trx_commit=1\n\
+         max_connections={max_connections}\n\
+         max_allowed_packet=64M\n\
+         query_cache_size=0\n\
+         query_cache_type=0\n\
+         table_open_cache=200\n\
+         thread_cache_size=8\n\
+         tmp_table_size=4M\n\
+         max_heap_table_size=4M\n\
+         character-set-server=utf8mb4\n\
+         collation-server=utf8mb4_general_ci\n\
+         session_track_schema=ON\n\
+         session_track_state_change=ON\n\
+         session_track_system_variables=*\n\
+         session_track_transaction_info=CHARACTERISTICS\n",
+        port = instance.port,
+        pool = limits.memory_mb.max(8),
+        max_connections = limits.max_connections,
+    );
+    conf
+}
+
+/// The `mysql_native_password` hash of `password`: `*` and the upper-case hex of
+/// SHA1(SHA1(password)). The init file holds only this, never the password.
+pub fn native_password_hash(password: &str) -> String {
+    let inner = Sha1::digest(password.as_bytes());
+    let outer = Sha1::digest(inner);
+    format!("*{}", hex::encode_upper(outer))
+}
+
+/// Backtick-quotes an identifier (names are validated by control; this keeps SQL well-formed
+/// whatever they are).
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// `init.sql`: one statement per line, each idempotent, so it can run at every start.
+pub fn render_init_sql(instance: &Instance) -> String {
+    let schema = quote_ident(&instance.spec.name);
+    let hash = native_password_hash(instance.spec.password.expose());
+    let user = format!("'{INTERNAL_USER}'@'127.0.0.1'");
+    format!(
+        "CREATE DATABASE IF NOT EXISTS {schema};\n\
+         CREATE USER IF NOT EXISTS {user} IDENTIFIED BY PASSWORD '{hash}';\n\
+         ALTER USER {user} IDENTIFIED BY PASSWORD '{hash}';\n\
+         GRANT ALL PRIVILEGES ON {schema}.* TO {user};\n"
+    )
+}
+
+/// Whether the agent runs as root (then mariadbd needs `user=root`).
+pub fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{EngineKind, InstanceId, InstanceSpec, Limits, Secret};
+
+    fn instance() -> Instance {
+        Instance {
+            spec: InstanceSpec {
+                id: InstanceId::new("i-test").expect("valid"),
+                name: "my-db".into(),
+                engine: EngineKind::Mysql,
+                limits: Limits { memory_mb: 64, max_connections: 50 },
+                password: Secret::new("pw"),
+                port: 0,
+            },
+            dir: "/tmp/inst".into(),
+            port: 7002,
+        }
+    }
+
+    #[test]
+    fn native_hash_matches_mariadb() {
+        // SELECT PASSWORD('pw') on MariaDB 10.11.
+        assert_eq!(native_password_hash("pw"), "*D821809F681A40A6E379B50D0463EFAE20BDD122");
+    }
+
+    #[test]
+    fn init_sql_grants_the_schema_only_and_hides_the_password() {
+        let sql = render_init_sql(&instance());
+        assert!(!sql.contains("'pw'"));
+        assert!(sql.contains("GRANT ALL PRIVILEGES ON `my-db`.* TO 'dormouse'@'127.0.0.1';"));
+        assert!(!sql.contains("*.*"));
+        assert_eq!(sql.lines().count(), 4);
+    }
+
+    #[test]
+    fn my_cnf_binds_loopback_with_tracking_and_limits() {
+        let conf = render_my_cnf(&instance(), false);
+        for line in [
+            "port=7002",
+            "bind-address=127.0.0.1",
+            "local-infile=0",
+            "max_connections=50",
+            "innodb_buffer_pool_size=64M",
+            "session_track_state_change=ON",
+            "session_track_system_variables=*",
+            "performance_schema=OFF",
+        ] {
+            assert!(conf.lines().any(|l| l == line), "missing {line}");
+        }
+        assert!(!conf.contains("user=root"));
+        assert_eq!(quote_ident("a`b"), "`a``b`");
+    }
+}

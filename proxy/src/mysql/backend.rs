@@ -1,0 +1,233 @@
+//! Backend connections: TCP to the instance, then the client side of the handshake as the
+//! internal user (`mysql_native_password`) with the database's schema as default and the
+//! client's own format flags and collation, so every packet relays unchanged. Reset for reuse
+//! with COM_RESET_CONNECTION and COM_INIT_DB, sent together.
+
+use std::time::Duration;
+
+use mysql_common::constants::CapabilityFlags;
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::HandshakePacket;
+use mysql_common::proto::MyDeserialize;
+use mysql_common::scramble::scramble_native;
+use tokio::net::TcpStream;
+
+use super::errors::MyError;
+use super::packet::{Packet, PacketStream};
+use crate::control::Route;
+
+/// Flags every backend connection uses, whatever the client.
+pub const BASE_CAPS: CapabilityFlags = CapabilityFlags::CLIENT_LONG_PASSWORD
+    .union(CapabilityFlags::CLIENT_PROTOCOL_41)
+    .union(CapabilityFlags::CLIENT_SECURE_CONNECTION)
+    .union(CapabilityFlags::CLIENT_PLUGIN_AUTH)
+    .union(CapabilityFlags::CLIENT_TRANSACTIONS)
+    .union(CapabilityFlags::CLIENT_CONNECT_WITH_DB);
+
+/// Client flags that change packet formats or statement semantics; a backend connection takes
+/// the client's values of these, and they are part of its pool key.
+pub const FORMAT_CAPS: CapabilityFlags = CapabilityFlags::CLIENT_FOUND_ROWS
+    .union(CapabilityFlags::CLIENT_LONG_FLAG)
+    .union(CapabilityFlags::CLIENT_NO_SCHEMA)
+    .union(CapabilityFlags::CLIENT_ODBC)
+    .union(CapabilityFlags::CLIENT_IGNORE_SPACE)
+    .union(CapabilityFlags::CLIENT_INTERACTIVE)
+    .union(CapabilityFlags::CLIENT_MULTI_STATEMENTS)
+    .union(CapabilityFlags::CLIENT_MULTI_RESULTS)
+    .union(CapabilityFlags::CLIENT_PS_MULTI_RESULTS)
+    .union(CapabilityFlags::CLIENT_SESSION_TRACK)
+    .union(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+
+/// Largest packet the proxy asks the server to accept.
+const MAX_PACKET: u32 = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("connecting to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    /// The server answered with an error (too many connections, ...), to pass on.
+    #[error("server refused: {0}")]
+    Refused(MyError),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("timed out")]
+    Timeout,
+}
+
+impl BackendError {
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, BackendError::Connect { .. })
+    }
+}
+
+fn io_err(e: std::io::Error) -> BackendError {
+    BackendError::Protocol(e.to_string())
+}
+
+/// Reads an ERR payload into the error it carries.
+pub fn parse_err(payload: &[u8]) -> MyError {
+    let code = payload.get(1..3).map_or(0, |c| u16::from_le_bytes([c[0], c[1]]));
+    let (state, message) = if payload.get(3) == Some(&b'#') {
+        let state = match payload.get(4..9) {
+            Some(b"08004") => "08004",
+            Some(b"28000") => "28000",
+            Some(b"42000") => "42000",
+            Some(b"08S01") => "08S01",
+            _ => "HY000",
+        };
+        (state, payload.get(9..).unwrap_or_default())
+    } else {
+        ("HY000", payload.get(3..).unwrap_or_default())
+    };
+    MyError::new(code, state, String::from_utf8_lossy(message).into_owned())
+}
+
+/// An authenticated connection to a database's server.
+pub struct BackendConn {
+    pub stream: PacketStream<TcpStream>,
+    /// The server's id for this session (what `CONNECTION_ID()` returns).
+    pub thread_id: u32,
+    pub server_version: String,
+}
+
+/// The HandshakeResponse41 for the internal user, written out because the collation must be
+/// the client's (the library's constructor fixes it).
+fn handshake_response(
+    caps: CapabilityFlags,
+    collation: u8,
+    user: &str,
+    auth: &[u8],
+    schema: &str,
+) -> Vec<u8> {
+    let mut p = Vec::with_capacity(128);
+    p.extend_from_slice(&caps.bits().to_le_bytes());
+    p.extend_from_slice(&MAX_PACKET.to_le_bytes());
+    p.push(collation);
+    p.extend_from_slice(&[0u8; 23]);
+    p.extend_from_slice(user.as_bytes());
+    p.push(0);
+    p.push(auth.len() as u8);
+    p.extend_from_slice(auth);
+    p.extend_from_slice(schema.as_bytes());
+    p.push(0);
+    p.extend_from_slice(b"mysql_native_password\0");
+    p
+}
+
+pub async fn connect(
+    route: &Route,
+    schema: &str,
+    client_caps: CapabilityFlags,
+    collation: u8,
+    timeout: Duration,
+) -> Result<BackendConn, BackendError> {
+    let attempt = async {
+        let addr = format!("{}:{}", route.host, route.port);
+        let tcp = TcpStream::connect(&addr)
+            .await
+            .map_err(|source| BackendError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let mut stream = PacketStream::new(tcp);
+        let greeting = read(&mut stream).await?;
+        if greeting.payload().first() == Some(&0xff) {
+            return Err(BackendError::Refused(parse_err(greeting.payload())));
+        }
+        let hello = HandshakePacket::deserialize((), &mut ParseBuf(greeting.payload()))
+            .map_err(|e| BackendError::Protocol(format!("bad greeting: {e}")))?;
+        let password = route.password.0.as_bytes();
+        let scramble = scramble_native(&hello.nonce(), password).unwrap_or_default();
+        let caps = BASE_CAPS | (client_caps & FORMAT_CAPS);
+        let payload = handshake_response(caps, collation, &route.user, &scramble, schema);
+        let mut seq =
+            stream.send(greeting.seq().wrapping_add(1), &payload).await.map_err(io_err)?;
+        loop {
+            let reply = read(&mut stream).await?;
+            let payload = reply.payload();
+            match payload.first() {
+                Some(0x00) => break,
+                Some(0xff) => return Err(BackendError::Refused(parse_err(payload))),
+                // AuthSwitchRequest: only to the plugin the internal user has.
+                Some(0xfe) if payload.starts_with(b"\xfemysql_native_password\0") => {
+                    let nonce = &payload[22..payload.len().saturating_sub(1)];
+                    let scramble = scramble_native(nonce, password).unwrap_or_default();
+                    seq = stream
+                        .send(reply.seq().wrapping_add(1), &scramble)
+                        .await
+                        .map_err(io_err)?;
+                }
+                _ => {
+                    return Err(BackendError::Protocol(
+                        "unexpected authentication exchange".into(),
+                    ));
+                }
+            }
+        }
+        let _ = seq;
+        Ok(BackendConn {
+            stream,
+            thread_id: hello.connection_id(),
+            server_version: String::from_utf8_lossy(hello.server_version_ref()).into_owned(),
+        })
+    };
+    tokio::time::timeout(timeout, attempt).await.unwrap_or(Err(BackendError::Timeout))
+}
+
+async fn read(stream: &mut PacketStream<TcpStream>) -> Result<Packet, BackendError> {
+    stream
+        .read()
+        .await
+        .map_err(io_err)?
+        .ok_or_else(|| BackendError::Protocol("the server closed the connection".into()))
+}
+
+impl BackendConn {
+    /// Back to a fresh session on `schema`: session variables, user variables, temporary
+    /// tables, prepared statements, locks and any open transaction are gone.
+    pub async fn reset(&mut self, schema: &str) -> Result<(), BackendError> {
+        if self.stream.has_buffered_input() {
+            return Err(BackendError::Protocol("unread data from the server".into()));
+        }
+        let mut init_db = vec![0x02];
+        init_db.extend_from_slice(schema.as_bytes());
+        self.stream.queue(0, &[0x1f]);
+        self.stream.queue(0, &init_db);
+        self.stream.flush().await.map_err(io_err)?;
+        for _ in 0..2 {
+            let reply = read(&mut self.stream).await?;
+            match reply.payload().first() {
+                Some(0x00) => {}
+                Some(0xff) => return Err(BackendError::Refused(parse_err(reply.payload()))),
+                _ => return Err(BackendError::Protocol("unexpected reply to a reset".into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the server still holds the connection open, without a round trip: a closed
+    /// socket reads as end-of-file, a live idle one would block.
+    pub fn is_alive(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.get_ref().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_response_layout() {
+        let p = handshake_response(BASE_CAPS, 8, "dormouse", &[1; 20], "db");
+        assert_eq!(&p[..4], &BASE_CAPS.bits().to_le_bytes());
+        assert_eq!(p[8], 8, "the client's collation");
+        assert_eq!(&p[32..41], b"dormouse\0");
+        assert_eq!(p[41], 20);
+        assert!(p.ends_with(b"db\0mysql_native_password\0"));
+    }
+
+    #[test]
+    fn err_payloads_are_parsed() {
+        let e = parse_err(b"\xff\x10\x04#08004Too many connections");
+        assert_eq!((e.code, e.state, e.message.as_str()), (1040, "08004", "Too many connections"));
+    }
+}

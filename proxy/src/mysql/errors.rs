@@ -1,0 +1,116 @@
+//! What the proxy itself says to MySQL clients: ERR packets with the server's codes and
+//! SQLSTATEs, and the OK that ends a login.
+
+/// An error for the client, as MariaDB would report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MyError {
+    pub code: u16,
+    pub state: &'static str,
+    pub message: String,
+}
+
+impl MyError {
+    pub fn new(code: u16, state: &'static str, message: impl Into<String>) -> Self {
+        Self { code, state, message: message.into() }
+    }
+
+    /// 1045: the one answer to every failed login, whatever failed.
+    pub fn access_denied(user: &str, host: &str) -> Self {
+        Self::new(
+            1045,
+            "28000",
+            format!("Access denied for user '{user}'@'{host}' (using password: YES)"),
+        )
+    }
+
+    /// 1040: the proxy's connection limit.
+    pub fn too_many_connections() -> Self {
+        Self::new(1040, "08004", "Too many connections")
+    }
+
+    /// 1043: a handshake that is malformed or too slow.
+    pub fn bad_handshake() -> Self {
+        Self::new(1043, "08S01", "Bad handshake")
+    }
+
+    /// 1153: a packet over the limit.
+    pub fn packet_too_large() -> Self {
+        Self::new(1153, "08S01", "Got a packet bigger than 'max_allowed_packet' bytes")
+    }
+
+    /// 1047: a command the proxy does not relay.
+    pub fn unknown_command() -> Self {
+        Self::new(1047, "08S01", "Unknown command")
+    }
+
+    /// 1235: a command that exists but is not available through Dormouse.
+    pub fn not_supported(what: &str) -> Self {
+        Self::new(1235, "42000", format!("This version of Dormouse doesn't yet support '{what}'"))
+    }
+
+    /// 1095: KILL of a session that is not the client's own.
+    pub fn not_owner(thread: &str) -> Self {
+        Self::new(1095, "HY000", format!("You are not owner of thread {thread}"))
+    }
+
+    /// 1226: too many failed logins, or RSA logins, from one address.
+    pub fn rate_limited() -> Self {
+        Self::new(1226, "42000", "Too many login attempts from this address; try again shortly")
+    }
+
+    /// 1105: the database cannot be reached right now.
+    pub fn unavailable(database: &str) -> Self {
+        Self::new(
+            1105,
+            "HY000",
+            format!("Dormouse: database '{database}' is unavailable right now, try again"),
+        )
+    }
+
+    /// The ERR payload: `FF`, code, `#`, SQLSTATE, message.
+    pub fn payload(&self) -> Vec<u8> {
+        let mut p = Vec::with_capacity(9 + self.message.len());
+        p.push(0xff);
+        p.extend_from_slice(&self.code.to_le_bytes());
+        p.push(b'#');
+        p.extend_from_slice(self.state.as_bytes());
+        p.extend_from_slice(self.message.as_bytes());
+        p
+    }
+}
+
+impl std::fmt::Display for MyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.code, self.state, self.message)
+    }
+}
+
+/// An OK payload with no rows affected. With `CLIENT_SESSION_TRACK` the info string is
+/// length-encoded, so an empty one is a single zero byte.
+pub fn ok_payload(status: u16, session_track: bool) -> Vec<u8> {
+    let mut p = vec![0x00, 0x00, 0x00];
+    p.extend_from_slice(&status.to_le_bytes());
+    p.extend_from_slice(&[0, 0]);
+    if session_track {
+        p.push(0);
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn err_payload_layout() {
+        let p = MyError::access_denied("db", "127.0.0.1").payload();
+        assert_eq!(&p[..9], b"\xff\x15\x04#28000");
+        assert!(p.ends_with(b"Access denied for user 'db'@'127.0.0.1' (using password: YES)"));
+    }
+
+    #[test]
+    fn ok_payload_layout() {
+        assert_eq!(ok_payload(2, false), [0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(ok_payload(2, true), [0, 0, 0, 2, 0, 0, 0, 0]);
+    }
+}

@@ -1,0 +1,314 @@
+//! The connection phase, server side: greeting, optional TLS upgrade, the client's handshake
+//! response, then `caching_sha2_password` answered with "perform full authentication" so the
+//! client hands over its token: in cleartext inside TLS (or when the client deems the channel
+//! secure), RSA-encrypted otherwise. Clients that open with `mysql_clear_password` send it
+//! directly; any other plugin is switched to `caching_sha2_password` with a fresh nonce.
+
+use std::net::SocketAddr;
+
+use mysql_common::constants::{CapabilityFlags, StatusFlags};
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse};
+use mysql_common::proto::{MyDeserialize, MySerialize};
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+
+use super::MysqlFrontend;
+use super::errors::{MyError, ok_payload};
+use super::packet::{Packet, PacketStream, encode};
+use crate::tls::ClientStream;
+
+/// Collation announced in the greeting: utf8mb4_general_ci, MariaDB's default.
+const DEFAULT_COLLATION: u8 = 45;
+const SERVER_STATUS_AUTOCOMMIT: u16 = 0x0002;
+
+/// What the proxy offers. Never compression (it would have to be terminated here), local
+/// files (not relayed), query attributes or optional metadata (MariaDB lacks them), or
+/// multi-factor auth. Bit 0 set presents a MySQL-compatible server, so no MariaDB extensions.
+pub const OFFERED_CAPS: CapabilityFlags = CapabilityFlags::CLIENT_LONG_PASSWORD
+    .union(CapabilityFlags::CLIENT_FOUND_ROWS)
+    .union(CapabilityFlags::CLIENT_LONG_FLAG)
+    .union(CapabilityFlags::CLIENT_CONNECT_WITH_DB)
+    .union(CapabilityFlags::CLIENT_NO_SCHEMA)
+    .union(CapabilityFlags::CLIENT_ODBC)
+    .union(CapabilityFlags::CLIENT_IGNORE_SPACE)
+    .union(CapabilityFlags::CLIENT_PROTOCOL_41)
+    .union(CapabilityFlags::CLIENT_INTERACTIVE)
+    .union(CapabilityFlags::CLIENT_IGNORE_SIGPIPE)
+    .union(CapabilityFlags::CLIENT_TRANSACTIONS)
+    .union(CapabilityFlags::CLIENT_RESERVED)
+    .union(CapabilityFlags::CLIENT_SECURE_CONNECTION)
+    .union(CapabilityFlags::CLIENT_MULTI_STATEMENTS)
+    .union(CapabilityFlags::CLIENT_MULTI_RESULTS)
+    .union(CapabilityFlags::CLIENT_PS_MULTI_RESULTS)
+    .union(CapabilityFlags::CLIENT_PLUGIN_AUTH)
+    .union(CapabilityFlags::CLIENT_CONNECT_ATTRS)
+    .union(CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA)
+    .union(CapabilityFlags::CLIENT_SESSION_TRACK)
+    .union(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+
+/// A client that has presented credentials, not yet checked.
+pub struct Login {
+    pub client: PacketStream<ClientStream>,
+    /// Next sequence id towards the client.
+    pub seq: u8,
+    pub peer: SocketAddr,
+    pub user: String,
+    pub schema: Option<String>,
+    /// Capabilities in effect for the session (the client's, masked by what was offered).
+    pub caps: CapabilityFlags,
+    pub collation: u8,
+    /// The password as sent; two readings when it came RSA-encrypted (see `rsa.rs`).
+    pub passwords: Vec<Vec<u8>>,
+    pub tls: bool,
+}
+
+impl Login {
+    /// Ends the login with an error.
+    pub async fn fail(mut self, error: &MyError) {
+        let _ = self.client.send(self.seq, &error.payload()).await;
+        self.client.shutdown().await;
+    }
+
+    /// Ends the login successfully; the command phase follows.
+    pub async fn succeed(&mut self) -> std::io::Result<()> {
+        let session_track = self.caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK);
+        self.client.send(self.seq, &ok_payload(SERVER_STATUS_AUTOCOMMIT, session_track)).await?;
+        Ok(())
+    }
+}
+
+fn nonce() -> [u8; 20] {
+    // Printable, never NUL: some clients treat the scramble as a C string.
+    let mut rng = rand::rng();
+    std::array::from_fn(|_| rng.random_range(0x21..0x7f))
+}
+
+fn greeting(front: &MysqlFrontend, connection_id: u32, nonce: &[u8; 20]) -> Vec<u8> {
+    let mut caps = OFFERED_CAPS;
+    if front.tls.is_some() {
+        caps |= CapabilityFlags::CLIENT_SSL;
+    }
+    let mut scramble_2 = nonce[8..].to_vec();
+    scramble_2.push(0); // the length byte counts the NUL: 13 bytes
+    let mut scramble_1 = [0u8; 8];
+    scramble_1.copy_from_slice(&nonce[..8]);
+    let version = front.server_version();
+    let packet = HandshakePacket::new(
+        10,
+        version.as_bytes(),
+        connection_id,
+        scramble_1,
+        Some(scramble_2),
+        caps,
+        DEFAULT_COLLATION,
+        StatusFlags::from_bits_truncate(SERVER_STATUS_AUTOCOMMIT),
+        Some(&b"caching_sha2_password"[..]),
+    );
+    let mut out = Vec::with_capacity(96);
+    packet.serialize(&mut out);
+    out
+}
+
+/// Reads one packet straight off the socket, never past its end: a TLS ClientHello may follow
+/// an SSLRequest in the same segment and must be left for the TLS layer.
+async fn read_exact_packet(tcp: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut header = [0u8; 4];
+    tcp.read_exact(&mut header).await?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+    // Before authentication nothing legitimate is large.
+    if len > 64 * 1024 {
+        return Err(std::io::ErrorKind::InvalidData.into());
+    }
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await?;
+    Ok((header[3], payload))
+}
+
+async fn send_raw(tcp: &mut TcpStream, seq: u8, payload: &[u8]) {
+    let mut out = bytes::BytesMut::new();
+    encode(&mut out, seq, payload);
+    let _ = tcp.write_all(&out).await;
+}
+
+/// Runs the connection phase up to the point where credentials are known. Sends the client an
+/// ERR and returns `None` on any failure.
+pub async fn accept(front: &MysqlFrontend, mut tcp: TcpStream, peer: SocketAddr) -> Option<Login> {
+    let deadline = Instant::now() + front.config.handshake_timeout;
+    if front.throttle.is_blocked(peer.ip()) {
+        send_raw(&mut tcp, 0, &MyError::rate_limited().payload()).await;
+        return None;
+    }
+    let nonce = nonce();
+    send_raw(&mut tcp, 0, &greeting(front, front.next_connection_id(), &nonce)).await;
+    let (seq, payload) = match timeout_at(deadline, read_exact_packet(&mut tcp)).await {
+        Ok(Ok(first)) => first,
+        Ok(Err(_)) => {
+            send_raw(&mut tcp, 2, &MyError::bad_handshake().payload()).await;
+            return None;
+        }
+        Err(_) => {
+            send_raw(&mut tcp, 2, &MyError::bad_handshake().payload()).await;
+            return None;
+        }
+    };
+    let ssl_request = payload.len() == 32
+        && u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]])
+            & CapabilityFlags::CLIENT_SSL.bits()
+            != 0;
+    let conn = if ssl_request {
+        let Some(acceptor) = front.tls.clone() else {
+            send_raw(&mut tcp, seq.wrapping_add(1), &MyError::bad_handshake().payload()).await;
+            return None;
+        };
+        let tls = match timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            _ => return None,
+        };
+        let mut conn =
+            Conn { stream: PacketStream::new(ClientStream::Tls(Box::new(tls))), seq: 0, deadline };
+        match conn.read().await {
+            Ok(response) => {
+                let payload = response.payload().to_vec();
+                return conn.finish(front, peer, &nonce, payload, true).await;
+            }
+            Err(e) => {
+                conn.fail(&e).await;
+                return None;
+            }
+        }
+    } else {
+        Conn {
+            stream: PacketStream::new(ClientStream::Plain(tcp)),
+            seq: seq.wrapping_add(1),
+            deadline,
+        }
+    };
+    conn.finish(front, peer, &nonce, payload, false).await
+}
+
+/// The client connection during login.
+struct Conn {
+    stream: PacketStream<ClientStream>,
+    seq: u8,
+    deadline: Instant,
+}
+
+impl Conn {
+    async fn read(&mut self) -> Result<Packet, MyError> {
+        match timeout_at(self.deadline, self.stream.read()).await {
+            Ok(Ok(Some(p))) => {
+                self.seq = p.seq().wrapping_add(1);
+                Ok(p)
+            }
+            _ => Err(MyError::bad_handshake()),
+        }
+    }
+
+    async fn send(&mut self, payload: &[u8]) -> Result<(), MyError> {
+        self.seq =
+            self.stream.send(self.seq, payload).await.map_err(|_| MyError::bad_handshake())?;
+        Ok(())
+    }
+
+    async fn fail(mut self, error: &MyError) {
+        let _ = self.stream.send(self.seq, &error.payload()).await;
+        self.stream.shutdown().await;
+    }
+
+    async fn finish(
+        mut self,
+        front: &MysqlFrontend,
+        peer: SocketAddr,
+        nonce: &[u8; 20],
+        response: Vec<u8>,
+        tls: bool,
+    ) -> Option<Login> {
+        match self.credentials(front, peer, nonce, &response).await {
+            Ok((user, schema, caps, collation, passwords)) => Some(Login {
+                client: self.stream,
+                seq: self.seq,
+                peer,
+                user,
+                schema,
+                caps,
+                collation,
+                passwords,
+                tls,
+            }),
+            Err(e) => {
+                self.fail(&e).await;
+                None
+            }
+        }
+    }
+
+    /// Parses the handshake response and runs the authentication exchange.
+    #[allow(clippy::type_complexity)]
+    async fn credentials(
+        &mut self,
+        front: &MysqlFrontend,
+        peer: SocketAddr,
+        nonce: &[u8; 20],
+        response: &[u8],
+    ) -> Result<(String, Option<String>, CapabilityFlags, u8, Vec<Vec<u8>>), MyError> {
+        let hello = HandshakeResponse::deserialize((), &mut ParseBuf(response))
+            .map_err(|_| MyError::bad_handshake())?;
+        let caps = hello.capabilities() & OFFERED_CAPS;
+        if !caps.contains(CapabilityFlags::CLIENT_PROTOCOL_41) {
+            return Err(MyError::bad_handshake());
+        }
+        let user = String::from_utf8_lossy(hello.user()).into_owned();
+        let schema = hello
+            .db_name()
+            .filter(|d| !d.is_empty())
+            .map(|d| String::from_utf8_lossy(d).into_owned());
+        let passwords = match hello.auth_plugin() {
+            Some(AuthPlugin::MysqlClearPassword) => vec![strip_nul(hello.scramble_buf()).to_vec()],
+            Some(AuthPlugin::CachingSha2Password) => self.full_auth(front, peer, nonce).await?,
+            _ => {
+                let fresh = self::nonce();
+                let mut switch = b"\xfecaching_sha2_password\0".to_vec();
+                switch.extend_from_slice(&fresh);
+                switch.push(0);
+                self.send(&switch).await?;
+                self.read().await?; // the client's scramble for the fresh nonce: useless here
+                self.full_auth(front, peer, &fresh).await?
+            }
+        };
+        Ok((user, schema, caps, hello.collation(), passwords))
+    }
+
+    /// "Perform full authentication": the client sends the password in cleartext, or asks for
+    /// the public key (`02`) and sends it RSA-encrypted.
+    async fn full_auth(
+        &mut self,
+        front: &MysqlFrontend,
+        peer: SocketAddr,
+        nonce: &[u8; 20],
+    ) -> Result<Vec<Vec<u8>>, MyError> {
+        self.send(&[0x01, 0x04]).await?;
+        let reply = self.read().await?;
+        if reply.payload() != [0x02] {
+            return Ok(vec![strip_nul(reply.payload()).to_vec()]);
+        }
+        let mut key = vec![0x01];
+        key.extend_from_slice(front.rsa.public_pem());
+        self.send(&key).await?;
+        let ciphertext = self.read().await?;
+        if !front.throttle.allow_expensive(peer.ip()) {
+            return Err(MyError::rate_limited());
+        }
+        let payload = ciphertext.payload();
+        if payload.len() != front.rsa.size() {
+            return Ok(vec![]);
+        }
+        Ok(front.rsa.decrypt_password(payload, nonce).map(Vec::from).unwrap_or_default())
+    }
+}
+
+fn strip_nul(bytes: &[u8]) -> &[u8] {
+    bytes.strip_suffix(&[0]).unwrap_or(bytes)
+}

@@ -1,0 +1,168 @@
+//! MySQL packets: a 3-byte little-endian length, a 1-byte sequence id, the payload. A payload
+//! chunk of exactly 0xFFFFFF bytes means the logical packet continues in the next one.
+//! `PacketStream` reads whole chunks without copying and batches writes.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest chunk payload; a chunk this long is continued by the next.
+pub const MAX_CHUNK: usize = 0xFF_FFFF;
+
+/// One chunk as it came off the wire, header included.
+#[derive(Debug, Clone)]
+pub struct Packet {
+    pub bytes: Bytes,
+}
+
+impl Packet {
+    pub fn seq(&self) -> u8 {
+        self.bytes[3]
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[4..]
+    }
+
+    /// Whether the logical packet goes on in the next chunk.
+    pub fn is_continued(&self) -> bool {
+        self.payload().len() == MAX_CHUNK
+    }
+}
+
+/// Appends `payload` as packets starting at `seq`, split into chunks as the protocol requires;
+/// returns the next sequence id.
+pub fn encode(out: &mut BytesMut, mut seq: u8, payload: &[u8]) -> u8 {
+    let mut rest = payload;
+    loop {
+        let n = rest.len().min(MAX_CHUNK);
+        out.extend_from_slice(&(n as u32).to_le_bytes()[..3]);
+        out.extend_from_slice(&[seq]);
+        out.extend_from_slice(&rest[..n]);
+        seq = seq.wrapping_add(1);
+        rest = &rest[n..];
+        // A payload that fills the last chunk exactly is closed by an empty chunk.
+        if n < MAX_CHUNK {
+            return seq;
+        }
+    }
+}
+
+/// A byte stream read and written as packets.
+pub struct PacketStream<S> {
+    stream: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
+    pub fn new(stream: S) -> Self {
+        Self {
+            stream,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            wbuf: BytesMut::with_capacity(16 * 1024),
+        }
+    }
+
+    /// The next chunk; `None` on a clean end of stream between packets.
+    pub async fn read(&mut self) -> std::io::Result<Option<Packet>> {
+        loop {
+            if self.rbuf.len() >= 4 {
+                let len =
+                    u32::from_le_bytes([self.rbuf[0], self.rbuf[1], self.rbuf[2], 0]) as usize;
+                if self.rbuf.len() >= 4 + len {
+                    return Ok(Some(Packet { bytes: self.rbuf.split_to(4 + len).freeze() }));
+                }
+                self.rbuf.reserve(4 + len - self.rbuf.len());
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return if self.rbuf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(std::io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+        }
+    }
+
+    /// Whether bytes were read past the last packet returned (so the peer is not idle).
+    pub fn has_buffered_input(&self) -> bool {
+        !self.rbuf.is_empty()
+    }
+
+    /// Queues a chunk exactly as received.
+    pub fn queue_raw(&mut self, packet: &Packet) {
+        self.wbuf.extend_from_slice(&packet.bytes);
+    }
+
+    /// Queues a payload as packets from `seq`; returns the next sequence id.
+    pub fn queue(&mut self, seq: u8, payload: &[u8]) -> u8 {
+        encode(&mut self.wbuf, seq, payload)
+    }
+
+    pub fn queued(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        while self.wbuf.has_remaining() {
+            let n = self.stream.write(&self.wbuf).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.wbuf.advance(n);
+        }
+        self.stream.flush().await
+    }
+
+    /// Queues and flushes one payload.
+    pub async fn send(&mut self, seq: u8, payload: &[u8]) -> std::io::Result<u8> {
+        let next = self.queue(seq, payload);
+        self.flush().await?;
+        Ok(next)
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn packets_round_trip_including_split_payloads() -> std::io::Result<()> {
+        let big = vec![7u8; MAX_CHUNK + 10];
+        let exact = vec![8u8; MAX_CHUNK];
+        let mut wire = BytesMut::new();
+        assert_eq!(encode(&mut wire, 0, b"\x03SELECT 1"), 1);
+        assert_eq!(encode(&mut wire, 5, &big), 7);
+        assert_eq!(encode(&mut wire, 0, &exact), 2, "an exact multiple ends with an empty chunk");
+        let mut stream = PacketStream::new(std::io::Cursor::new(wire.to_vec()));
+        let p = stream.read().await?.expect("packet");
+        assert_eq!((p.seq(), p.payload()), (0, &b"\x03SELECT 1"[..]));
+        let first = stream.read().await?.expect("chunk");
+        assert!(first.is_continued());
+        let second = stream.read().await?.expect("chunk");
+        assert_eq!((second.seq(), second.payload().len(), second.is_continued()), (6, 10, false));
+        assert!(stream.read().await?.expect("chunk").is_continued());
+        assert_eq!(stream.read().await?.expect("chunk").payload().len(), 0);
+        assert!(stream.read().await?.is_none());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_truncated_packet_is_an_error() {
+        let mut stream = PacketStream::new(std::io::Cursor::new(vec![5, 0, 0, 0, 1, 2]));
+        assert!(stream.read().await.is_err());
+    }
+}
