@@ -36,10 +36,13 @@ impl Throttle {
 
     /// Whether `ip` is serving a penalty for failing too often.
     pub fn is_blocked(&self, ip: IpAddr) -> bool {
-        match self.blocked.get(&ip) {
-            Some(until) if *until > Instant::now() => true,
+        // Copy out of the map first: removing while a read guard is held would deadlock.
+        let until = self.blocked.get(&ip).map(|until| *until);
+        let now = Instant::now();
+        match until {
+            Some(until) if until > now => true,
             Some(_) => {
-                self.blocked.remove(&ip);
+                self.blocked.remove_if(&ip, |_, until| *until <= now);
                 false
             }
             None => false,
@@ -81,6 +84,15 @@ mod tests {
         }
         assert!(t.is_blocked(bad));
         assert!(!t.is_blocked(good));
+    }
+
+    #[test]
+    fn a_penalty_ends() {
+        let t = Throttle::new(1, 1);
+        let ip = "10.0.0.4".parse().expect("ip");
+        t.blocked.insert(ip, Instant::now() - Duration::from_millis(1));
+        assert!(!t.is_blocked(ip), "expired");
+        assert!(t.blocked.is_empty(), "and forgotten");
     }
 
     #[test]

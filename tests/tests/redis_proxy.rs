@@ -348,3 +348,30 @@ async fn oversized_requests_are_refused_with_an_error_not_buffered() -> anyhow::
     cluster.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_address_that_keeps_failing_to_log_in_is_refused_for_a_moment() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(|config| {
+        if let Some(proxy) = config.proxy.as_mut() {
+            proxy.failed_logins_per_second = 1; // a burst of 5
+        }
+    })
+    .await?;
+    let admin = cluster.tenant("acme").await?;
+    let db = cluster.database(&admin, "cache", "redis").await?;
+    let token = db["token"]["token"].as_str().unwrap_or_default().to_owned();
+    let mut req = Vec::new();
+    for _ in 0..6 {
+        req.extend(resp(&["AUTH", "cache", "wrong"]));
+    }
+    req.extend(resp(&["AUTH", "cache", &token]));
+    let out = raw(cluster.redis_port(), &req, 7).await?;
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[..6].iter().all(|l| l.starts_with("-WRONGPASS")), "{out}");
+    assert_eq!(
+        lines[6],
+        "-ERR Dormouse: too many failed logins from this address; try again shortly"
+    );
+    cluster.stop().await;
+    Ok(())
+}
