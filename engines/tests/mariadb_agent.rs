@@ -73,10 +73,10 @@ async fn a_mariadb_instance_keeps_its_data_restarts_after_a_crash_and_is_destroy
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let port = loop {
-        if let InstanceState::Running { pid: p, port } = agent.state(&spec.id) {
-            if p != pid {
-                break port;
-            }
+        if let InstanceState::Running { pid: p, port } = agent.state(&spec.id)
+            && p != pid
+        {
+            break port;
         }
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "not restarted");
         tokio::time::sleep(Duration::from_millis(20)).await;
