@@ -7,19 +7,25 @@
 //! - [`keys`]: the token-signing key, JWKS.
 //! - [`lifecycle`]: database status transitions, instance start and destroy.
 //! - [`service`]: the operations (tenants, databases, tokens, routes).
+//! - [`activity`]: client sessions per database, as proxies report them.
 //! - [`reconciler`]: moves observed state toward intent.
+//! - [`suspender`]: suspends databases idle for longer than their timeout.
+//! - [`metrics`]: what `/metrics` reports.
 //! - [`api`]: the REST API.
 //! - [`local`]: the in-process link the proxy uses in `dormouse up`.
 //! - [`up`]: wiring for `dormouse up` and `dormouse control`.
 //! - [`cli`]: the command line, including the REST client commands.
 
+pub mod activity;
 pub mod api;
 pub mod cli;
 pub mod keys;
 pub mod lifecycle;
 pub mod local;
+pub mod metrics;
 pub mod names;
 pub mod reconciler;
 pub mod service;
 pub mod store;
+pub mod suspender;
 pub mod up;

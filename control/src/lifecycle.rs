@@ -1,17 +1,22 @@
 //! Database lifecycle: every status change goes through [`Lifecycle::transition`], and every
-//! start or destroy of an instance runs under that database's lock, after re-reading its row,
-//! so the API and the reconciler never act on a stale view of each other's work.
+//! start, suspend or destroy of an instance runs under that database's lock, after re-reading
+//! its row, so the API, the reconciler, the idle suspender and wakes never act on a stale view of
+//! each other's work. Concurrent starts of one database queue on the lock; the first starts
+//! it and the rest find it running, which makes a wake single-flight.
 //!
 //! ```text
-//!  creating ──▶ running ◀──▶ failed
-//!      │           │            │
-//!      └───────────┴──▶ deleting ◀┘   (then the row is removed)
+//!  creating ──▶ running ◀──▶ suspended      (lazy creation starts in suspended)
+//!      │          ▲  │           │
+//!      │          ▼  ▼           │
+//!      │        failed           │
+//!      └─────────┴──┴──▶ deleting ◀┘        (then the row is removed)
 //! ```
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use dormouse_engines::{AgentError, Endpoint, HostAgent, InstanceId, InstanceSpec};
+use dormouse_engines::{AgentError, HostAgent, InstanceId, InstanceSpec, Started};
 
 use crate::names;
 use crate::store::{Database, DatabaseStatus, Store, StoreError};
@@ -24,14 +29,28 @@ pub enum LifecycleError {
     BadTransition { id: InstanceId, from: DatabaseStatus, to: DatabaseStatus },
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error("the server did not become ready in time")]
+    Timeout,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A start that happened (or found the server running), with its costs.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub started: Started,
+    /// Time spent waiting for the database's lock (another start, a suspend).
+    pub queued: Duration,
+    /// The status the database had before.
+    pub was: DatabaseStatus,
 }
 
 pub struct Lifecycle {
     store: Arc<dyn Store>,
     agent: Arc<dyn HostAgent>,
     locks: DashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>,
+    /// Upper bound on one start, so a server that crash-loops cannot hold the lock forever.
+    start_deadline: Duration,
 }
 
 /// Which status changes are allowed.
@@ -39,9 +58,10 @@ fn allowed(from: DatabaseStatus, to: DatabaseStatus) -> bool {
     use DatabaseStatus::*;
     matches!(
         (from, to),
-        (Creating, Running | Failed | Deleting)
-            | (Running, Running | Failed | Deleting)
-            | (Failed, Running | Failed | Deleting)
+        (Creating, Running | Failed | Suspended | Deleting)
+            | (Running, Running | Failed | Suspended | Deleting)
+            | (Failed, Running | Failed | Suspended | Deleting)
+            | (Suspended, Running | Suspended | Deleting)
             | (Deleting, Deleting)
     )
 }
@@ -61,7 +81,7 @@ pub fn spec(db: &Database) -> InstanceSpec {
 
 impl Lifecycle {
     pub fn new(store: Arc<dyn Store>, agent: Arc<dyn HostAgent>) -> Self {
-        Self { store, agent, locks: DashMap::new() }
+        Self { store, agent, locks: DashMap::new(), start_deadline: Duration::from_secs(180) }
     }
 
     pub fn agent(&self) -> &Arc<dyn HostAgent> {
@@ -98,49 +118,103 @@ impl Lifecycle {
     }
 
     /// Starts the database's instance (provisioning it on first start) and waits until it is
-    /// ready; records `running` with its port, or `failed`.
-    pub async fn start(&self, db: &Database) -> Result<Endpoint, LifecycleError> {
+    /// ready; records `running` with its port. A failed start leaves a suspended database
+    /// suspended (the next client tries again) and marks any other `failed`.
+    pub async fn start(&self, db: &Database) -> Result<Start, LifecycleError> {
+        let queued_at = Instant::now();
         let lock = self.lock(&db.id);
         let _guard = lock.lock().await;
+        let queued = queued_at.elapsed();
         let db = self.reread(db).await?;
         if db.status == DatabaseStatus::Deleting {
-            return Err(LifecycleError::BadTransition {
-                id: db.id,
-                from: DatabaseStatus::Deleting,
-                to: DatabaseStatus::Running,
-            });
+            return Err(LifecycleError::Gone(db.id));
         }
-        match self.agent.start(&spec(&db)).await {
-            Ok(endpoint) => {
-                self.transition(&db, DatabaseStatus::Running, Some(endpoint.port)).await?;
-                Ok(endpoint)
+        let attempt = tokio::time::timeout(self.start_deadline, self.agent.start(&spec(&db))).await;
+        match attempt {
+            Ok(Ok(started)) => {
+                self.transition(&db, DatabaseStatus::Running, Some(started.endpoint.port)).await?;
+                Ok(Start { started, queued, was: db.status })
             }
-            Err(e) => {
-                tracing::warn!(db = %db.name, instance = %db.id, error = %e, "database failed to start");
-                self.transition(&db, DatabaseStatus::Failed, None).await?;
-                Err(e.into())
+            failure => {
+                let error = match failure {
+                    Ok(Err(e)) => LifecycleError::Agent(e),
+                    _ => {
+                        let _ = self.agent.stop(&db.id).await;
+                        LifecycleError::Timeout
+                    }
+                };
+                tracing::warn!(db = %db.name, instance = %db.id, %error, "database failed to start");
+                if db.status != DatabaseStatus::Suspended {
+                    self.transition(&db, DatabaseStatus::Failed, None).await?;
+                }
+                Err(error)
             }
         }
     }
 
+    /// Stops the database's server and marks it `suspended`, if `still_idle` holds once the lock
+    /// is held; `before_stop` runs just before the server stops (to drop proxy routes and pooled
+    /// connections). Returns whether it was suspended.
+    pub async fn suspend(
+        &self,
+        db: &Database,
+        still_idle: impl FnOnce() -> bool,
+        before_stop: impl FnOnce(),
+    ) -> Result<bool, LifecycleError> {
+        let lock = self.lock(&db.id);
+        let _guard = lock.lock().await;
+        let db = self.reread(db).await?;
+        if db.status == DatabaseStatus::Suspended {
+            return Ok(false);
+        }
+        if db.status == DatabaseStatus::Deleting || !still_idle() {
+            return Ok(false);
+        }
+        before_stop();
+        self.agent.stop(&db.id).await?;
+        self.transition(&db, DatabaseStatus::Suspended, None).await?;
+        Ok(true)
+    }
+
+    /// Marks a new database `suspended` without starting it (lazy creation: the first client
+    /// provisions and starts it).
+    pub async fn defer(&self, db: &Database) -> Result<(), LifecycleError> {
+        let lock = self.lock(&db.id);
+        let _guard = lock.lock().await;
+        let db = self.reread(db).await?;
+        self.transition(&db, DatabaseStatus::Suspended, None).await
+    }
+
     /// Marks the database `deleting`, destroys its instance and data, revokes the tokens
-    /// scoped to it and removes its row. Safe to repeat after a crash at any step.
-    pub async fn destroy(&self, db: &Database) -> Result<(), LifecycleError> {
+    /// scoped to it and removes its row. Safe to repeat after a crash at any step. Returns the
+    /// ids of the tokens it revoked.
+    pub async fn destroy(&self, db: &Database) -> Result<Vec<String>, LifecycleError> {
         let lock = self.lock(&db.id);
         let guard = lock.lock().await;
         let db = match self.reread(db).await {
             Ok(db) => db,
-            Err(LifecycleError::Gone(_)) => return Ok(()),
+            Err(LifecycleError::Gone(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
         self.transition(&db, DatabaseStatus::Deleting, None).await?;
         self.agent.destroy(&db.id).await?;
         let now = crate::service::now();
-        self.store.revoke_database_tokens(&db.tenant_id, &db.name, now).await?;
+        let revoked = self.store.revoke_database_tokens(&db.tenant_id, &db.name, now).await?;
         self.store.delete_database(&db.id).await?;
         drop(guard);
         self.locks.remove(&db.id);
         tracing::info!(db = %db.name, instance = %db.id, "database deleted");
+        Ok(revoked)
+    }
+
+    /// Stops a server that runs although its database is suspended (after a crash mid-suspend).
+    pub async fn enforce_suspended(&self, db: &Database) -> Result<(), LifecycleError> {
+        let lock = self.lock(&db.id);
+        let _guard = lock.lock().await;
+        let db = self.reread(db).await?;
+        if db.status == DatabaseStatus::Suspended {
+            self.agent.stop(&db.id).await?;
+        }
         Ok(())
     }
 
@@ -163,11 +237,14 @@ mod tests {
     #[test]
     fn a_deleting_database_never_comes_back() {
         use DatabaseStatus::*;
-        for to in [Creating, Running, Failed] {
+        for to in [Creating, Running, Failed, Suspended] {
             assert!(!allowed(Deleting, to));
         }
         assert!(allowed(Creating, Running));
         assert!(allowed(Failed, Running));
+        assert!(allowed(Suspended, Running));
+        assert!(allowed(Running, Suspended));
+        assert!(!allowed(Suspended, Failed), "a failed wake leaves it suspended");
         assert!(!allowed(Running, Creating));
     }
 }

@@ -26,7 +26,12 @@ pub async fn reconcile_once(service: &ControlService) {
 async fn reconcile(service: &ControlService, db: &Database) {
     let lifecycle = service.lifecycle();
     let result = match db.status {
-        DatabaseStatus::Deleting => lifecycle.destroy(db).await,
+        DatabaseStatus::Deleting => lifecycle.destroy(db).await.map(|_| ()),
+        // Asleep by intent: only make sure no server runs (a crash mid-suspend).
+        DatabaseStatus::Suspended => match lifecycle.agent().state(&db.id) {
+            InstanceState::Stopped | InstanceState::Failed { .. } => Ok(()),
+            _ => lifecycle.enforce_suspended(db).await,
+        },
         DatabaseStatus::Creating | DatabaseStatus::Running | DatabaseStatus::Failed => {
             match lifecycle.agent().state(&db.id) {
                 InstanceState::Running { port, .. } if port != db.port => {
@@ -36,7 +41,9 @@ async fn reconcile(service: &ControlService, db: &Database) {
                 | InstanceState::Starting
                 | InstanceState::Restarting { .. } => Ok(()),
                 InstanceState::Stopped | InstanceState::Failed { .. } => {
-                    lifecycle.start(db).await.map(|_| ())
+                    let started = lifecycle.start(db).await.map(|_| ());
+                    service.activity().touch(&db.tenant_id, &db.name);
+                    started
                 }
             }
         }

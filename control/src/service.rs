@@ -3,15 +3,19 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dormouse_engines::{EngineKind, HostAgent, InstanceId, Secret};
 use dormouse_proxy::claims::{Claims, Role};
-use dormouse_proxy::control::{BackendSecret, ControlError, Protocol, Route};
+use dormouse_proxy::control::{
+    BackendSecret, ControlError, ControlEvent, EventHook, Protocol, Route,
+};
 use rand::RngCore;
 
+use crate::activity::ActivityBook;
 use crate::keys::{KeyError, KeyRing};
-use crate::lifecycle::{Lifecycle, LifecycleError};
+use crate::lifecycle::{Lifecycle, LifecycleError, Start};
+use crate::metrics::Metrics;
 use crate::names;
 use crate::store::{Database, DatabaseStatus, Store, StoreError, Tenant, TokenRecord};
 
@@ -99,6 +103,9 @@ pub struct ControlService {
     /// Ids of revoked, unexpired tokens; the proxy asks this on every login.
     revoked: RwLock<HashSet<String>>,
     endpoints: RwLock<PublicEndpoints>,
+    activity: ActivityBook,
+    metrics: Metrics,
+    hooks: RwLock<Vec<EventHook>>,
 }
 
 impl ControlService {
@@ -114,7 +121,18 @@ impl ControlService {
             keys,
             revoked: RwLock::new(revoked),
             endpoints: RwLock::default(),
+            activity: ActivityBook::default(),
+            metrics: Metrics::new(),
+            hooks: RwLock::default(),
         })
+    }
+
+    pub fn activity(&self) -> &ActivityBook {
+        &self.activity
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -218,25 +236,25 @@ impl ControlService {
         Ok((tenant, token))
     }
 
-    /// Creates a database and starts its instance; returns it with a token scoped to it.
+    /// Creates a database and starts its instance (or, `lazy`, leaves it to the first client);
+    /// returns it with a token scoped to it.
     pub async fn create_database(
         &self,
         tenant: &Tenant,
-        name: &str,
-        engine: &str,
-        plan: Option<&str>,
+        req: &NewDatabase,
     ) -> Result<(Database, IssuedToken), ServiceError> {
+        let name = req.name.as_str();
         if !names::valid_name(name) {
             return Err(ServiceError::Invalid {
                 field: "name",
                 message: format!("invalid database name: {}", names::NAME_RULE),
             });
         }
-        let engine: EngineKind = engine.parse().map_err(|_| ServiceError::Invalid {
+        let engine: EngineKind = req.engine.parse().map_err(|_| ServiceError::Invalid {
             field: "engine",
-            message: format!("unknown engine {engine:?}: expected \"mysql\" or \"redis\""),
+            message: format!("unknown engine {:?}: expected \"mysql\" or \"redis\"", req.engine),
         })?;
-        let plan_name = plan.unwrap_or(names::DEFAULT_PLAN);
+        let plan_name = req.plan.as_deref().unwrap_or(names::DEFAULT_PLAN);
         if names::plan(plan_name).is_none() {
             return Err(ServiceError::Invalid {
                 field: "plan",
@@ -246,6 +264,7 @@ impl ControlService {
                 ),
             });
         }
+        let idle_timeout_seconds = validate_idle_timeout(req.idle_timeout_seconds)?;
         if !self.lifecycle.agent().engines().contains(&engine) {
             return Err(ServiceError::Unavailable(format!(
                 "{engine} databases are not available on this installation (is the {} package installed?)",
@@ -265,6 +284,8 @@ impl ControlService {
             port: 0,
             password: Secret::generate(),
             created_at: now(),
+            idle_timeout_seconds,
+            last_wake_ms: None,
         };
         match self.store.insert_database(&db).await {
             Err(StoreError::Conflict) => {
@@ -274,25 +295,37 @@ impl ControlService {
             }
             other => other?,
         }
-        if let Err(e) = self.lifecycle.start(&db).await {
-            // A database that never ran holds no data: remove it rather than leave a corpse.
-            if let Err(cleanup) = self.lifecycle.destroy(&db).await {
-                tracing::error!(db = %db.name, error = %cleanup, "cleaning up a failed create");
+        let outcome = if req.lazy {
+            self.lifecycle.defer(&db).await.map(|()| None)
+        } else {
+            self.lifecycle.start(&db).await.map(Some)
+        };
+        match outcome {
+            Ok(Some(start)) => {
+                self.metrics.provisioned(engine, start.started.timing.warm);
+                self.activity.touch(&tenant.id, name);
             }
-            return Err(match e {
-                LifecycleError::Agent(agent) => {
-                    tracing::error!(db = %db.name, error = %agent, "database failed to start");
-                    ServiceError::Unavailable(
-                        "the database server failed to start; try again".into(),
-                    )
+            Ok(None) => {}
+            Err(e) => {
+                // A database that never ran holds no data: remove it rather than leave a corpse.
+                if let Err(cleanup) = self.lifecycle.destroy(&db).await {
+                    tracing::error!(db = %db.name, error = %cleanup, "cleaning up a failed create");
                 }
-                other => ServiceError::Internal(other.to_string()),
-            });
+                return Err(match e {
+                    LifecycleError::Agent(_) | LifecycleError::Timeout => {
+                        tracing::error!(db = %db.name, error = %e, "database failed to start");
+                        ServiceError::Unavailable(
+                            "the database server failed to start; try again".into(),
+                        )
+                    }
+                    other => ServiceError::Internal(other.to_string()),
+                });
+            }
         }
         let db = self.store.database(&tenant.id, name).await?.unwrap_or(db);
         let token =
             self.issue(Some(&tenant.id), Some(name), Role::Readwrite, DEFAULT_TOKEN_TTL).await?;
-        tracing::info!(tenant = %tenant.name, db = %db.name, engine = %engine, "database created");
+        tracing::info!(tenant = %tenant.name, db = %db.name, engine = %engine, lazy = req.lazy, "database created");
         Ok((db, token))
     }
 
@@ -303,12 +336,26 @@ impl ControlService {
             .ok_or_else(|| ServiceError::NotFound(format!("no database named {name:?}")))
     }
 
+    pub async fn set_idle_timeout(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        seconds: u32,
+    ) -> Result<Database, ServiceError> {
+        let db = self.database(tenant, name).await?;
+        let seconds = validate_idle_timeout(Some(seconds))?;
+        self.store.set_idle_timeout(&db.id, seconds).await?;
+        self.database(tenant, name).await
+    }
+
     pub async fn delete_database(&self, tenant: &Tenant, name: &str) -> Result<(), ServiceError> {
         let db = self.database(tenant, name).await?;
-        self.lifecycle.destroy(&db).await.map_err(|e| ServiceError::Internal(e.to_string()))?;
-        // Tokens scoped to it were revoked in the store; mirror that for the proxy.
-        let revoked = self.store.revoked_tokens(now()).await?;
-        *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked.into_iter().collect();
+        self.emit(&ControlEvent::Deleted { tenant: tenant.id.clone(), database: name.into() });
+        let revoked =
+            self.lifecycle.destroy(&db).await.map_err(|e| ServiceError::Internal(e.to_string()))?;
+        // Mirror the store's revocations for the proxy (merged: a concurrent revoke stays).
+        self.revoked.write().unwrap_or_else(|e| e.into_inner()).extend(revoked);
+        self.activity.forget(&tenant.id, name);
         Ok(())
     }
 
@@ -331,7 +378,18 @@ impl ControlService {
         Ok(())
     }
 
-    /// Where the proxy finds `tenant`'s database `name`.
+    /// Registers a hook run synchronously on every event (the in-process proxy's).
+    pub fn add_hook(&self, hook: EventHook) {
+        self.hooks.write().unwrap_or_else(|e| e.into_inner()).push(hook);
+    }
+
+    fn emit(&self, event: &ControlEvent) {
+        for hook in self.hooks.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            hook(event);
+        }
+    }
+
+    /// Where the proxy finds `tenant`'s database `name`; `Asleep` when it must be woken first.
     pub async fn route(&self, tenant: &str, name: &str) -> Result<Option<Route>, ControlError> {
         let db = self
             .store
@@ -342,10 +400,10 @@ impl ControlService {
         if db.status == DatabaseStatus::Deleting {
             return Ok(None);
         }
-        let endpoint =
-            self.lifecycle.agent().endpoint(&db.id).ok_or_else(|| {
-                ControlError::NotRunning(format!("database {name:?} is not running"))
-            })?;
+        if db.status != DatabaseStatus::Running || self.activity.is_suspending(tenant, name) {
+            return Err(ControlError::Asleep);
+        }
+        let endpoint = self.lifecycle.agent().endpoint(&db.id).ok_or(ControlError::Asleep)?;
         let (protocol, user) = match db.engine {
             EngineKind::Redis => (Protocol::Redis, dormouse_engines::redis::INTERNAL_USER),
             EngineKind::Mysql => (Protocol::Mysql, dormouse_engines::mariadb::INTERNAL_USER),
@@ -358,4 +416,125 @@ impl ControlService {
             password: BackendSecret(db.password.expose().to_owned()),
         }))
     }
+
+    /// Starts a sleeping database for a client, once however many ask at the same time, and
+    /// returns its route. Records the wake's parts in the log, the metrics and the database.
+    pub async fn wake(&self, tenant: &str, name: &str) -> Result<Option<Route>, ControlError> {
+        let db = self
+            .store
+            .database(tenant, name)
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        let Some(db) = db else { return Ok(None) };
+        let requested = Instant::now();
+        match self.lifecycle.start(&db).await {
+            Ok(start) => {
+                if !start.started.timing.already_running {
+                    self.record_wake(&db, &start, requested.elapsed()).await;
+                }
+                self.activity.touch(tenant, name);
+            }
+            Err(LifecycleError::Gone(_)) => return Ok(None),
+            Err(e) => {
+                self.metrics.wake_failed(db.engine);
+                tracing::warn!(db = %db.name, engine = %db.engine, error = %e, "wake failed");
+                let retryable = matches!(e, LifecycleError::Store(_));
+                let message = match e {
+                    LifecycleError::Agent(_) | LifecycleError::Timeout => {
+                        "the database server failed to start".into()
+                    }
+                    other => other.to_string(),
+                };
+                return Err(ControlError::WakeFailed { message, retryable });
+            }
+        }
+        match self.route(tenant, name).await {
+            // Suspended again at once (a zero idle timeout racing the wake): try once more.
+            Err(ControlError::Asleep) => Err(ControlError::WakeFailed {
+                message: "suspended while waking".into(),
+                retryable: true,
+            }),
+            other => other,
+        }
+    }
+
+    async fn record_wake(&self, db: &Database, start: &Start, total: Duration) {
+        let timing = &start.started.timing;
+        let ms = |d: Duration| d.as_millis() as u64;
+        tracing::info!(
+            db = %db.name,
+            engine = %db.engine,
+            was = %start.was,
+            queue_ms = ms(start.queued),
+            provision_ms = ms(timing.provision),
+            boot_ms = ms(timing.boot),
+            total_ms = ms(total),
+            warm = timing.warm,
+            "database woke"
+        );
+        self.metrics.woke(db.engine, total);
+        if timing.provision > Duration::ZERO || timing.warm {
+            self.metrics.provisioned(db.engine, timing.warm);
+        }
+        if let Err(e) = self
+            .store
+            .set_last_wake(&db.id, u32::try_from(total.as_millis()).unwrap_or(u32::MAX))
+            .await
+        {
+            tracing::warn!(db = %db.name, error = %e, "recording the wake");
+        }
+        self.emit(&ControlEvent::Woke { tenant: db.tenant_id.clone(), database: db.name.clone() });
+    }
+
+    /// Suspends the database if it has no client sessions (or at once, `force`d by its owner).
+    pub async fn suspend(&self, db: &Database, force: bool) -> Result<bool, ServiceError> {
+        let (tenant, name) = (db.tenant_id.as_str(), db.name.as_str());
+        self.activity.set_suspending(tenant, name, true);
+        let idle_timeout = Duration::from_secs(u64::from(db.idle_timeout_seconds));
+        let still_idle = || {
+            force || self.activity.idle_for(tenant, name).is_some_and(|idle| idle >= idle_timeout)
+        };
+        let before_stop = || {
+            self.emit(&ControlEvent::Suspending { tenant: tenant.into(), database: name.into() })
+        };
+        let result = self.lifecycle.suspend(db, still_idle, before_stop).await;
+        self.activity.set_suspending(tenant, name, false);
+        let suspended = result.map_err(|e| ServiceError::Internal(e.to_string()))?;
+        if suspended {
+            self.metrics.suspended(db.engine);
+            tracing::info!(db = %db.name, engine = %db.engine, forced = force, "database suspended");
+        }
+        Ok(suspended)
+    }
+}
+
+/// What a tenant asks for when creating a database.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDatabase {
+    pub name: String,
+    pub engine: String,
+    pub plan: Option<String>,
+    /// Seconds without client connections before it is suspended; 0 = never. Default 300.
+    pub idle_timeout_seconds: Option<u32>,
+    /// Provision it on the first client connection instead of now.
+    #[serde(default)]
+    pub lazy: bool,
+}
+
+/// Longest idle timeout a database may have: a week.
+pub const MAX_IDLE_TIMEOUT: u32 = 7 * 24 * 3600;
+pub const DEFAULT_IDLE_TIMEOUT: u32 = 300;
+
+fn validate_idle_timeout(seconds: Option<u32>) -> Result<u32, ServiceError> {
+    let seconds = seconds.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    if seconds > MAX_IDLE_TIMEOUT {
+        return Err(ServiceError::Invalid {
+            field: "idle_timeout_seconds",
+            message: format!(
+                "idle_timeout_seconds must be at most {MAX_IDLE_TIMEOUT} (0 = never suspend)"
+            ),
+        });
+    }
+    Ok(seconds)
 }

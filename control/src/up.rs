@@ -43,6 +43,10 @@ pub struct UpConfig {
     /// Pre-initialised engine data directories (MariaDB), made once and copied per database.
     /// Safe to share between installations on one host.
     pub templates_dir: PathBuf,
+    /// How often idle databases are looked for.
+    pub idle_check_every: Duration,
+    /// Provisioned, stopped instances kept ready per engine, so creating is as fast as waking.
+    pub warm_pool: usize,
 }
 
 /// The proxy's key material (TLS certificate, MySQL RSA key) within the data directory.
@@ -61,6 +65,8 @@ impl UpConfig {
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             public_host: None,
             reconcile_every: Duration::from_secs(10),
+            idle_check_every: Duration::from_secs(5),
+            warm_pool: 1,
         }
     }
 }
@@ -147,11 +153,14 @@ pub async fn start(config: UpConfig, shutdown: CancellationToken) -> anyhow::Res
     let store =
         Arc::new(SqliteStore::open(&dir.join("control.db")).await.context("opening the store")?);
     let keys = KeyRing::load_or_create(dir)?;
-    let agent = Arc::new(LocalAgent::new(
-        dir.join("instances"),
-        detect_engines(&config.templates_dir),
-        RestartPolicy::default(),
-    )?);
+    let agent = Arc::new(
+        LocalAgent::new(
+            dir.join("instances"),
+            detect_engines(&config.templates_dir),
+            RestartPolicy::default(),
+        )?
+        .with_warm_pool(config.warm_pool),
+    );
     let service =
         Arc::new(ControlService::new(store, keys, agent.clone() as Arc<dyn HostAgent>).await?);
     let (admin_token, admin_token_path) = ensure_admin_token(&service, dir).await?;
@@ -174,6 +183,7 @@ pub async fn start(config: UpConfig, shutdown: CancellationToken) -> anyhow::Res
         redis_addr = Some(redis);
         mysql_addr = Some(mysql);
         mysql_pool = Some(proxy.mysql_pool());
+        service.metrics().add_backend_pool(proxy.mysql_pool());
         let host = config.public_host.clone().unwrap_or_else(|| match redis.ip() {
             ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
             ip => ip.to_string(),
@@ -196,6 +206,8 @@ pub async fn start(config: UpConfig, shutdown: CancellationToken) -> anyhow::Res
         }
     });
     tasks.spawn(reconciler::run(service.clone(), config.reconcile_every, shutdown.clone()));
+    tasks.spawn(crate::suspender::run(service.clone(), config.idle_check_every, shutdown.clone()));
+    tasks.spawn(agent.clone().run_warm_pool(shutdown.clone()));
 
     let stopping = agent.clone();
     let task = tokio::spawn(async move {

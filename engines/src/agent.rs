@@ -1,14 +1,20 @@
 //! The host agent: turns "run this instance" into a provisioned directory and a supervised
 //! server process. `LocalAgent` runs in-process for `dormouse up`; a remote agent on each host
 //! of a fleet will implement the same trait.
+//!
+//! A warm pool keeps a few provisioned, stopped instance directories per engine; a new
+//! instance claims one by renaming it, so creating a database costs no more than waking one.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
+use rand::RngCore;
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, EngineError};
 use crate::spec::{Endpoint, EngineKind, InstanceId, InstanceSpec};
@@ -22,12 +28,31 @@ pub enum AgentError {
     Engine(#[from] EngineError),
 }
 
+/// A started instance: where it listens and what the start cost.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub endpoint: Endpoint,
+    pub timing: StartTiming,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StartTiming {
+    /// Making its directory: zero when it existed, short when the warm pool had one.
+    pub provision: Duration,
+    /// From spawning the server to its first passing readiness probe.
+    pub boot: Duration,
+    /// A warm-pool directory was claimed.
+    pub warm: bool,
+    /// It was already running; nothing was started.
+    pub already_running: bool,
+}
+
 /// What control asks of a host.
 #[async_trait]
 pub trait HostAgent: Send + Sync {
     /// Provisions the instance on first use, starts its server unless it is already running,
     /// and waits until it is ready.
-    async fn start(&self, spec: &InstanceSpec) -> Result<Endpoint, AgentError>;
+    async fn start(&self, spec: &InstanceSpec) -> Result<Started, AgentError>;
     /// Stops the server cleanly; its data stays on disk.
     async fn stop(&self, id: &InstanceId) -> Result<(), AgentError>;
     /// Stops the server and deletes its data.
@@ -54,6 +79,9 @@ pub struct LocalAgent {
     root: PathBuf,
     engines: HashMap<EngineKind, Arc<dyn Engine>>,
     policy: RestartPolicy,
+    /// Warm directories kept per engine.
+    warm_size: usize,
+    warm_wanted: tokio::sync::Notify,
     /// Serialises start/stop/destroy of one instance; readers never take it.
     locks: DashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>,
     supervisors: DashMap<InstanceId, Arc<Supervisor>>,
@@ -71,39 +99,140 @@ impl LocalAgent {
             root,
             engines: engines.into_iter().map(|e| (e.kind(), e)).collect(),
             policy,
+            warm_size: 0,
+            warm_wanted: tokio::sync::Notify::new(),
             locks: DashMap::new(),
             supervisors: DashMap::new(),
         })
+    }
+
+    /// Keeps `size` provisioned, stopped instance directories per engine (see [`Self::run_warm_pool`]).
+    pub fn with_warm_pool(mut self, size: usize) -> Self {
+        self.warm_size = size;
+        self
     }
 
     pub fn instance_dir(&self, id: &InstanceId) -> PathBuf {
         self.root.join(id.as_str())
     }
 
+    fn warm_dir(&self, engine: EngineKind) -> PathBuf {
+        self.root.join(".warm").join(engine.as_str())
+    }
+
     fn lock(&self, id: &InstanceId) -> Arc<tokio::sync::Mutex<()>> {
         self.locks.entry(id.clone()).or_default().clone()
     }
 
-    /// Fills the instance directory once: into a scratch directory, renamed into place when
-    /// complete, so a crash mid-provision never leaves a half-made instance behind.
+    /// Gives the instance its directory: the existing one, a claimed warm one, or a new one
+    /// filled in a scratch directory and renamed into place when complete (a crash
+    /// mid-provision never leaves a half-made instance).
     async fn provision(
         &self,
         engine: &dyn Engine,
         spec: &InstanceSpec,
+        timing: &mut StartTiming,
     ) -> Result<PathBuf, AgentError> {
         let dir = self.instance_dir(&spec.id);
         if dir.is_dir() {
             return Ok(dir);
         }
-        let scratch = self.root.join(format!(".{}.provisioning", spec.id));
-        let _ = tokio::fs::remove_dir_all(&scratch).await;
-        create_private_dir(&scratch)
-            .map_err(EngineError::io(format!("creating {}", scratch.display())))?;
-        engine.provision(spec, &scratch).await?;
-        tokio::fs::rename(&scratch, &dir)
-            .await
-            .map_err(EngineError::io(format!("moving {} into place", dir.display())))?;
+        let started = Instant::now();
+        if self.claim_warm(spec.engine, &dir) {
+            timing.warm = true;
+            self.warm_wanted.notify_one();
+        } else {
+            let scratch = self.root.join(format!(".{}.provisioning", spec.id));
+            self.fill(engine, spec, &scratch).await?;
+            tokio::fs::rename(&scratch, &dir)
+                .await
+                .map_err(EngineError::io(format!("moving {} into place", dir.display())))?;
+        }
+        timing.provision = started.elapsed();
         Ok(dir)
+    }
+
+    async fn fill(
+        &self,
+        engine: &dyn Engine,
+        spec: &InstanceSpec,
+        scratch: &Path,
+    ) -> Result<(), AgentError> {
+        let _ = tokio::fs::remove_dir_all(scratch).await;
+        create_private_dir(scratch)
+            .map_err(EngineError::io(format!("creating {}", scratch.display())))?;
+        engine.provision(spec, scratch).await?;
+        Ok(())
+    }
+
+    /// Renames a warm directory of `engine` to `dir`; false if none is left. Concurrent
+    /// claimers race on the rename, which only one wins.
+    fn claim_warm(&self, engine: EngineKind, dir: &Path) -> bool {
+        let Ok(entries) = std::fs::read_dir(self.warm_dir(engine)) else { return false };
+        entries
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .any(|e| std::fs::rename(e.path(), dir).is_ok())
+    }
+
+    fn warm_count(&self, engine: EngineKind) -> usize {
+        std::fs::read_dir(self.warm_dir(engine)).map_or(0, |entries| {
+            entries.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count()
+        })
+    }
+
+    /// Tops up every engine's warm directories; returns how many were made.
+    pub async fn refill_warm_pool(&self) -> usize {
+        let mut made = 0;
+        for (kind, engine) in &self.engines {
+            let warm = self.warm_dir(*kind);
+            if let Err(e) = create_private_dir(&warm) {
+                tracing::warn!(engine = %kind, error = %e, "warm pool directory");
+                continue;
+            }
+            while self.warm_count(*kind) < self.warm_size {
+                let mut suffix = [0u8; 6];
+                rand::rng().fill_bytes(&mut suffix);
+                let name: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+                // A provisioned directory does not depend on the spec's identity or secret.
+                let spec = InstanceSpec {
+                    id: InstanceId::generate(),
+                    name: "warm".into(),
+                    engine: *kind,
+                    limits: crate::spec::Limits { memory_mb: 0, max_connections: 0 },
+                    password: crate::spec::Secret::new(""),
+                    port: 0,
+                };
+                let scratch = warm.join(format!(".{name}"));
+                let result = match self.fill(engine.as_ref(), &spec, &scratch).await {
+                    Ok(()) => std::fs::rename(&scratch, warm.join(&name))
+                        .map_err(|e| AgentError::from(EngineError::io("warm pool")(e))),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(engine = %kind, error = %e, "refilling the warm pool");
+                    let _ = tokio::fs::remove_dir_all(&scratch).await;
+                    break;
+                }
+                made += 1;
+            }
+        }
+        made
+    }
+
+    /// Keeps the warm pool full: refills at start, after every claim, and every minute.
+    pub async fn run_warm_pool(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.warm_size == 0 {
+            return;
+        }
+        loop {
+            self.refill_warm_pool().await;
+            tokio::select! {
+                () = self.warm_wanted.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
     }
 
     async fn stop_locked(&self, id: &InstanceId) {
@@ -120,9 +249,10 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
 
 #[async_trait]
 impl HostAgent for LocalAgent {
-    async fn start(&self, spec: &InstanceSpec) -> Result<Endpoint, AgentError> {
+    async fn start(&self, spec: &InstanceSpec) -> Result<Started, AgentError> {
         let engine =
             self.engines.get(&spec.engine).ok_or(AgentError::EngineUnavailable(spec.engine))?;
+        let mut timing = StartTiming::default();
         let supervisor = {
             let lock = self.lock(&spec.id);
             let _guard = lock.lock().await;
@@ -130,9 +260,12 @@ impl HostAgent for LocalAgent {
                 !matches!(s.state(), InstanceState::Stopped | InstanceState::Failed { .. })
             });
             match live {
-                Some(s) => s,
+                Some(s) => {
+                    timing.already_running = matches!(s.state(), InstanceState::Running { .. });
+                    s
+                }
                 None => {
-                    let dir = self.provision(engine.as_ref(), spec).await?;
+                    let dir = self.provision(engine.as_ref(), spec, &mut timing).await?;
                     let s = Arc::new(Supervisor::spawn(
                         engine.clone(),
                         spec.clone(),
@@ -145,7 +278,12 @@ impl HostAgent for LocalAgent {
             }
         };
         match supervisor.ready().await {
-            Ok(port) => Ok(Endpoint { host: "127.0.0.1".into(), port }),
+            Ok((port, boot)) => {
+                if !timing.already_running {
+                    timing.boot = boot;
+                }
+                Ok(Started { endpoint: Endpoint { host: "127.0.0.1".into(), port }, timing })
+            }
             Err(e) => {
                 let lock = self.lock(&spec.id);
                 let _guard = lock.lock().await;

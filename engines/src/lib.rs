@@ -20,7 +20,7 @@ pub mod redis;
 pub mod spec;
 pub mod supervisor;
 
-pub use agent::{AgentError, HostAgent, LocalAgent};
+pub use agent::{AgentError, HostAgent, LocalAgent, StartTiming, Started};
 pub use engine::{Engine, EngineError};
 pub use spec::{Endpoint, EngineKind, InstanceId, InstanceSpec, Limits, Secret};
 pub use supervisor::InstanceState;

@@ -21,8 +21,8 @@ pub const PROCESS_LOG: &str = "server.log";
 pub enum InstanceState {
     /// Launched, not ready yet.
     Starting,
-    /// Ready for clients.
-    Running { port: u16, pid: u32 },
+    /// Ready for clients; `boot` is how long it took from spawn to the first passing probe.
+    Running { port: u16, pid: u32, boot: Duration },
     /// Exited unexpectedly or failed to start; another start is scheduled.
     Restarting { attempt: u32, reason: String },
     /// Stopped on request (or never started).
@@ -85,8 +85,8 @@ impl Supervisor {
         self.state.borrow().clone()
     }
 
-    /// Waits until the server is ready and returns its port, or why it will not be.
-    pub async fn ready(&self) -> Result<u16, EngineError> {
+    /// Waits until the server is ready and returns its port and boot time, or why it will not be.
+    pub async fn ready(&self) -> Result<(u16, Duration), EngineError> {
         let mut rx = self.state.clone();
         let state = rx
             .wait_for(|s| {
@@ -101,7 +101,7 @@ impl Supervisor {
             .map_err(|_| EngineError::Failed("supervisor ended".into()))?
             .clone();
         match state {
-            InstanceState::Running { port, .. } => Ok(port),
+            InstanceState::Running { port, boot, .. } => Ok((port, boot)),
             InstanceState::Failed { reason } => Err(EngineError::Failed(reason)),
             _ => Err(EngineError::Failed("stopped while starting".into())),
         }
@@ -153,11 +153,13 @@ async fn supervise(
             }
         };
         let instance = Instance { spec: spec.clone(), dir: dir.clone(), port };
+        let spawned = Instant::now();
         let reason = match start_once(engine.as_ref(), &instance, &log, &stop).await {
             Ok(mut process) => {
                 let pid = process.pid().unwrap_or_default();
-                tracing::info!(instance = %id, port, pid, "server ready");
-                state.send_replace(InstanceState::Running { port, pid });
+                let boot = spawned.elapsed();
+                tracing::info!(instance = %id, port, pid, boot_ms = boot.as_millis() as u64, "server ready");
+                state.send_replace(InstanceState::Running { port, pid, boot });
                 ever_ready = true;
                 failed_starts = 0;
                 let started = Instant::now();

@@ -52,7 +52,7 @@ async fn a_mariadb_instance_keeps_its_data_restarts_after_a_crash_and_is_destroy
     let agent =
         LocalAgent::new(tmp.path().join("instances"), vec![engine], RestartPolicy::default())?;
     let spec = spec("my-app");
-    let ep = agent.start(&spec).await?;
+    let ep = agent.start(&spec).await?.endpoint;
 
     assert_eq!(
         sql(ep.port, &spec, "SELECT DATABASE(), CURRENT_USER()").await?,
@@ -64,7 +64,7 @@ async fn a_mariadb_instance_keeps_its_data_restarts_after_a_crash_and_is_destroy
     sql(ep.port, &spec, "CREATE TABLE t (v INT); INSERT INTO t VALUES (42)").await?;
 
     agent.stop(&spec.id).await?;
-    let ep = agent.start(&spec).await?;
+    let ep = agent.start(&spec).await?.endpoint;
     assert_eq!(sql(ep.port, &spec, "SELECT v FROM t").await?, "42");
 
     let InstanceState::Running { pid, .. } = agent.state(&spec.id) else {
@@ -73,7 +73,7 @@ async fn a_mariadb_instance_keeps_its_data_restarts_after_a_crash_and_is_destroy
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let port = loop {
-        if let InstanceState::Running { pid: p, port } = agent.state(&spec.id)
+        if let InstanceState::Running { pid: p, port, .. } = agent.state(&spec.id)
             && p != pid
         {
             break port;
@@ -101,7 +101,7 @@ async fn instances_of_one_template_are_independent() -> anyhow::Result<()> {
         RestartPolicy::default(),
     )?;
     let (a, b) = (spec("alpha"), spec("beta"));
-    let (ea, eb) = (agent.start(&a).await?, agent.start(&b).await?);
+    let (ea, eb) = (agent.start(&a).await?.endpoint, agent.start(&b).await?.endpoint);
     sql(ea.port, &a, "CREATE TABLE only_here (x INT)").await?;
     assert_eq!(sql(eb.port, &b, "SHOW TABLES").await?, "");
     // One instance's password does not open the other.

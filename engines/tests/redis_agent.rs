@@ -53,7 +53,7 @@ async fn redis_instance_starts_keeps_data_across_stop_and_is_destroyed() -> anyh
     let tmp = tempfile::tempdir()?;
     let agent = agent(tmp.path());
     let spec = spec();
-    let ep = agent.start(&spec).await?;
+    let ep = agent.start(&spec).await?.endpoint;
     let pw = spec.password.expose();
     assert_eq!(run(ep.port, pw, &["SET k v", "GET k"]).await?, ["+OK", "v"]);
 
@@ -70,7 +70,7 @@ async fn redis_instance_starts_keeps_data_across_stop_and_is_destroyed() -> anyh
     assert_eq!(agent.state(&spec.id), InstanceState::Stopped);
     assert!(TcpStream::connect(("127.0.0.1", ep.port)).await.is_err());
 
-    let ep = agent.start(&spec).await?;
+    let ep = agent.start(&spec).await?.endpoint;
     assert_eq!(run(ep.port, pw, &["GET k"]).await?, ["v"]);
 
     let dir = tmp.path().join(spec.id.as_str());
@@ -85,7 +85,7 @@ async fn a_killed_redis_server_is_restarted() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let agent = agent(tmp.path());
     let spec = spec();
-    let ep = agent.start(&spec).await?;
+    let ep = agent.start(&spec).await?.endpoint;
     run(ep.port, spec.password.expose(), &["SET k v"]).await?;
     let InstanceState::Running { pid, .. } = agent.state(&spec.id) else {
         anyhow::bail!("not running");
@@ -129,5 +129,25 @@ async fn an_engine_this_host_lacks_is_refused() -> anyhow::Result<()> {
     let agent = LocalAgent::new(tmp.path(), vec![], RestartPolicy::default())?;
     let err = agent.start(&spec()).await.expect_err("no engine");
     assert_eq!(err.to_string(), "this host cannot run redis databases");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_warm_directory_is_claimed_and_refilled() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let redis: Arc<dyn Engine> = Arc::new(RedisEngine::detect()?);
+    let agent =
+        LocalAgent::new(tmp.path(), vec![redis], RestartPolicy::default())?.with_warm_pool(2);
+    assert_eq!(agent.refill_warm_pool().await, 2);
+    assert_eq!(agent.refill_warm_pool().await, 0, "already full");
+    let spec = spec();
+    let started = agent.start(&spec).await?;
+    assert!(started.timing.warm, "claimed from the warm pool");
+    assert!(!started.timing.already_running);
+    let again = agent.start(&spec).await?;
+    assert!(again.timing.already_running);
+    assert_eq!(agent.refill_warm_pool().await, 1, "one made to replace the claimed one");
+    run(started.endpoint.port, spec.password.expose(), &["SET k v"]).await?;
+    agent.shutdown().await;
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::mysql::pool::PoolConfig;
+use crate::routes::WakePolicy;
 use crate::tls::TlsSource;
 
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub struct ProxyConfig {
     pub rsa_per_second: u32,
     /// How long a cached route is trusted before control is asked again.
     pub route_ttl: Duration,
+    /// How hard a sleeping database is woken before its clients get an error.
+    pub wake: WakePolicy,
     pub redis: RedisConfig,
     pub mysql: MysqlConfig,
 }
@@ -85,6 +88,7 @@ impl ProxyConfig {
             failed_logins_per_second: 20,
             rsa_per_second: 100,
             route_ttl: Duration::from_secs(2),
+            wake: WakePolicy::default(),
             redis: RedisConfig::default(),
             mysql: MysqlConfig::default(),
         }

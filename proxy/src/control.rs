@@ -1,15 +1,18 @@
-//! What the proxy asks of control: the token-signing public keys, the route to a database, and
-//! whether a token was revoked. `HttpControl` asks over control's internal API; `dormouse up`
-//! plugs control in directly.
+//! What the proxy asks of and tells control: the token-signing public keys, routes to
+//! databases, revocations, waking sleeping databases, and how many client sessions each
+//! database has (so control can suspend idle ones). `HttpControl` speaks control's internal
+//! API; `dormouse up` plugs control in directly.
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use dashmap::DashMap;
 use jsonwebtoken::jwk::JwkSet;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 /// The wire protocol a database speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,15 +44,42 @@ pub struct Route {
     pub password: BackendSecret,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
-    /// Control could not be asked, or failed; the client may retry.
+    /// Control could not be asked, or failed; asking again may work.
     #[error("control plane unavailable: {0}")]
     Unavailable(String),
-    /// The database exists but cannot be reached now.
-    #[error("database not available: {0}")]
-    NotRunning(String),
+    /// The database is suspended (or its server is down): wake it.
+    #[error("database is asleep")]
+    Asleep,
+    /// Waking the database failed; `retryable` says whether trying again soon may help.
+    #[error("the database could not be started: {message}")]
+    WakeFailed { message: String, retryable: bool },
 }
+
+impl ControlError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ControlError::Unavailable(_) => true,
+            ControlError::Asleep => true,
+            ControlError::WakeFailed { retryable, .. } => *retryable,
+        }
+    }
+}
+
+/// Something control did that proxies must act on before it takes effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlEvent {
+    /// The database's server is about to stop: drop its routes and pooled connections.
+    Suspending { tenant: String, database: String },
+    /// The database's server started (maybe on a new port): drop cached routes.
+    Woke { tenant: String, database: String },
+    /// The database is being deleted.
+    Deleted { tenant: String, database: String },
+}
+
+/// Called synchronously, in order, as events happen.
+pub type EventHook = Arc<dyn Fn(&ControlEvent) + Send + Sync>;
 
 #[async_trait]
 pub trait ControlPlane: Send + Sync {
@@ -57,8 +87,18 @@ pub trait ControlPlane: Send + Sync {
     async fn jwks(&self) -> Result<JwkSet, ControlError>;
     /// Whether the token with this id was revoked.
     async fn is_revoked(&self, jti: &str) -> Result<bool, ControlError>;
-    /// Where `tenant`'s database `database` is served, or `None` if it has no such database.
+    /// Where `tenant`'s database `database` is served, `None` if it has no such database, or
+    /// `Asleep` if it must be woken first.
     async fn route(&self, tenant: &str, database: &str) -> Result<Option<Route>, ControlError>;
+    /// Starts a sleeping database and returns its route once it is ready. Concurrent calls for
+    /// one database share one start.
+    async fn wake(&self, tenant: &str, database: &str) -> Result<Option<Route>, ControlError>;
+    /// A client session on the database began (after authentication).
+    fn session_opened(&self, tenant: &str, database: &str);
+    /// A client session on the database ended.
+    fn session_closed(&self, tenant: &str, database: &str);
+    /// Registers a hook for control's events, where control can deliver them.
+    fn watch(&self, _hook: EventHook) {}
 }
 
 /// Internal API paths, shared with control's router.
@@ -66,6 +106,7 @@ pub mod paths {
     pub const JWKS: &str = "/.well-known/jwks.json";
     pub const REVOCATIONS: &str = "/internal/v1/revocations";
     pub const ROUTES: &str = "/internal/v1/routes";
+    pub const ACTIVITY: &str = "/internal/v1/activity";
 }
 
 /// Body of the revocations endpoint.
@@ -73,6 +114,28 @@ pub mod paths {
 pub struct Revocations {
     /// Ids of revoked tokens that have not expired yet.
     pub revoked: Vec<String>,
+}
+
+/// Body of the activity endpoint: one proxy's open sessions per database.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ActivityReport {
+    /// Distinguishes proxies; a proxy that stops reporting is forgotten.
+    pub proxy: String,
+    pub sessions: Vec<DatabaseSessions>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseSessions {
+    pub tenant: String,
+    pub database: String,
+    pub open: u32,
+}
+
+/// Body of a failed wake, from the internal API.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WakeFailure {
+    pub message: String,
+    pub retryable: bool,
 }
 
 /// Talks to control's internal HTTP API with an operator token.
@@ -83,44 +146,95 @@ pub struct HttpControl {
     /// Revocations are fetched as a whole list and trusted for `revocation_ttl`.
     revocation_ttl: Duration,
     revoked: Mutex<Option<(Instant, HashSet<String>)>>,
+    proxy_id: String,
+    sessions: DashMap<(String, String), u32>,
 }
 
 impl HttpControl {
     pub fn new(base: impl Into<String>, token: impl Into<String>) -> Self {
         Self {
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap_or_default(),
             base: base.into().trim_end_matches('/').to_owned(),
             token: token.into(),
             revocation_ttl: Duration::from_secs(1),
             revoked: Mutex::new(None),
+            proxy_id: format!("proxy-{:016x}", rand::random::<u64>()),
+            sessions: DashMap::new(),
         }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
     }
 
     async fn get<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
     ) -> Result<Option<T>, ControlError> {
-        let url = format!("{}{path}", self.base);
         let resp = self
             .http
-            .get(&url)
+            .get(self.url(path))
             .bearer_auth(&self.token)
             .send()
             .await
             .map_err(|e| ControlError::Unavailable(e.to_string()))?;
-        match resp.status() {
-            reqwest::StatusCode::NOT_FOUND => Ok(None),
-            reqwest::StatusCode::SERVICE_UNAVAILABLE => {
-                Err(ControlError::NotRunning(resp.text().await.unwrap_or_default()))
+        decode(path, resp).await
+    }
+
+    /// Sends this proxy's session counts every `every` until `shutdown`: control suspends a
+    /// database only when no proxy reports sessions on it.
+    pub async fn report_activity(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
             }
-            s if s.is_success() => {
-                resp.json().await.map(Some).map_err(|e| ControlError::Unavailable(e.to_string()))
+            let sessions: Vec<DatabaseSessions> = self
+                .sessions
+                .iter()
+                .map(|e| DatabaseSessions {
+                    tenant: e.key().0.clone(),
+                    database: e.key().1.clone(),
+                    open: *e.value(),
+                })
+                .collect();
+            self.sessions.retain(|_, open| *open > 0);
+            let report = ActivityReport { proxy: self.proxy_id.clone(), sessions };
+            let sent = self
+                .http
+                .post(self.url(paths::ACTIVITY))
+                .bearer_auth(&self.token)
+                .json(&report)
+                .send()
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "reporting activity to control");
             }
-            s => Err(ControlError::Unavailable(format!("GET {path}: HTTP {s}"))),
         }
+    }
+}
+
+async fn decode<T: serde::de::DeserializeOwned>(
+    path: &str,
+    resp: reqwest::Response,
+) -> Result<Option<T>, ControlError> {
+    match resp.status() {
+        reqwest::StatusCode::NOT_FOUND => Ok(None),
+        reqwest::StatusCode::CONFLICT => Err(ControlError::Asleep),
+        reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+            let failure: Option<WakeFailure> = resp.json().await.ok();
+            Err(failure.map_or(ControlError::Unavailable(format!("{path}: unavailable")), |f| {
+                ControlError::WakeFailed { message: f.message, retryable: f.retryable }
+            }))
+        }
+        s if s.is_success() => {
+            resp.json().await.map(Some).map_err(|e| ControlError::Unavailable(e.to_string()))
+        }
+        s => Err(ControlError::Unavailable(format!("{path}: HTTP {s}"))),
     }
 }
 
@@ -148,5 +262,47 @@ impl ControlPlane for HttpControl {
 
     async fn route(&self, tenant: &str, database: &str) -> Result<Option<Route>, ControlError> {
         self.get(&format!("{}/{tenant}/{database}", paths::ROUTES)).await
+    }
+
+    async fn wake(&self, tenant: &str, database: &str) -> Result<Option<Route>, ControlError> {
+        let path = format!("{}/{tenant}/{database}/wake", paths::ROUTES);
+        let resp = self
+            .http
+            .post(self.url(&path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        decode(&path, resp).await
+    }
+
+    fn session_opened(&self, tenant: &str, database: &str) {
+        *self.sessions.entry((tenant.to_owned(), database.to_owned())).or_default() += 1;
+    }
+
+    fn session_closed(&self, tenant: &str, database: &str) {
+        if let Some(mut open) = self.sessions.get_mut(&(tenant.to_owned(), database.to_owned())) {
+            *open = open.saturating_sub(1);
+        }
+    }
+}
+
+/// Counts a client session for as long as it lives.
+pub struct SessionGuard {
+    control: Arc<dyn ControlPlane>,
+    tenant: String,
+    database: String,
+}
+
+impl SessionGuard {
+    pub fn new(control: Arc<dyn ControlPlane>, tenant: &str, database: &str) -> Self {
+        control.session_opened(tenant, database);
+        Self { control, tenant: tenant.to_owned(), database: database.to_owned() }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.control.session_closed(&self.tenant, &self.database);
     }
 }

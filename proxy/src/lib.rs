@@ -69,7 +69,11 @@ impl Proxy {
         let tls = tls::acceptor(&config.tls)?;
         let rsa = mysql::rsa::RsaKey::load_or_create(&config.keys_dir)?;
         let verifier = Arc::new(auth::TokenVerifier::new(control.clone()));
-        let routes = Arc::new(routes::RouteCache::new(control, config.route_ttl));
+        let routes = Arc::new(routes::RouteCache::new(
+            control.clone(),
+            config.route_ttl,
+            config.wake.clone(),
+        ));
         let redis = bind(config.redis_listen).await?;
         let mysql = bind(config.mysql_listen).await?;
         let throttle = Arc::new(throttle::Throttle::new(
@@ -81,15 +85,29 @@ impl Proxy {
             verifier.clone(),
             routes.clone(),
             throttle.clone(),
+            control.clone(),
         ));
         let mysql_front = Arc::new(mysql::MysqlFrontend::new(
             config.mysql.clone(),
             verifier,
-            routes,
+            routes.clone(),
             Some(tls),
             rsa,
             throttle.clone(),
+            control.clone(),
         ));
+        // Before a database's server stops or moves, its routes and idle pooled connections go.
+        let pool = mysql_front.pool.clone();
+        control.watch(Arc::new(move |event: &control::ControlEvent| {
+            use control::ControlEvent::*;
+            match event {
+                Suspending { tenant, database } | Deleted { tenant, database } => {
+                    routes.invalidate(tenant, database);
+                    pool.forget(tenant, database);
+                }
+                Woke { tenant, database } => routes.invalidate(tenant, database),
+            }
+        }));
         Ok(Self {
             redis,
             mysql,

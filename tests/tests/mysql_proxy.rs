@@ -320,7 +320,8 @@ async fn closed_connections_are_reused_and_no_state_crosses_between_clients() ->
     admin.disconnect().await?;
 
     // One client leaves state behind; the next client on the same backend session sees none.
-    let idle = pool.idle_count();
+    // Wait until every earlier session's connection is back, so the dirty one is the newest.
+    settled(&pool).await?;
     let mut dirty = mysql_async::Conn::new(opts.clone()).await?;
     let session: Option<u64> = dirty.query_first("SELECT CONNECTION_ID()").await?;
     dirty.query_drop("SET @secret = 42").await?;
@@ -329,11 +330,7 @@ async fn closed_connections_are_reused_and_no_state_crosses_between_clients() ->
     dirty.query_drop("BEGIN").await?;
     dirty.query_drop("INSERT INTO t VALUES (7)").await?;
     dirty.disconnect().await?;
-    eventually(Duration::from_secs(10), "the connection back in the pool", || {
-        let n = pool.idle_count();
-        async move { (n >= idle).then_some(()) }
-    })
-    .await?;
+    settled(&pool).await?;
 
     let mut clean = mysql_async::Conn::new(opts.clone()).await?;
     let same: Option<u64> = clean.query_first("SELECT CONNECTION_ID()").await?;
@@ -351,6 +348,18 @@ async fn closed_connections_are_reused_and_no_state_crosses_between_clients() ->
     clean.disconnect().await?;
     cluster.stop().await;
     Ok(())
+}
+
+/// Waits until every lease of the pool has ended (returned or discarded).
+async fn settled(pool: &dormouse_proxy::mysql::pool::Pool) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    eventually(Duration::from_secs(10), "pooled connections to come back", || {
+        let s = &pool.stats;
+        let ended = s.returned.load(Relaxed) + s.discarded.load(Relaxed);
+        let leased = s.hits.load(Relaxed) + s.misses.load(Relaxed);
+        async move { (ended >= leased).then_some(()) }
+    })
+    .await
 }
 
 /// How many connections the backend server has accepted so far.

@@ -41,14 +41,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/databases", post(routes::databases::create).get(routes::databases::list))
         .route(
             "/v1/databases/{name}",
-            get(routes::databases::show).delete(routes::databases::remove),
+            get(routes::databases::show)
+                .patch(routes::databases::update)
+                .delete(routes::databases::remove),
         )
+        .route("/v1/databases/{name}/suspend", post(routes::databases::suspend))
+        .route("/v1/databases/{name}/resume", post(routes::databases::resume))
         .route("/v1/tokens", post(routes::tokens::create))
         .route("/v1/tokens/{id}", delete(routes::tokens::revoke))
         .route("/healthz", get(routes::health::healthz))
+        .route("/metrics", get(routes::health::metrics))
         .route(paths::JWKS, get(routes::internal::jwks))
         .route(paths::REVOCATIONS, get(routes::internal::revocations))
         .route(&format!("{}/{{tenant}}/{{database}}", paths::ROUTES), get(routes::internal::route))
+        .route(
+            &format!("{}/{{tenant}}/{{database}}/wake", paths::ROUTES),
+            post(routes::internal::wake),
+        )
+        .route(paths::ACTIVITY, post(routes::internal::activity))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

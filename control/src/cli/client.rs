@@ -90,8 +90,14 @@ pub async fn tenant(cli: &Cli, cmd: &TenantCommand) -> anyhow::Result<()> {
 
 pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
     match cmd {
-        DbCommand::Create { name, engine, plan } => {
-            let req = json!({ "name": name, "engine": engine, "plan": plan });
+        DbCommand::Create { name, engine, plan, idle_timeout, lazy } => {
+            let req = json!({
+                "name": name,
+                "engine": engine,
+                "plan": plan,
+                "idle_timeout_seconds": idle_timeout,
+                "lazy": lazy,
+            });
             let body =
                 call(cli, Method::POST, "/v1/databases", Some(req)).await?.unwrap_or_default();
             if cli.json {
@@ -142,9 +148,34 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
                 for key in ["name", "engine", "plan", "status", "created_at"] {
                     println!("{key:<11} {}", text(&body, key));
                 }
+                let idle = body["idle_timeout_seconds"].as_u64().unwrap_or_default();
+                println!(
+                    "{:<11} {}",
+                    "idle after",
+                    if idle == 0 { "never".into() } else { format!("{idle}s") }
+                );
+                if let Some(ms) = body["last_wake_ms"].as_u64() {
+                    println!("{:<11} {ms} ms", "last wake");
+                }
                 println!("{:<11} {}", "connect", text(&body["connection"], "command"));
                 println!("{:<11} {}", "uri", text(&body["connection"], "uri"));
             }
+        }
+        DbCommand::Set { name, idle_timeout } => {
+            let req = json!({ "idle_timeout_seconds": idle_timeout });
+            let body =
+                call(cli, Method::PATCH, &format!("/v1/databases/{name}"), Some(req)).await?;
+            print_state(cli, &body.unwrap_or_default());
+        }
+        DbCommand::Suspend { name } => {
+            let body =
+                call(cli, Method::POST, &format!("/v1/databases/{name}/suspend"), None).await?;
+            print_state(cli, &body.unwrap_or_default());
+        }
+        DbCommand::Resume { name } => {
+            let body =
+                call(cli, Method::POST, &format!("/v1/databases/{name}/resume"), None).await?;
+            print_state(cli, &body.unwrap_or_default());
         }
         DbCommand::Delete { name } => {
             call(cli, Method::DELETE, &format!("/v1/databases/{name}"), None).await?;
@@ -156,6 +187,14 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_state(cli: &Cli, body: &Value) {
+    if cli.json {
+        print_json(body);
+    } else {
+        println!("database {} is {}", text(body, "name"), text(body, "status"));
+    }
 }
 
 pub async fn token(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {

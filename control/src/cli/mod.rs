@@ -56,6 +56,9 @@ pub struct ListenArgs {
     /// Host name clients should use in connection strings (default: the listen address).
     #[arg(long, env = "DORMOUSE_PUBLIC_HOST")]
     pub public_host: Option<String>,
+    /// Provisioned, stopped instances kept ready per engine, so creating is as fast as waking.
+    #[arg(long, env = "DORMOUSE_WARM_POOL", default_value_t = 1)]
+    pub warm_pool: usize,
 }
 
 #[derive(Debug, Args)]
@@ -126,7 +129,24 @@ pub enum DbCommand {
         /// micro, small or medium.
         #[arg(long)]
         plan: Option<String>,
+        /// Suspend after this long without client connections (e.g. 5m; 0 = never).
+        #[arg(long, value_parser = parse_idle)]
+        idle_timeout: Option<u32>,
+        /// Provision it when the first client connects instead of now.
+        #[arg(long)]
+        lazy: bool,
     },
+    /// Change a database's settings.
+    Set {
+        name: String,
+        /// Suspend after this long without client connections (e.g. 5m; 0 = never).
+        #[arg(long, value_parser = parse_idle)]
+        idle_timeout: Option<u32>,
+    },
+    /// Suspend a database now; the next client connection wakes it.
+    Suspend { name: String },
+    /// Start a suspended database now.
+    Resume { name: String },
     /// List databases.
     List,
     /// Show one database.
@@ -151,6 +171,15 @@ pub enum TokenCommand {
     },
     /// Revoke a token by id.
     Revoke { id: String },
+}
+
+/// An idle timeout in seconds from `0`, `90`, `5m`, `1h` and the like.
+fn parse_idle(value: &str) -> Result<u32, String> {
+    if let Ok(seconds) = value.parse::<u32>() {
+        return Ok(seconds);
+    }
+    let d = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    u32::try_from(d.as_secs()).map_err(|_| "too long".to_owned())
 }
 
 fn default_data_dir() -> PathBuf {

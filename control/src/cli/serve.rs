@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use dormouse_engines::EngineKind;
 
 use super::{Cli, ControlArgs, ProxyArgs, ProxyListenArgs, UpArgs};
+use crate::service::NewDatabase;
 use crate::up::{self, UpConfig};
 
 fn proxy_config(cli: &Cli, args: &ProxyListenArgs) -> ProxyConfig {
@@ -60,6 +61,8 @@ pub async fn up(cli: &Cli, args: &UpArgs) -> anyhow::Result<()> {
         public_host: args.listen.public_host.clone(),
         reconcile_every: Duration::from_secs(10),
         templates_dir: cli.data_dir.join("templates"),
+        idle_check_every: Duration::from_secs(5),
+        warm_pool: args.listen.warm_pool,
     };
     let running = up::start(config, shutdown).await?;
     println!("dormouse is up");
@@ -95,7 +98,12 @@ async fn demo(running: &up::Running, data_dir: &std::path::Path) -> anyhow::Resu
     for (name, engine) in [("demo-redis", EngineKind::Redis), ("demo-mysql", EngineKind::Mysql)] {
         let exists = service.store().database(&tenant.id, name).await?.is_some();
         if engines.contains(&engine) && !exists {
-            service.create_database(&tenant, name, engine.as_str(), None).await?;
+            let req = NewDatabase {
+                name: name.into(),
+                engine: engine.as_str().into(),
+                ..NewDatabase::default()
+            };
+            service.create_database(&tenant, &req).await?;
         }
     }
     let endpoints = service.endpoints();
@@ -141,6 +149,8 @@ pub async fn control(cli: &Cli, args: &ControlArgs) -> anyhow::Result<()> {
         public_host: args.listen.public_host.clone(),
         reconcile_every: Duration::from_secs(10),
         templates_dir: cli.data_dir.join("templates"),
+        idle_check_every: Duration::from_secs(5),
+        warm_pool: args.listen.warm_pool,
     };
     let running = up::start(config, shutdown).await?;
     println!("dormouse control is up");
@@ -154,12 +164,14 @@ pub async fn proxy(cli: &Cli, args: &ProxyArgs) -> anyhow::Result<()> {
     up::install_crypto_provider();
     let token = super::client::token_or_admin(cli)?;
     let control = Arc::new(HttpControl::new(args.control.clone(), token));
-    let proxy =
-        Proxy::bind(proxy_config(cli, &args.proxy), control).await.context("starting the proxy")?;
+    let proxy = Proxy::bind(proxy_config(cli, &args.proxy), control.clone())
+        .await
+        .context("starting the proxy")?;
     println!("dormouse proxy is up");
     println!("  Redis:  {}", proxy.redis_addr()?);
     println!("  MySQL:  {}", proxy.mysql_addr()?);
     let shutdown = shutdown_on_signal()?;
+    tokio::spawn(control.clone().report_activity(Duration::from_secs(1), shutdown.clone()));
     proxy.run(shutdown).await;
     Ok(())
 }

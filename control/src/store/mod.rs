@@ -41,6 +41,9 @@ pub enum DatabaseStatus {
     Running,
     /// Its server could not be started; the reconciler keeps trying.
     Failed,
+    /// Stopped while idle (or created lazily); its data stays on disk and the next client
+    /// connection wakes it.
+    Suspended,
     /// Being destroyed; the reconciler finishes the job after a crash.
     Deleting,
 }
@@ -52,6 +55,7 @@ impl DatabaseStatus {
             DatabaseStatus::Running => "running",
             DatabaseStatus::Failed => "failed",
             DatabaseStatus::Deleting => "deleting",
+            DatabaseStatus::Suspended => "suspended",
         }
     }
 }
@@ -70,6 +74,7 @@ impl FromStr for DatabaseStatus {
             "running" => DatabaseStatus::Running,
             "failed" => DatabaseStatus::Failed,
             "deleting" => DatabaseStatus::Deleting,
+            "suspended" => DatabaseStatus::Suspended,
             other => return Err(format!("unknown database status {other:?}")),
         })
     }
@@ -86,6 +91,10 @@ pub struct Database {
     pub port: u16,
     pub password: Secret,
     pub created_at: i64,
+    /// Seconds without client connections before it is suspended; 0 = never.
+    pub idle_timeout_seconds: u32,
+    /// How long the last wake took, from request to ready.
+    pub last_wake_ms: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,19 +128,21 @@ pub trait Store: Send + Sync {
         port: Option<u16>,
     ) -> Result<(), StoreError>;
     async fn delete_database(&self, id: &InstanceId) -> Result<(), StoreError>;
+    async fn set_idle_timeout(&self, id: &InstanceId, seconds: u32) -> Result<(), StoreError>;
+    async fn set_last_wake(&self, id: &InstanceId, ms: u32) -> Result<(), StoreError>;
 
     async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Marks a token revoked; false if it does not exist.
     async fn revoke_token(&self, id: &str, at: i64) -> Result<bool, StoreError>;
     /// Revokes every token scoped to a database (when it is deleted, so a later database of the
-    /// same name is not reachable with them).
+    /// same name is not reachable with them); returns their ids.
     async fn revoke_database_tokens(
         &self,
         tenant_id: &str,
         database: &str,
         at: i64,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Vec<String>, StoreError>;
     /// Ids of revoked tokens that have not expired by `now`.
     async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StoreError>;
 }

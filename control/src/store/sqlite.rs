@@ -66,6 +66,11 @@ fn database_row(row: sqlx::sqlite::SqliteRow) -> Result<Database, StoreError> {
         port: u16::try_from(port).map_err(|_| StoreError::Corrupt(format!("port {port}")))?,
         password: Secret::new(row.try_get::<String, _>("password")?),
         created_at: row.try_get("created_at")?,
+        idle_timeout_seconds: u32::try_from(row.try_get::<i64, _>("idle_timeout_seconds")?)
+            .map_err(|_| StoreError::Corrupt("idle timeout".into()))?,
+        last_wake_ms: row
+            .try_get::<Option<i64>, _>("last_wake_ms")?
+            .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX)),
     })
 }
 
@@ -84,7 +89,8 @@ fn token_row(row: sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
 /// The `databases` columns, as a literal so queries stay static strings.
 macro_rules! database_columns {
     () => {
-        "id, tenant_id, name, engine, plan, status, port, password, created_at"
+        "id, tenant_id, name, engine, plan, status, port, password, created_at, \
+         idle_timeout_seconds, last_wake_ms"
     };
 }
 
@@ -126,8 +132,8 @@ impl Store for SqliteStore {
 
     async fn insert_database(&self, d: &Database) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO databases (id, tenant_id, name, engine, plan, status, port, password, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO databases (id, tenant_id, name, engine, plan, status, port, password, \
+             created_at, idle_timeout_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(d.id.as_str())
         .bind(&d.tenant_id)
@@ -138,6 +144,7 @@ impl Store for SqliteStore {
         .bind(i64::from(d.port))
         .bind(d.password.expose())
         .bind(d.created_at)
+        .bind(i64::from(d.idle_timeout_seconds))
         .execute(&self.pool)
         .await
         .map_err(conflict_or)?;
@@ -204,6 +211,24 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn set_idle_timeout(&self, id: &InstanceId, seconds: u32) -> Result<(), StoreError> {
+        sqlx::query("UPDATE databases SET idle_timeout_seconds = ? WHERE id = ?")
+            .bind(i64::from(seconds))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_last_wake(&self, id: &InstanceId, ms: u32) -> Result<(), StoreError> {
+        sqlx::query("UPDATE databases SET last_wake_ms = ? WHERE id = ?")
+            .bind(i64::from(ms))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO tokens (id, tenant_id, database, role, expires_at, revoked_at, created_at) \
@@ -248,16 +273,17 @@ impl Store for SqliteStore {
         tenant_id: &str,
         database: &str,
         at: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE tokens SET revoked_at = ? WHERE tenant_id = ? AND database = ? AND revoked_at IS NULL",
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE tokens SET revoked_at = ? WHERE tenant_id = ? AND database = ? \
+             AND revoked_at IS NULL RETURNING id",
         )
         .bind(at)
         .bind(tenant_id)
         .bind(database)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(())
+        rows.into_iter().map(|r| r.try_get("id").map_err(StoreError::from)).collect()
     }
 
     async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StoreError> {
@@ -296,6 +322,8 @@ mod tests {
             port: 0,
             password: Secret::generate(),
             created_at: 2,
+            idle_timeout_seconds: 300,
+            last_wake_ms: None,
         }
     }
 
@@ -320,6 +348,10 @@ mod tests {
         let got = s.database(&t.id, "cache").await?.expect("stored");
         assert_eq!((got.status, got.port), (DatabaseStatus::Running, 7000));
         assert_eq!(got.password, d.password);
+        s.set_idle_timeout(&d.id, 0).await?;
+        s.set_last_wake(&d.id, 42).await?;
+        let got = s.database(&t.id, "cache").await?.expect("stored");
+        assert_eq!((got.idle_timeout_seconds, got.last_wake_ms), (0, Some(42)));
         assert_eq!(s.list_databases(&t.id).await?.len(), 1);
         s.delete_database(&d.id).await?;
         assert!(s.database(&t.id, "cache").await?.is_none());
@@ -346,7 +378,9 @@ mod tests {
         }
         assert!(s.revoke_token("c", 5).await?);
         assert!(!s.revoke_token("missing", 5).await?);
-        s.revoke_database_tokens(&t.id, "cache", 5).await?;
+        let mut scoped = s.revoke_database_tokens(&t.id, "cache", 5).await?;
+        scoped.sort();
+        assert_eq!(scoped, ["a", "b"]);
         let mut revoked = s.revoked_tokens(50).await?;
         revoked.sort();
         assert_eq!(revoked, ["a", "c"]);

@@ -55,8 +55,13 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, BackendError::Connect { .. })
+    /// A refused address or login: the route may be stale.
+    pub fn may_be_stale(&self) -> bool {
+        match self {
+            BackendError::Connect { .. } => true,
+            BackendError::Refused(e) => e.code == 1045,
+            _ => false,
+        }
     }
 }
 

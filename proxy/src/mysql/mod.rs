@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Identity, TokenVerifier, authorize};
 use crate::config::MysqlConfig;
-use crate::control::{Protocol, Route};
+use crate::control::{ControlPlane, Protocol, Route, SessionGuard};
 use crate::listener::Frontend;
 use crate::routes::RouteCache;
 use crate::throttle::Throttle;
@@ -57,6 +57,7 @@ pub struct MysqlFrontend {
     rsa: RsaKey,
     pub pool: Arc<Pool>,
     throttle: Arc<Throttle>,
+    control: Arc<dyn ControlPlane>,
     /// Announced in greetings: the backends' version once one has been seen.
     version: RwLock<String>,
     next_id: AtomicU32,
@@ -70,9 +71,11 @@ impl MysqlFrontend {
         tls: Option<TlsAcceptor>,
         rsa: RsaKey,
         throttle: Arc<Throttle>,
+        control: Arc<dyn ControlPlane>,
     ) -> Self {
         Self {
             throttle,
+            control,
             pool: Arc::new(Pool::new(config.pool.clone())),
             version: RwLock::new(config.default_version.clone()),
             next_id: AtomicU32::new(1),
@@ -94,7 +97,12 @@ impl MysqlFrontend {
 
     /// Checks the token the client sent as its password. Every failure a client can cause is
     /// the same 1045, whether or not the database exists.
-    async fn authenticate(&self, login: &Login) -> Result<(Identity, Route), MyError> {
+    /// The session counts as activity on the database from before the route lookup, so control
+    /// never suspends a database a client is about to use.
+    async fn authenticate(
+        &self,
+        login: &Login,
+    ) -> Result<(Identity, Route, SessionGuard), MyError> {
         let denied = MyError::access_denied(&login.user, &login.peer.ip().to_string());
         for password in &login.passwords {
             let Ok(token) = std::str::from_utf8(password) else { continue };
@@ -110,8 +118,12 @@ impl MysqlFrontend {
                 self.throttle.record_failure(login.peer.ip());
                 return Err(denied);
             };
-            return match self.routes.get(&identity.tenant, &identity.database).await {
-                Ok(Some(route)) if route.protocol == Protocol::Mysql => Ok((identity, route)),
+            let guard =
+                SessionGuard::new(self.control.clone(), &identity.tenant, &identity.database);
+            return match self.routes.resolve(&identity.tenant, &identity.database).await {
+                Ok(Some(route)) if route.protocol == Protocol::Mysql => {
+                    Ok((identity, route, guard))
+                }
                 Ok(Some(_)) => Err(MyError::new(
                     1045,
                     "28000",
@@ -123,7 +135,7 @@ impl MysqlFrontend {
                 }
                 Err(e) => {
                     tracing::warn!(db = %identity.database, error = %e, "no route");
-                    Err(MyError::unavailable(&identity.database))
+                    Err(MyError::unavailable_because(&identity.database, &e.to_string()))
                 }
             };
         }
@@ -132,15 +144,16 @@ impl MysqlFrontend {
         Err(denied)
     }
 
-    /// An idle pooled connection of the right flavour, or a new one. A refused connection means
-    /// the route may be stale, so control is asked once more.
+    /// An idle pooled connection of the right flavour, or a new one. A refused connection or
+    /// login means the route may be stale (the database was suspended, or moved), so the route
+    /// is resolved again, waking the database if need be, and tried once more.
     async fn checkout(
         &self,
         identity: &Identity,
         route: Route,
         login: &Login,
     ) -> Result<Lease, MyError> {
-        let key = PoolKey {
+        let key = |route: &Route| PoolKey {
             tenant: identity.tenant.clone(),
             database: identity.database.clone(),
             host: route.host.clone(),
@@ -148,33 +161,29 @@ impl MysqlFrontend {
             caps: (login.caps & FORMAT_CAPS).bits(),
             collation: login.collation,
         };
-        if let Some(conn) = self.pool.take(&key) {
-            return Ok(Lease::new(self.pool.clone(), key, conn));
+        if let Some(conn) = self.pool.take(&key(&route)) {
+            return Ok(Lease::new(self.pool.clone(), key(&route), conn));
         }
         self.pool.record_miss();
         let connect = |route: Route| async move {
-            backend::connect(
-                &route,
-                &identity.database,
-                login.caps,
-                login.collation,
-                self.config.backend_connect_timeout,
-            )
-            .await
+            let timeout = self.config.backend_connect_timeout;
+            backend::connect(&route, &identity.database, login.caps, login.collation, timeout)
+                .await
+                .map(|conn| (conn, route))
         };
-        let conn = match connect(route.clone()).await {
-            Err(e) if e.is_unreachable() => {
+        let connected = match connect(route).await {
+            Err(e) if e.may_be_stale() => {
                 self.routes.invalidate(&identity.tenant, &identity.database);
-                match self.routes.get(&identity.tenant, &identity.database).await {
-                    Ok(Some(fresh)) if fresh != route => connect(fresh).await,
+                match self.routes.resolve(&identity.tenant, &identity.database).await {
+                    Ok(Some(fresh)) => connect(fresh).await,
                     _ => Err(e),
                 }
             }
             other => other,
         };
-        let conn = conn.map_err(|e| self.backend_error(identity, e))?;
+        let (conn, route) = connected.map_err(|e| self.backend_error(identity, e))?;
         self.learn_version(&conn);
-        Ok(Lease::new(self.pool.clone(), key, conn))
+        Ok(Lease::new(self.pool.clone(), key(&route), conn))
     }
 
     fn backend_error(&self, identity: &Identity, error: BackendError) -> MyError {
@@ -227,7 +236,7 @@ impl MysqlFrontend {
     }
 
     async fn session(&self, mut login: Login, shutdown: CancellationToken) {
-        let (identity, route) = match self.authenticate(&login).await {
+        let (identity, route, _activity) = match self.authenticate(&login).await {
             Ok(found) => found,
             Err(e) => return login.fail(&e).await,
         };

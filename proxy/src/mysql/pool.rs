@@ -43,8 +43,12 @@ impl Default for PoolConfig {
 pub struct PoolStats {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// Leases that ended with the connection kept for reuse.
     pub returned: AtomicU64,
+    /// Leases that ended with the connection closed.
     pub discarded: AtomicU64,
+    /// Idle connections found dead or too old when a client wanted one.
+    pub expired: AtomicU64,
 }
 
 pub struct Pool {
@@ -67,7 +71,7 @@ impl Pool {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return Some(conn);
             }
-            self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+            self.stats.expired.fetch_add(1, Ordering::Relaxed);
         }
         None
     }

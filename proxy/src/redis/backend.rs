@@ -25,9 +25,9 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    /// A refused or unreachable address: the route may be stale.
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, BackendError::Connect { .. })
+    /// A refused address or login: the route may be stale.
+    pub fn may_be_stale(&self) -> bool {
+        matches!(self, BackendError::Connect { .. } | BackendError::Refused(_))
     }
 }
 

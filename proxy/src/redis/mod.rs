@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Identity, TokenVerifier, authorize};
 use crate::config::RedisConfig;
-use crate::control::{ControlError, Protocol, Route};
+use crate::control::{ControlError, ControlPlane, Protocol, Route, SessionGuard};
 use crate::listener::Frontend;
 use crate::routes::RouteCache;
 use crate::throttle::Throttle;
@@ -41,6 +41,7 @@ pub struct RedisFrontend {
     verifier: Arc<TokenVerifier>,
     routes: Arc<RouteCache>,
     pub(crate) throttle: Arc<Throttle>,
+    pub(crate) control: Arc<dyn ControlPlane>,
     /// Built from the first backend's `COMMAND` reply; every instance runs the same server.
     table: OnceCell<Arc<CommandTable>>,
 }
@@ -52,6 +53,9 @@ pub(crate) enum LoginError {
     Auth(#[from] AuthError),
     #[error("database {0:?} is not a Redis database")]
     WrongProtocol(String),
+    /// The database could not be reached or woken.
+    #[error("database {database:?} is unavailable: {error}")]
+    Unavailable { database: String, error: ControlError },
 }
 
 impl RedisFrontend {
@@ -60,31 +64,38 @@ impl RedisFrontend {
         verifier: Arc<TokenVerifier>,
         routes: Arc<RouteCache>,
         throttle: Arc<Throttle>,
+        control: Arc<dyn ControlPlane>,
     ) -> Self {
-        Self { config, verifier, routes, throttle, table: OnceCell::new() }
+        Self { config, verifier, routes, throttle, control, table: OnceCell::new() }
     }
 
-    /// Verifies `token`, decides the database, and finds its route.
+    /// Verifies `token`, decides the database, and finds its route (waking the database if it
+    /// sleeps). The session counts as activity on the database from before the route lookup,
+    /// so control never suspends a database a client is about to use.
     pub(crate) async fn authenticate(
         &self,
         user: Option<&str>,
         token: &str,
-    ) -> Result<(Identity, Route), LoginError> {
+    ) -> Result<(Identity, Route, SessionGuard), LoginError> {
         let claims = self.verifier.verify(token).await?;
         let identity = authorize(&claims, user)?;
-        let route = match self.routes.get(&identity.tenant, &identity.database).await {
+        let guard = SessionGuard::new(self.control.clone(), &identity.tenant, &identity.database);
+        let route = match self.routes.resolve(&identity.tenant, &identity.database).await {
             Ok(Some(route)) => route,
             Ok(None) => return Err(AuthError::Refused("no such database").into()),
-            Err(e) => return Err(AuthError::Control(e).into()),
+            Err(error) => {
+                return Err(LoginError::Unavailable { database: identity.database, error });
+            }
         };
         if route.protocol != Protocol::Redis {
             return Err(LoginError::WrongProtocol(identity.database));
         }
-        Ok((identity, route))
+        Ok((identity, route, guard))
     }
 
-    /// Opens an authenticated backend connection; a refused connection means the route may be
-    /// stale, so control is asked once more before giving up.
+    /// Opens an authenticated backend connection. A refused connection or login means the
+    /// route may be stale (the database was suspended, or moved), so the route is resolved
+    /// again, waking the database if need be, and tried once more.
     pub(crate) async fn open_backend(
         &self,
         identity: &Identity,
@@ -94,10 +105,10 @@ impl RedisFrontend {
     ) -> Result<(BackendConn, Arc<CommandTable>), BackendError> {
         let timeout = self.config.backend_connect_timeout;
         let (conn, route) = match backend::connect(&route, resp3, setname, timeout).await {
-            Err(e) if e.is_unreachable() => {
+            Err(e) if e.may_be_stale() => {
                 self.routes.invalidate(&identity.tenant, &identity.database);
-                let fresh = match self.routes.get(&identity.tenant, &identity.database).await {
-                    Ok(Some(fresh)) if fresh != route => fresh,
+                let fresh = match self.routes.resolve(&identity.tenant, &identity.database).await {
+                    Ok(Some(fresh)) => fresh,
                     _ => return Err(e),
                 };
                 (backend::connect(&fresh, resp3, setname, timeout).await?, fresh)

@@ -17,6 +17,7 @@ use super::codec::{self, ProtocolError, Request, RequestLimits};
 use super::commands::{Action, CommandTable};
 use super::{LoginError, RedisFrontend};
 use crate::auth::{AuthError, Identity};
+use crate::control::SessionGuard;
 
 /// Before authentication a client may send only small requests (AUTH, HELLO).
 const PRE_AUTH_LIMITS: RequestLimits = RequestLimits { max_bytes: 16 * 1024, max_args: 16 };
@@ -116,6 +117,8 @@ pub(super) struct Session {
     deferred: Option<Request>,
     /// Close once every pending reply is written.
     closing: bool,
+    /// Counts this session on its database while a backend connection is open.
+    activity: Option<SessionGuard>,
 }
 
 impl Session {
@@ -135,6 +138,7 @@ impl Session {
             transaction: Transaction::default(),
             deferred: None,
             closing: false,
+            activity: None,
         }
     }
 
@@ -327,7 +331,7 @@ impl Session {
             self.front.throttle.record_failure(self.peer.ip());
             return self.reply(WRONGPASS);
         };
-        let (identity, route) = match self.front.authenticate(user.as_deref(), token).await {
+        let (identity, route, guard) = match self.front.authenticate(user.as_deref(), token).await {
             Ok(found) => found,
             Err(e) => return self.refuse_login(e),
         };
@@ -362,6 +366,7 @@ impl Session {
                 let (half_r, half_w) = conn.stream.into_split();
                 self.reader = Some(BackendReader { half: half_r, buf: conn.leftover });
                 self.writer = Some(BackendWriter { half: half_w, buf: BytesMut::new() });
+                self.activity = Some(guard);
                 tracing::debug!(peer = %self.peer, tenant = %identity.tenant, db = %identity.database, "redis client authenticated");
                 self.identity = Some(identity);
                 self.table = Some(table);
@@ -400,6 +405,13 @@ impl Session {
             LoginError::WrongProtocol(db) => {
                 let msg =
                     format!("-ERR database '{db}' is not a Redis database; use the MySQL port\r\n");
+                self.reply(msg.as_bytes());
+            }
+            LoginError::Unavailable { database, error } => {
+                tracing::warn!(peer = %self.peer, db = %database, %error, "redis login: database unavailable");
+                let msg = format!(
+                    "-ERR Dormouse: database '{database}' is unavailable ({error}); try again\r\n"
+                );
                 self.reply(msg.as_bytes());
             }
         }
@@ -575,6 +587,7 @@ impl Session {
     fn drop_backend(&mut self) {
         self.reader = None;
         self.writer = None;
+        self.activity = None;
         self.subscriptions = Subscriptions::default();
         self.transaction = Transaction::default();
     }

@@ -11,15 +11,13 @@ use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::{Json, Path, tenant_of};
 use crate::api::routes::timestamp;
-use crate::service::{Caller, ControlService, PublicEndpoints};
+use crate::service::{Caller, ControlService, NewDatabase, PublicEndpoints};
 use crate::store::{Database, DatabaseStatus};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateDatabase {
-    name: String,
-    engine: String,
-    plan: Option<String>,
+pub struct UpdateDatabase {
+    idle_timeout_seconds: Option<u32>,
 }
 
 /// How a client connects: host, port, user, and a command line and URI to paste. `token` fills
@@ -69,6 +67,8 @@ fn view(service: &ControlService, db: &Database, token: Option<&str>) -> Value {
         "plan": db.plan,
         "status": observed_status(service, db),
         "created_at": timestamp(db.created_at),
+        "idle_timeout_seconds": db.idle_timeout_seconds,
+        "last_wake_ms": db.last_wake_ms,
         "connection": connection(&service.endpoints(), db, token),
     })
 }
@@ -84,11 +84,10 @@ fn visible(caller: &Caller, name: &str) -> bool {
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    Json(req): Json<CreateDatabase>,
+    Json(req): Json<NewDatabase>,
 ) -> Result<(StatusCode, JsonResponse<Value>), ApiError> {
     let tenant = tenant_of(&caller, true)?;
-    let (db, token) =
-        state.service.create_database(tenant, &req.name, &req.engine, req.plan.as_deref()).await?;
+    let (db, token) = state.service.create_database(tenant, &req).await?;
     let mut body = view(&state.service, &db, Some(&token.token));
     body["token"] =
         json!({ "id": token.id, "token": token.token, "expires_at": timestamp(token.expires_at) });
@@ -135,4 +134,67 @@ pub async fn remove(
     let tenant = tenant_of(&caller, true)?;
     state.service.delete_database(tenant, &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PATCH /v1/databases/{name}`: change the idle timeout.
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(req): Json<UpdateDatabase>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let tenant = tenant_of(&caller, true)?;
+    let mut db = state.service.database(tenant, &name).await?;
+    if let Some(seconds) = req.idle_timeout_seconds {
+        db = state.service.set_idle_timeout(tenant, &name, seconds).await?;
+    }
+    Ok(JsonResponse(view(&state.service, &db, None)))
+}
+
+/// `POST /v1/databases/{name}/suspend`: stop it now, whoever is connected.
+pub async fn suspend(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let tenant = tenant_of(&caller, true)?;
+    let db = state.service.database(tenant, &name).await?;
+    match db.status {
+        DatabaseStatus::Suspended => {}
+        DatabaseStatus::Running | DatabaseStatus::Failed => {
+            state.service.suspend(&db, true).await?;
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_state",
+                format!("a {other} database cannot be suspended"),
+            ));
+        }
+    }
+    let db = state.service.database(tenant, &name).await?;
+    Ok(JsonResponse(view(&state.service, &db, None)))
+}
+
+/// `POST /v1/databases/{name}/resume`: start it now, as a client connection would.
+pub async fn resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let tenant = tenant_of(&caller, true)?;
+    state.service.database(tenant, &name).await?;
+    match state.service.wake(&tenant.id, &name).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(ApiError::not_found(format!("no database named {name:?}"))),
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ));
+        }
+    }
+    let db = state.service.database(tenant, &name).await?;
+    Ok(JsonResponse(view(&state.service, &db, None)))
 }

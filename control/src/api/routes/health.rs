@@ -30,3 +30,14 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
     });
     (status, Json(body))
 }
+
+/// `/metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.service.metrics().render(),
+    )
+}

@@ -3,12 +3,12 @@
 
 use axum::Json as JsonResponse;
 use axum::extract::State;
-use dormouse_proxy::control::{ControlError, Revocations, Route};
+use dormouse_proxy::control::{ActivityReport, ControlError, Revocations, Route, WakeFailure};
 use jsonwebtoken::jwk::JwkSet;
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
-use crate::api::extract::Path;
+use crate::api::extract::{Json, Path};
 use crate::service::Caller;
 
 fn operator_only(caller: &Caller) -> Result<(), ApiError> {
@@ -30,6 +30,23 @@ pub async fn revocations(
     Ok(JsonResponse(Revocations { revoked: state.service.revoked_ids() }))
 }
 
+fn control_error(e: ControlError) -> ApiError {
+    match e {
+        ControlError::Asleep => {
+            ApiError::new(axum::http::StatusCode::CONFLICT, "asleep", "the database is suspended")
+        }
+        ControlError::WakeFailed { message, retryable } => {
+            let body = WakeFailure { message, retryable };
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "wake_failed",
+                serde_json::to_string(&body).unwrap_or_default(),
+            )
+        }
+        ControlError::Unavailable(m) => crate::service::ServiceError::Internal(m).into(),
+    }
+}
+
 pub async fn route(
     State(state): State<AppState>,
     caller: Caller,
@@ -39,9 +56,36 @@ pub async fn route(
     match state.service.route(&tenant, &database).await {
         Ok(Some(route)) => Ok(JsonResponse(route)),
         Ok(None) => Err(ApiError::not_found("no such database")),
-        Err(ControlError::NotRunning(m)) => {
-            Err(ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "not_running", m))
-        }
-        Err(ControlError::Unavailable(m)) => Err(crate::service::ServiceError::Internal(m).into()),
+        Err(e) => Err(control_error(e)),
     }
+}
+
+pub async fn wake(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, database)): Path<(String, String)>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    operator_only(&caller)?;
+    match state.service.wake(&tenant, &database).await {
+        Ok(Some(route)) => Ok(JsonResponse(route).into_response()),
+        Ok(None) => Err(ApiError::not_found("no such database")),
+        // The proxy reads a failed wake as this body, so it can tell retryable failures apart.
+        Err(ControlError::WakeFailed { message, retryable }) => Ok((
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            JsonResponse(WakeFailure { message, retryable }),
+        )
+            .into_response()),
+        Err(e) => Err(control_error(e)),
+    }
+}
+
+pub async fn activity(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(report): Json<ActivityReport>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    operator_only(&caller)?;
+    state.service.activity().report(&report.proxy, &report.sessions);
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
