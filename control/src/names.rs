@@ -2,13 +2,9 @@
 
 use dormouse_engines::Limits;
 
-/// `[a-z][a-z0-9_-]{0,62}`: usable as a MySQL user and schema name and in URLs as is.
-pub fn valid_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(b'a'..=b'z'))
-        && name.len() <= 63
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
+/// `[a-z][a-z0-9_-]{0,62}`: usable as a MySQL user and schema name and in URLs as is. The
+/// proxy checks client-supplied names against the same rule.
+pub use dormouse_proxy::claims::valid_name;
 
 pub const NAME_RULE: &str =
     "names start with a lower-case letter, then up to 62 lower-case letters, digits, '_' or '-'";

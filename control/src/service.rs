@@ -404,15 +404,20 @@ impl ControlService {
             return Err(ControlError::Asleep);
         }
         let endpoint = self.lifecycle.agent().endpoint(&db.id).ok_or(ControlError::Asleep)?;
-        let (protocol, user) = match db.engine {
-            EngineKind::Redis => (Protocol::Redis, dormouse_engines::redis::INTERNAL_USER),
-            EngineKind::Mysql => (Protocol::Mysql, dormouse_engines::mariadb::INTERNAL_USER),
+        let (protocol, user, readonly_user) = match db.engine {
+            EngineKind::Redis => (Protocol::Redis, dormouse_engines::redis::INTERNAL_USER, None),
+            EngineKind::Mysql => (
+                Protocol::Mysql,
+                dormouse_engines::mariadb::INTERNAL_USER,
+                Some(dormouse_engines::mariadb::READONLY_USER.to_owned()),
+            ),
         };
         Ok(Some(Route {
             protocol,
             host: endpoint.host,
             port: endpoint.port,
             user: user.into(),
+            readonly_user,
             password: BackendSecret(db.password.expose().to_owned()),
         }))
     }

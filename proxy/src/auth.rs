@@ -39,6 +39,11 @@ pub struct Identity {
 /// (MySQL user, Redis AUTH user); it must agree with the token's scope if both are present.
 pub fn authorize(claims: &Claims, requested: Option<&str>) -> Result<Identity, AuthError> {
     let tenant = claims.sub.clone().ok_or(AuthError::Refused("operator token"))?;
+    // A name that could never have been created is refused before it goes anywhere (a path,
+    // a query).
+    if requested.is_some_and(|r| !crate::claims::valid_name(r)) {
+        return Err(AuthError::Refused("invalid database name"));
+    }
     let database = match (requested, claims.db.as_deref()) {
         (Some(r), Some(scope)) if r != scope => return Err(AuthError::Refused("other database")),
         (Some(r), _) => r.to_owned(),
@@ -161,6 +166,14 @@ mod tests {
         let c = claims(Some("t1"), None);
         assert!(matches!(authorize(&c, None), Err(AuthError::NeedsDatabase)));
         assert_eq!(authorize(&c, Some("x")).map(|i| i.tenant).ok(), Some("t1".into()));
+    }
+
+    #[test]
+    fn names_that_cannot_exist_are_refused() {
+        let c = claims(Some("t1"), None);
+        for bad in ["../t-victim/cache", "a/b", "A", "", "x y", "%2e%2e"] {
+            assert!(matches!(authorize(&c, Some(bad)), Err(AuthError::Refused(_))), "{bad}");
+        }
     }
 
     #[test]

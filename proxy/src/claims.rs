@@ -10,6 +10,16 @@ use serde::{Deserialize, Serialize};
 /// The most a token may be, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 400;
 
+/// Database (and tenant) names: `[a-z][a-z0-9_-]{0,62}`, usable as a MySQL user and schema
+/// name and in URLs as is. The proxy checks names clients send against the same rule control
+/// enforces when they are created.
+pub fn valid_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z'))
+        && name.len() <= 63
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

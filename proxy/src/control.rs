@@ -41,6 +41,10 @@ pub struct Route {
     pub port: u16,
     /// The internal user the proxy authenticates as.
     pub user: String,
+    /// The user for read-only tokens, where the server enforces it (MySQL); the proxy
+    /// enforces read-only itself where it can (Redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readonly_user: Option<String>,
     pub password: BackendSecret,
 }
 
@@ -166,17 +170,24 @@ impl HttpControl {
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// `base` + `path`, then each of `segments` as one percent-encoded path segment, so no name
+    /// can change which endpoint is asked.
+    fn url(&self, path: &str, segments: &[&str]) -> Result<reqwest::Url, ControlError> {
+        let bad = |e: String| ControlError::Unavailable(format!("control URL: {e}"));
+        let mut url =
+            reqwest::Url::parse(&format!("{}{path}", self.base)).map_err(|e| bad(e.to_string()))?;
+        url.path_segments_mut().map_err(|()| bad("cannot have a path".into()))?.extend(segments);
+        Ok(url)
     }
 
     async fn get<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
+        segments: &[&str],
     ) -> Result<Option<T>, ControlError> {
         let resp = self
             .http
-            .get(self.url(path))
+            .get(self.url(path, segments)?)
             .bearer_auth(&self.token)
             .send()
             .await
@@ -204,13 +215,8 @@ impl HttpControl {
                 .collect();
             self.sessions.retain(|_, open| *open > 0);
             let report = ActivityReport { proxy: self.proxy_id.clone(), sessions };
-            let sent = self
-                .http
-                .post(self.url(paths::ACTIVITY))
-                .bearer_auth(&self.token)
-                .json(&report)
-                .send()
-                .await;
+            let Ok(url) = self.url(paths::ACTIVITY, &[]) else { continue };
+            let sent = self.http.post(url).bearer_auth(&self.token).json(&report).send().await;
             if let Err(e) = sent {
                 tracing::warn!(error = %e, "reporting activity to control");
             }
@@ -241,7 +247,7 @@ async fn decode<T: serde::de::DeserializeOwned>(
 #[async_trait]
 impl ControlPlane for HttpControl {
     async fn jwks(&self) -> Result<JwkSet, ControlError> {
-        Ok(self.get(paths::JWKS).await?.unwrap_or_default())
+        Ok(self.get(paths::JWKS, &[]).await?.unwrap_or_default())
     }
 
     async fn is_revoked(&self, jti: &str) -> Result<bool, ControlError> {
@@ -253,7 +259,7 @@ impl ControlPlane for HttpControl {
                 return Ok(set.contains(jti));
             }
         }
-        let list: Revocations = self.get(paths::REVOCATIONS).await?.unwrap_or_default();
+        let list: Revocations = self.get(paths::REVOCATIONS, &[]).await?.unwrap_or_default();
         let set: HashSet<String> = list.revoked.into_iter().collect();
         let hit = set.contains(jti);
         *self.revoked.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), set));
@@ -261,19 +267,18 @@ impl ControlPlane for HttpControl {
     }
 
     async fn route(&self, tenant: &str, database: &str) -> Result<Option<Route>, ControlError> {
-        self.get(&format!("{}/{tenant}/{database}", paths::ROUTES)).await
+        self.get(paths::ROUTES, &[tenant, database]).await
     }
 
     async fn wake(&self, tenant: &str, database: &str) -> Result<Option<Route>, ControlError> {
-        let path = format!("{}/{tenant}/{database}/wake", paths::ROUTES);
         let resp = self
             .http
-            .post(self.url(&path))
+            .post(self.url(paths::ROUTES, &[tenant, database, "wake"])?)
             .bearer_auth(&self.token)
             .send()
             .await
             .map_err(|e| ControlError::Unavailable(e.to_string()))?;
-        decode(&path, resp).await
+        decode(paths::ROUTES, resp).await
     }
 
     fn session_opened(&self, tenant: &str, database: &str) {
@@ -304,5 +309,20 @@ impl SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.control.session_closed(&self.tenant, &self.database);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_become_single_path_segments() -> Result<(), ControlError> {
+        let control = HttpControl::new("http://control:7070/", "token");
+        let url = control.url(paths::ROUTES, &["t-1", "../t-victim/cache", "wake"])?;
+        assert_eq!(url.path(), "/internal/v1/routes/t-1/..%2Ft-victim%2Fcache/wake");
+        let url = control.url(paths::ROUTES, &["t-1", ".."])?;
+        assert!(!url.path().ends_with("/routes"), "{url}");
+        Ok(())
     }
 }

@@ -153,6 +153,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 1,
             user: "u".into(),
+            readonly_user: None,
             password: BackendSecret("p".into()),
         }
     }

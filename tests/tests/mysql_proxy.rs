@@ -463,3 +463,31 @@ async fn an_address_that_keeps_failing_to_log_in_is_refused_for_a_moment() -> an
     cluster.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_readonly_token_can_read_but_not_write() -> anyhow::Result<()> {
+    let (cluster, admin, token) = setup().await?;
+    let mut rw = mysql_async::Conn::new(cluster.mysql_opts("shop", &token, false)).await?;
+    rw.query_drop("CREATE TABLE t (v INT); INSERT INTO t VALUES (1)").await?;
+    rw.disconnect().await?;
+    let (_, readonly) =
+        cluster.token(&admin, json!({ "database": "shop", "role": "readonly" })).await?;
+    for tls in [false, true] {
+        let mut ro = mysql_async::Conn::new(cluster.mysql_opts("shop", &readonly, tls)).await?;
+        let v: Option<i32> = ro.query_first("SELECT v FROM t").await?;
+        assert_eq!(v, Some(1));
+        for write in
+            ["INSERT INTO t VALUES (2)", "DELETE FROM t", "DROP TABLE t", "CREATE TABLE u (x INT)"]
+        {
+            let err = ro.query_drop(write).await.expect_err("read-only");
+            assert_eq!(server_code(&err), Some(1142), "{write}: {err}");
+        }
+        ro.disconnect().await?;
+    }
+    // A read-write session right after still writes (pools are kept apart by user).
+    let mut rw = mysql_async::Conn::new(cluster.mysql_opts("shop", &token, false)).await?;
+    rw.query_drop("INSERT INTO t VALUES (3)").await?;
+    rw.disconnect().await?;
+    cluster.stop().await;
+    Ok(())
+}

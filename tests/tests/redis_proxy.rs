@@ -375,3 +375,86 @@ async fn an_address_that_keeps_failing_to_log_in_is_refused_for_a_moment() -> an
     cluster.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn every_unsubscribe_confirmation_goes_to_the_command_that_asked() -> anyhow::Result<()> {
+    let (cluster, _, token) = setup().await?;
+    let mut req = resp(&["AUTH", "cache", &token]);
+    req.extend(resp(&["SET", "k", "v"]));
+    // Not subscribed: Redis confirms with a nil channel.
+    req.extend(resp(&["UNSUBSCRIBE"]));
+    req.extend(resp(&["GET", "k"]));
+    req.extend(resp(&["SUBSCRIBE", "a"]));
+    // Two confirmations, one for a channel never subscribed.
+    req.extend(resp(&["UNSUBSCRIBE", "a", "b"]));
+    req.extend(resp(&["GET", "k"]));
+    let out = raw(cluster.redis_port(), &req, 1 + 1 + 5 + 2 + 6 + 12 + 2).await?;
+    assert_eq!(
+        out,
+        "+OK\r\n+OK\r\n*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n$1\r\nv\r\n\
+         *3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n\
+         *3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:0\r\n\
+         $1\r\nv\r\n"
+    );
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_hello_keeps_the_protocol_and_local_commands_do_not_break_multi()
+-> anyhow::Result<()> {
+    let (cluster, _, token) = setup().await?;
+    let mut req = resp(&["AUTH", "cache", &token]);
+    // Redis refuses a client name with spaces before switching protocol.
+    req.extend(resp(&["HELLO", "3", "SETNAME", "has spaces"]));
+    req.extend(resp(&["GET", "missing"]));
+    req.extend(resp(&["MULTI"]));
+    req.extend(resp(&["CLIENT", "SETINFO", "LIB-NAME", "x"]));
+    req.extend(resp(&["EXEC"]));
+    let out = raw(cluster.redis_port(), &req, 6).await?;
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    assert_eq!(lines[0], "+OK");
+    assert!(lines[1].starts_with("-ERR"), "{out}");
+    assert_eq!(lines[2], "$-1", "still RESP2: {out}");
+    assert_eq!(lines[3], "+OK");
+    assert!(
+        lines[4].starts_with("-ERR Dormouse: 'client|setinfo' is not supported inside MULTI"),
+        "{out}"
+    );
+    assert!(lines[5].starts_with("-EXECABORT"), "{out}");
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn reset_gives_a_long_lived_session_a_fresh_login_deadline() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(|config| {
+        if let Some(proxy) = config.proxy.as_mut() {
+            proxy.redis.auth_timeout = Duration::from_millis(500);
+        }
+    })
+    .await?;
+    let admin = cluster.tenant("acme").await?;
+    let db = cluster.database(&admin, "cache", "redis").await?;
+    let token = db["token"]["token"].as_str().unwrap_or_default().to_owned();
+    let mut stream = TcpStream::connect(("127.0.0.1", cluster.redis_port())).await?;
+    stream.write_all(&resp(&["AUTH", "cache", &token])).await?;
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).await?;
+    assert_eq!(&buf[..n], b"+OK\r\n");
+    // The session outlives the login deadline, then resets and logs in again at once.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut req = resp(&["RESET"]);
+    req.extend(resp(&["AUTH", "cache", &token]));
+    req.extend(resp(&["PING"]));
+    stream.write_all(&req).await?;
+    let mut out = Vec::new();
+    while out.windows(2).filter(|w| w == b"\r\n").count() < 3 {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "closed: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&out), "+RESET\r\n+OK\r\n+PONG\r\n");
+    cluster.stop().await;
+    Ok(())
+}

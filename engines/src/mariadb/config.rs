@@ -92,16 +92,23 @@ pub fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
+/// The user the proxy logs in as for read-only tokens: SELECT and SHOW VIEW on the schema.
+pub const READONLY_USER: &str = "dormouse_ro";
+
 /// `init.sql`: one statement per line, each idempotent, so it can run at every start.
 pub fn render_init_sql(instance: &Instance) -> String {
     let schema = quote_ident(&instance.spec.name);
     let hash = native_password_hash(instance.spec.password.expose());
     let user = format!("'{INTERNAL_USER}'@'127.0.0.1'");
+    let reader = format!("'{READONLY_USER}'@'127.0.0.1'");
     format!(
         "CREATE DATABASE IF NOT EXISTS {schema};\n\
          CREATE USER IF NOT EXISTS {user} IDENTIFIED BY PASSWORD '{hash}';\n\
          ALTER USER {user} IDENTIFIED BY PASSWORD '{hash}';\n\
-         GRANT ALL PRIVILEGES ON {schema}.* TO {user};\n"
+         GRANT ALL PRIVILEGES ON {schema}.* TO {user};\n\
+         CREATE USER IF NOT EXISTS {reader} IDENTIFIED BY PASSWORD '{hash}';\n\
+         ALTER USER {reader} IDENTIFIED BY PASSWORD '{hash}';\n\
+         GRANT SELECT, SHOW VIEW ON {schema}.* TO {reader};\n"
     )
 }
 
@@ -141,8 +148,9 @@ mod tests {
         let sql = render_init_sql(&instance());
         assert!(!sql.contains("'pw'"));
         assert!(sql.contains("GRANT ALL PRIVILEGES ON `my-db`.* TO 'dormouse'@'127.0.0.1';"));
+        assert!(sql.contains("GRANT SELECT, SHOW VIEW ON `my-db`.* TO 'dormouse_ro'@'127.0.0.1';"));
         assert!(!sql.contains("*.*"));
-        assert_eq!(sql.lines().count(), 4);
+        assert_eq!(sql.lines().count(), 7);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use config::{INTERNAL_USER, native_password_hash, quote_ident};
+pub use config::{INTERNAL_USER, READONLY_USER, native_password_hash, quote_ident};
 use config::{render_init_sql, render_my_cnf, running_as_root};
 use template::{Template, copy_tree};
 

@@ -119,8 +119,10 @@ fn handshake_response(
     p
 }
 
+/// Opens a connection as `user` (the route's read-write or read-only internal user).
 pub async fn connect(
     route: &Route,
+    user: &str,
     schema: &str,
     client_caps: CapabilityFlags,
     collation: u8,
@@ -142,7 +144,7 @@ pub async fn connect(
         let password = route.password.0.as_bytes();
         let scramble = scramble_native(&hello.nonce(), password).unwrap_or_default();
         let caps = BASE_CAPS | (client_caps & FORMAT_CAPS);
-        let payload = handshake_response(caps, collation, &route.user, &scramble, schema);
+        let payload = handshake_response(caps, collation, user, &scramble, schema);
         let mut seq =
             stream.send(greeting.seq().wrapping_add(1), &payload).await.map_err(io_err)?;
         loop {

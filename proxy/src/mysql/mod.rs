@@ -153,23 +153,39 @@ impl MysqlFrontend {
         route: Route,
         login: &Login,
     ) -> Result<Lease, MyError> {
-        let key = |route: &Route| PoolKey {
+        // Read-only tokens log in as the read-only internal user, so the server enforces it.
+        let readonly = identity.role == crate::claims::Role::Readonly;
+        let user_for = |route: &Route| -> Option<String> {
+            if readonly { route.readonly_user.clone() } else { Some(route.user.clone()) }
+        };
+        let key = |route: &Route, user: &str| PoolKey {
             tenant: identity.tenant.clone(),
             database: identity.database.clone(),
             host: route.host.clone(),
             port: route.port,
+            user: user.to_owned(),
             caps: (login.caps & FORMAT_CAPS).bits(),
             collation: login.collation,
         };
-        if let Some(conn) = self.pool.take(&key(&route)) {
-            return Ok(Lease::new(self.pool.clone(), key(&route), conn));
+        let denied = || MyError::access_denied(&login.user, &login.peer.ip().to_string());
+        let user = user_for(&route).ok_or_else(denied)?;
+        if let Some(conn) = self.pool.take(&key(&route, &user)) {
+            return Ok(Lease::new(self.pool.clone(), key(&route, &user), conn));
         }
         self.pool.record_miss();
         let connect = |route: Route| async move {
             let timeout = self.config.backend_connect_timeout;
-            backend::connect(&route, &identity.database, login.caps, login.collation, timeout)
-                .await
-                .map(|conn| (conn, route))
+            let user = user_for(&route).unwrap_or_default();
+            backend::connect(
+                &route,
+                &user,
+                &identity.database,
+                login.caps,
+                login.collation,
+                timeout,
+            )
+            .await
+            .map(|conn| (conn, route, user))
         };
         let connected = match connect(route).await {
             Err(e) if e.may_be_stale() => {
@@ -181,9 +197,9 @@ impl MysqlFrontend {
             }
             other => other,
         };
-        let (conn, route) = connected.map_err(|e| self.backend_error(identity, e))?;
+        let (conn, route, user) = connected.map_err(|e| self.backend_error(identity, e))?;
         self.learn_version(&conn);
-        Ok(Lease::new(self.pool.clone(), key(&route), conn))
+        Ok(Lease::new(self.pool.clone(), key(&route, &user), conn))
     }
 
     fn backend_error(&self, identity: &Identity, error: BackendError) -> MyError {
@@ -257,16 +273,17 @@ impl MysqlFrontend {
         }
         tracing::debug!(peer = %login.peer, tenant = %identity.tenant, db = %identity.database, tls = login.tls, "mysql client authenticated");
         let own_thread = conn.thread_id;
-        let end = Relay {
+        let mut relay = Relay {
             client: &mut login.client,
             backend: &mut conn.stream,
             caps: login.caps,
             own_thread,
             max_packet: self.config.max_packet,
-        }
-        .run(&shutdown)
-        .await;
-        let idle = end.backend_idle() && !conn.stream.has_buffered_input();
+            options_changed: false,
+        };
+        let end = relay.run(&shutdown).await;
+        let clean = !relay.options_changed;
+        let idle = end.backend_idle() && clean && !conn.stream.has_buffered_input();
         lease.set_reusable(idle);
         login.client.shutdown().await;
     }

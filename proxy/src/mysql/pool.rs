@@ -19,6 +19,8 @@ pub struct PoolKey {
     pub database: String,
     pub host: String,
     pub port: u16,
+    /// The internal user the connection is logged in as (read-write or read-only).
+    pub user: String,
     /// The client's format flags (see `backend::FORMAT_CAPS`).
     pub caps: u32,
     pub collation: u8,

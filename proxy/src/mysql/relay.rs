@@ -43,6 +43,7 @@ enum Decision {
 const COM_QUIT: u8 = 0x01;
 const COM_QUERY: u8 = 0x03;
 const COM_PROCESS_KILL: u8 = 0x0c;
+const COM_SET_OPTION: u8 = 0x1b;
 
 /// Decides on a complete command; `own_thread` is the backend session the client is on.
 fn decide(payload: &[u8], own_thread: u32) -> Decision {
@@ -100,6 +101,9 @@ pub struct Relay<'a> {
     pub caps: CapabilityFlags,
     pub own_thread: u32,
     pub max_packet: usize,
+    /// The client changed connection options (COM_SET_OPTION: multi-statements on or off).
+    /// COM_RESET_CONNECTION does not undo that, so the backend connection must not be reused.
+    pub options_changed: bool,
 }
 
 /// Flush towards the client once this much is queued, so long results stream.
@@ -132,6 +136,7 @@ impl Relay<'_> {
                     self.refuse(error, seq).await;
                 }
                 Decision::Forward(shape) => {
+                    self.options_changed |= payload.first() == Some(&COM_SET_OPTION);
                     for chunk in &command {
                         self.backend.queue_raw(chunk);
                     }

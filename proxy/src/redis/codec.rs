@@ -97,64 +97,109 @@ pub fn take_request(
     buf: &mut BytesMut,
     limits: RequestLimits,
 ) -> Result<Option<Request>, ProtocolError> {
-    match buf.first() {
-        None => Ok(None),
-        Some(b'*') => take_multibulk(buf, limits),
-        Some(_) => take_inline(buf, limits),
-    }
+    RequestReader::default().take(buf, limits)
 }
 
-fn take_multibulk(
-    buf: &mut BytesMut,
-    limits: RequestLimits,
-) -> Result<Option<Request>, ProtocolError> {
-    let Some(end) = line_end(buf, 1) else {
-        return if buf.len() > MAX_HEADER { Err(ProtocolError::MultibulkLength) } else { Ok(None) };
-    };
-    let count = parse_int(&buf[1..end]).ok_or(ProtocolError::MultibulkLength)?;
-    let mut pos = end + 2;
-    if count <= 0 {
-        let _ = buf.split_to(pos);
-        return Ok(Some(Request { wire: Bytes::new(), args: Vec::new() }));
-    }
-    let count = usize::try_from(count).map_err(|_| ProtocolError::MultibulkLength)?;
-    if count > limits.max_args {
-        return Err(ProtocolError::TooManyArgs(limits.max_args));
-    }
-    let mut ranges = Vec::with_capacity(count.min(64));
-    for _ in 0..count {
-        let Some(&first) = buf.get(pos) else {
-            return Ok(None);
+/// Reads requests across reads without rescanning: a request whose bytes arrive over many
+/// reads (32 MiB, a million arguments) is scanned once, from where the last read stopped.
+#[derive(Debug, Default)]
+pub struct RequestReader {
+    partial: Option<Partial>,
+}
+
+/// A multibulk request read part way.
+#[derive(Debug)]
+struct Partial {
+    count: usize,
+    /// Where the next argument starts.
+    pos: usize,
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl RequestReader {
+    /// Takes one request off the front of `buf`, which may only have grown since the last call
+    /// that returned `Ok(None)`.
+    pub fn take(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: RequestLimits,
+    ) -> Result<Option<Request>, ProtocolError> {
+        let result = match (buf.first(), self.partial.is_some()) {
+            (None, _) => Ok(None),
+            (Some(b'*'), _) | (_, true) => self.take_multibulk(buf, limits),
+            (Some(_), false) => take_inline(buf, limits),
         };
-        if first != b'$' {
-            return Err(ProtocolError::ExpectedBulk(first as char));
+        if result.is_err() {
+            self.partial = None;
         }
-        let Some(end) = line_end(buf, pos + 1) else {
-            return if buf.len() - pos > MAX_HEADER {
-                Err(ProtocolError::BulkLength)
-            } else {
-                Ok(None)
+        result
+    }
+
+    fn take_multibulk(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: RequestLimits,
+    ) -> Result<Option<Request>, ProtocolError> {
+        let partial = match &mut self.partial {
+            Some(partial) => partial,
+            None => {
+                let Some(end) = line_end(buf, 1) else {
+                    return if buf.len() > MAX_HEADER {
+                        Err(ProtocolError::MultibulkLength)
+                    } else {
+                        Ok(None)
+                    };
+                };
+                let count = parse_int(&buf[1..end]).ok_or(ProtocolError::MultibulkLength)?;
+                if count <= 0 {
+                    let _ = buf.split_to(end + 2);
+                    return Ok(Some(Request { wire: Bytes::new(), args: Vec::new() }));
+                }
+                let count = usize::try_from(count).map_err(|_| ProtocolError::MultibulkLength)?;
+                if count > limits.max_args {
+                    return Err(ProtocolError::TooManyArgs(limits.max_args));
+                }
+                self.partial.insert(Partial {
+                    count,
+                    pos: end + 2,
+                    ranges: Vec::with_capacity(count.min(64)),
+                })
+            }
+        };
+        while partial.ranges.len() < partial.count {
+            let pos = partial.pos;
+            let Some(&first) = buf.get(pos) else { return Ok(None) };
+            if first != b'$' {
+                return Err(ProtocolError::ExpectedBulk(first as char));
+            }
+            let Some(end) = line_end(buf, pos + 1) else {
+                return if buf.len() - pos > MAX_HEADER {
+                    Err(ProtocolError::BulkLength)
+                } else {
+                    Ok(None)
+                };
             };
-        };
-        let len = parse_int(&buf[pos + 1..end]).ok_or(ProtocolError::BulkLength)?;
-        let len = usize::try_from(len).map_err(|_| ProtocolError::BulkLength)?;
-        let start = end + 2;
-        // Refuse on the declared size, before buffering any of it.
-        if start.saturating_add(len).saturating_add(2) > limits.max_bytes {
-            return Err(ProtocolError::TooLarge(limits.max_bytes));
+            let len = parse_int(&buf[pos + 1..end]).ok_or(ProtocolError::BulkLength)?;
+            let len = usize::try_from(len).map_err(|_| ProtocolError::BulkLength)?;
+            let start = end + 2;
+            // Refuse on the declared size, before buffering any of it.
+            if start.saturating_add(len).saturating_add(2) > limits.max_bytes {
+                return Err(ProtocolError::TooLarge(limits.max_bytes));
+            }
+            if buf.len() < start + len + 2 {
+                return Ok(None);
+            }
+            if &buf[start + len..start + len + 2] != b"\r\n" {
+                return Err(ProtocolError::BulkLength);
+            }
+            partial.ranges.push(start..start + len);
+            partial.pos = start + len + 2;
         }
-        if buf.len() < start + len + 2 {
-            return Ok(None);
-        }
-        if &buf[start + len..start + len + 2] != b"\r\n" {
-            return Err(ProtocolError::BulkLength);
-        }
-        ranges.push(start..start + len);
-        pos = start + len + 2;
+        let Some(partial) = self.partial.take() else { return Ok(None) };
+        let wire = buf.split_to(partial.pos).freeze();
+        let args = partial.ranges.into_iter().map(|r| wire.slice(r)).collect();
+        Ok(Some(Request { wire, args }))
     }
-    let wire = buf.split_to(pos).freeze();
-    let args = ranges.into_iter().map(|r| wire.slice(r)).collect();
-    Ok(Some(Request { wire, args }))
 }
 
 fn take_inline(
@@ -264,47 +309,64 @@ fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
 /// Length of the complete RESP2 or RESP3 frame at the start of `buf`; `Ok(None)` if more bytes
 /// are needed. Attributes (`|`) count as part of the frame they annotate.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
-    let mut pos = 0usize;
-    let mut remaining: u64 = 1;
-    while remaining > 0 {
-        remaining -= 1;
-        let Some(&kind) = buf.get(pos) else {
-            return Ok(None);
-        };
-        let Some(end) = line_end(buf, pos + 1) else {
-            return Ok(None);
-        };
-        let header = &buf[pos + 1..end];
-        pos = end + 2;
-        match kind {
-            b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => {}
-            b'$' | b'!' | b'=' => {
-                let n = parse_int(header).ok_or(ProtocolError::BadReply)?;
-                if n >= 0 {
-                    let n = usize::try_from(n).map_err(|_| ProtocolError::BadReply)?;
-                    if buf.len() < pos + n + 2 {
-                        return Ok(None);
+    FrameScanner::default().scan(buf)
+}
+
+/// Finds frame boundaries across reads without rescanning: a reply of a million elements that
+/// arrives over many reads is scanned once, from where the last read stopped.
+#[derive(Debug, Default)]
+pub struct FrameScanner {
+    /// Where the next element starts.
+    pos: usize,
+    /// Elements still to read in the current frame; 0 between frames.
+    remaining: u64,
+}
+
+impl FrameScanner {
+    /// The length of the complete frame at the start of `buf`, which may only have grown since
+    /// the last call that returned `Ok(None)`. After `Some`, it starts afresh on the next frame.
+    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        if self.remaining == 0 {
+            (self.pos, self.remaining) = (0, 1);
+        }
+        while self.remaining > 0 {
+            let pos = self.pos;
+            let Some(&kind) = buf.get(pos) else { return Ok(None) };
+            let Some(end) = line_end(buf, pos + 1) else { return Ok(None) };
+            let header = &buf[pos + 1..end];
+            let mut next = end + 2;
+            let mut more = 0u64;
+            match kind {
+                b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => {}
+                b'$' | b'!' | b'=' => {
+                    let n = parse_int(header).ok_or(ProtocolError::BadReply)?;
+                    if n >= 0 {
+                        let n = usize::try_from(n).map_err(|_| ProtocolError::BadReply)?;
+                        if buf.len() < next + n + 2 {
+                            return Ok(None);
+                        }
+                        next += n + 2;
                     }
-                    pos += n + 2;
                 }
-            }
-            b'*' | b'~' | b'>' | b'%' | b'|' => {
-                let n = parse_int(header).ok_or(ProtocolError::BadReply)?;
-                if n > 0 {
-                    let n = u64::try_from(n).map_err(|_| ProtocolError::BadReply)?;
-                    remaining += match kind {
+                b'*' | b'~' | b'>' | b'%' | b'|' => {
+                    let n = parse_int(header).ok_or(ProtocolError::BadReply)?;
+                    let n = u64::try_from(n.max(0)).map_err(|_| ProtocolError::BadReply)?;
+                    more = match kind {
                         b'%' => 2 * n,
                         b'|' => 2 * n + 1,
                         _ => n,
                     };
-                } else if kind == b'|' {
-                    remaining += 1;
+                }
+                _ => {
+                    self.remaining = 0;
+                    return Err(ProtocolError::BadReply);
                 }
             }
-            _ => return Err(ProtocolError::BadReply),
+            self.pos = next;
+            self.remaining = self.remaining - 1 + more;
         }
+        Ok(Some(std::mem::take(&mut self.pos)))
     }
-    Ok(Some(pos))
 }
 
 /// The elements of a complete top-level array or push frame, as byte slices of `frame`
@@ -321,9 +383,10 @@ pub fn array_elements(frame: &[u8]) -> Option<Vec<&[u8]>> {
         let len = frame_len(&frame[pos..]).ok()??;
         let element = &frame[pos..pos + len];
         out.push(match element.first() {
+            // A bulk string's bytes; a nil bulk (`$-1`) is empty.
             Some(b'$') => {
                 let h = line_end(element, 1)?;
-                &element[h + 2..element.len() - 2]
+                element.get(h + 2..element.len().saturating_sub(2)).unwrap_or_default()
             }
             _ => element,
         });
@@ -430,6 +493,34 @@ mod tests {
     }
 
     #[test]
+    fn scanning_resumes_where_it_stopped() {
+        let frame = b"*3\r\n$3\r\nabc\r\n*2\r\n:1\r\n:2\r\n+end\r\n";
+        let mut scanner = FrameScanner::default();
+        for cut in 0..frame.len() {
+            assert_eq!(scanner.scan(&frame[..cut]), Ok(None), "cut {cut}");
+        }
+        assert_eq!(scanner.scan(frame), Ok(Some(frame.len())));
+        // Ready for the next frame.
+        assert_eq!(scanner.scan(b":7\r\n"), Ok(Some(4)));
+    }
+
+    #[test]
+    fn requests_are_read_across_many_reads() {
+        let wire = Request::from_args(&["MSET", "a", "1", "b", "2"]).wire;
+        let mut reader = RequestReader::default();
+        let mut buf = BytesMut::new();
+        for byte in wire.iter().take(wire.len() - 1) {
+            buf.extend_from_slice(&[*byte]);
+            assert_eq!(reader.take(&mut buf, LIMITS), Ok(None));
+        }
+        buf.extend_from_slice(&wire[wire.len() - 1..]);
+        let req = reader.take(&mut buf, LIMITS).ok().flatten().expect("complete");
+        assert_eq!(req.wire, wire);
+        assert_eq!(req.args.len(), 5);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
     fn array_elements_and_integers() {
         let f = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
         let el = array_elements(f).expect("array");
@@ -437,5 +528,7 @@ mod tests {
         assert_eq!(el[1], b"ch");
         assert_eq!(integer(el[2]), Some(1));
         assert!(array_elements(b"+OK\r\n").is_none());
+        let nil = array_elements(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n").expect("array");
+        assert_eq!((nil[1], integer(nil[2])), (&b""[..], Some(0)));
     }
 }

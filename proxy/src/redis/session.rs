@@ -3,7 +3,7 @@
 //! reply back in request order. One task drives both directions with bounded buffers, so a
 //! slow reader on either side slows the other instead of growing memory.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -54,8 +54,11 @@ enum Pending {
     Backend,
     /// The backend's next reply is swallowed and this is sent instead.
     Replace(&'static [u8]),
-    /// Pub/sub confirmations from a RESP2 (P|S)SUBSCRIBE; the first one counts as the reply.
-    Subscribe,
+    /// Pub/sub confirmations from a RESP2 (P|S)(UN)SUBSCRIBE: one per channel named, or for a
+    /// bare unsubscribe one per channel of its kind (at least one); together they are its reply.
+    Subscribe { left: usize },
+    /// The reply to a HELLO that switches protocol: the switch holds only if it is not an error.
+    Hello { resp3: bool },
     /// A reply made by the proxy, held until the replies before it have gone out.
     Local(Bytes),
 }
@@ -66,17 +69,43 @@ struct Hello {
     setname: Option<Bytes>,
 }
 
-/// Subscription counts a RESP2 connection reports in its (un)subscribe confirmations. While
-/// either is non-zero, arrays from the server may be pushed messages rather than replies.
+/// What a RESP2 connection is subscribed to, as its confirmations said. While anything is,
+/// arrays from the server may be pushed messages rather than replies.
 #[derive(Debug, Default)]
 struct Subscriptions {
-    channels: i64,
-    shard_channels: i64,
+    channels: HashSet<Bytes>,
+    patterns: HashSet<Bytes>,
+    shard_channels: HashSet<Bytes>,
 }
 
 impl Subscriptions {
     fn active(&self) -> bool {
-        self.channels > 0 || self.shard_channels > 0
+        !(self.channels.is_empty() && self.patterns.is_empty() && self.shard_channels.is_empty())
+    }
+
+    /// How many confirmations the (un)subscribe command `name` with `names` arguments gets.
+    fn confirmations(&self, name: &str, names: usize) -> usize {
+        let subscribed = match name {
+            _ if names > 0 => return names,
+            "unsubscribe" => self.channels.len(),
+            "punsubscribe" => self.patterns.len(),
+            "sunsubscribe" => self.shard_channels.len(),
+            _ => 1,
+        };
+        subscribed.max(1)
+    }
+
+    fn confirm(&mut self, kind: &[u8], name: &[u8]) {
+        let name = Bytes::copy_from_slice(name);
+        match kind {
+            b"subscribe" => self.channels.insert(name),
+            b"unsubscribe" => self.channels.remove(&name),
+            b"psubscribe" => self.patterns.insert(name),
+            b"punsubscribe" => self.patterns.remove(&name),
+            b"ssubscribe" => self.shard_channels.insert(name),
+            b"sunsubscribe" => self.shard_channels.remove(&name),
+            _ => false,
+        };
     }
 }
 
@@ -91,6 +120,7 @@ struct Transaction {
 struct BackendReader {
     half: OwnedReadHalf,
     buf: BytesMut,
+    scanner: codec::FrameScanner,
 }
 
 struct BackendWriter {
@@ -101,8 +131,9 @@ struct BackendWriter {
 pub(super) struct Session {
     front: Arc<RedisFrontend>,
     peer: SocketAddr,
-    /// Bytes from the client not yet parsed.
+    /// Bytes from the client not yet parsed, and the parser's progress through them.
     input: BytesMut,
+    requests: codec::RequestReader,
     /// Bytes for the client not yet written.
     output: BytesMut,
     reader: Option<BackendReader>,
@@ -117,6 +148,8 @@ pub(super) struct Session {
     deferred: Option<Request>,
     /// Close once every pending reply is written.
     closing: bool,
+    /// An unauthenticated session must authenticate by then.
+    auth_deadline: Instant,
     /// Counts this session on its database while a backend connection is open.
     activity: Option<SessionGuard>,
 }
@@ -127,6 +160,7 @@ impl Session {
             front,
             peer,
             input: BytesMut::with_capacity(4096),
+            requests: codec::RequestReader::default(),
             output: BytesMut::with_capacity(4096),
             reader: None,
             writer: None,
@@ -138,6 +172,7 @@ impl Session {
             transaction: Transaction::default(),
             deferred: None,
             closing: false,
+            auth_deadline: Instant::now(),
             activity: None,
         }
     }
@@ -151,7 +186,7 @@ impl Session {
         S: AsyncRead + AsyncWrite + Send + Unpin,
     {
         let (mut client_r, mut client_w) = tokio::io::split(stream);
-        let auth_deadline = Instant::now() + self.front.config.auth_timeout;
+        self.auth_deadline = Instant::now() + self.front.config.auth_timeout;
         loop {
             if self.closing && self.pending.is_empty() && self.output.is_empty() {
                 let _ = client_w.shutdown().await;
@@ -167,7 +202,7 @@ impl Session {
             let write_backend = self.writer.as_ref().is_some_and(|w| !w.buf.is_empty());
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep_until(auth_deadline), if self.identity.is_none() && !self.closing => {
+                () = tokio::time::sleep_until(self.auth_deadline), if self.identity.is_none() && !self.closing => {
                     self.reply(b"-ERR Dormouse: authentication timeout\r\n");
                     self.closing = true;
                 }
@@ -204,7 +239,7 @@ impl Session {
             let limits = self.limits();
             let request = match self.deferred.take() {
                 Some(r) => r,
-                None => match codec::take_request(&mut self.input, limits) {
+                None => match self.requests.take(&mut self.input, limits) {
                     Ok(Some(r)) => r,
                     Ok(None) => break,
                     Err(e) => {
@@ -311,8 +346,7 @@ impl Session {
                 if let Some(name) = setname {
                     forwarded.extend([Bytes::from_static(b"SETNAME"), name]);
                 }
-                self.send(&Request::from_args(&forwarded), Pending::Backend);
-                self.resp3 = resp3;
+                self.send(&Request::from_args(&forwarded), Pending::Hello { resp3 });
             }
         }
     }
@@ -352,8 +386,7 @@ impl Session {
                     if let Some(name) = h.setname {
                         args.extend([Bytes::from_static(b"SETNAME"), name]);
                     }
-                    self.send(&Request::from_args(&args), Pending::Backend);
-                    self.resp3 = h.resp3;
+                    self.send(&Request::from_args(&args), Pending::Hello { resp3: h.resp3 });
                 }
             }
             return;
@@ -364,7 +397,11 @@ impl Session {
         match self.front.open_backend(&identity, route, resp3, setname.as_deref()).await {
             Ok((conn, table)) => {
                 let (half_r, half_w) = conn.stream.into_split();
-                self.reader = Some(BackendReader { half: half_r, buf: conn.leftover });
+                self.reader = Some(BackendReader {
+                    half: half_r,
+                    buf: conn.leftover,
+                    scanner: Default::default(),
+                });
                 self.writer = Some(BackendWriter { half: half_w, buf: BytesMut::new() });
                 self.activity = Some(guard);
                 tracing::debug!(peer = %self.peer, tenant = %identity.tenant, db = %identity.database, "redis client authenticated");
@@ -378,7 +415,7 @@ impl Session {
             }
             Err(e) => {
                 tracing::warn!(peer = %self.peer, db = %identity.database, error = %e, "backend unavailable");
-                self.identity = None;
+                self.unauthenticate();
                 let msg = format!(
                     "-ERR Dormouse: database '{}' is unavailable right now, try again\r\n",
                     identity.database
@@ -420,7 +457,7 @@ impl Session {
     /// `RESET`: back to a fresh, unauthenticated RESP2 connection, as the server does.
     fn reset(&mut self) {
         self.drop_backend();
-        self.identity = None;
+        self.unauthenticate();
         self.resp3 = false;
         self.reply(b"+RESET\r\n");
     }
@@ -433,6 +470,10 @@ impl Session {
         let (action, name) = table.classify(&request.args, role);
         match action {
             Action::Forward => self.send(&request, Pending::Backend),
+            // Answered here, so it cannot be queued in a transaction like a server command.
+            Action::LocalOk if self.transaction.open => {
+                self.refuse(&format!("-ERR Dormouse: '{name}' is not supported inside MULTI\r\n"))
+            }
             Action::LocalOk => self.reply(OK),
             Action::Denied => self
                 .refuse(&format!("-NOPERM this command is not allowed on Dormouse: '{name}'\r\n")),
@@ -451,7 +492,8 @@ impl Session {
                     // RESP3 confirmations are push frames: no reply to wait for.
                     self.send_unanswered(&request);
                 } else {
-                    self.send(&request, Pending::Subscribe);
+                    let left = self.subscriptions.confirmations(&name, request.args.len() - 1);
+                    self.send(&request, Pending::Subscribe { left });
                 }
             }
             Action::Multi => {
@@ -505,7 +547,7 @@ impl Session {
             let Some(reader) = self.reader.as_mut() else {
                 return Ok(());
             };
-            let Some(len) = codec::frame_len(&reader.buf)? else {
+            let Some(len) = reader.scanner.scan(&reader.buf)? else {
                 return Ok(());
             };
             let frame = reader.buf.split_to(len).freeze();
@@ -515,12 +557,18 @@ impl Session {
                 continue;
             }
             let expecting_pubsub = self.subscriptions.active()
-                || matches!(self.pending.front(), Some(Pending::Subscribe));
+                || matches!(self.pending.front(), Some(Pending::Subscribe { .. }));
             if !self.resp3 && expecting_pubsub && self.on_pubsub_frame(&frame) {
                 continue;
             }
             match self.pending.pop_front() {
-                Some(Pending::Backend | Pending::Subscribe) => {
+                Some(Pending::Backend | Pending::Subscribe { .. }) => {
+                    self.output.extend_from_slice(&frame)
+                }
+                Some(Pending::Hello { resp3 }) => {
+                    if frame[0] != b'-' {
+                        self.resp3 = resp3;
+                    }
                     self.output.extend_from_slice(&frame)
                 }
                 Some(Pending::Replace(with)) => self.output.extend_from_slice(with),
@@ -537,15 +585,15 @@ impl Session {
             return false;
         };
         let kind = elements.first().map(|k| k.to_ascii_lowercase()).unwrap_or_default();
-        let count = elements.get(2).and_then(|c| codec::integer(c));
-        match (kind.as_slice(), count) {
-            (b"message" | b"pmessage" | b"smessage", _) => {}
-            (b"subscribe" | b"psubscribe" | b"unsubscribe" | b"punsubscribe", Some(n)) => {
-                self.subscriptions.channels = n;
-                self.confirmed_subscription();
-            }
-            (b"ssubscribe" | b"sunsubscribe", Some(n)) => {
-                self.subscriptions.shard_channels = n;
+        let confirmation =
+            elements.len() == 3 && elements.get(2).and_then(|c| codec::integer(c)).is_some();
+        match kind.as_slice() {
+            b"message" | b"pmessage" | b"smessage" => {}
+            b"subscribe" | b"psubscribe" | b"unsubscribe" | b"punsubscribe" | b"ssubscribe"
+            | b"sunsubscribe"
+                if confirmation =>
+            {
+                self.subscriptions.confirm(&kind, elements[1]);
                 self.confirmed_subscription();
             }
             _ => return false,
@@ -554,11 +602,15 @@ impl Session {
         true
     }
 
-    /// The first confirmation of a (P|S)SUBSCRIBE stands for its reply.
+    /// Counts a confirmation against the (un)subscribe waiting for them; the last one
+    /// completes its reply.
     fn confirmed_subscription(&mut self) {
-        if matches!(self.pending.front(), Some(Pending::Subscribe)) {
-            self.pending.pop_front();
-            self.flush_local_replies();
+        if let Some(Pending::Subscribe { left }) = self.pending.front_mut() {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.pending.pop_front();
+                self.flush_local_replies();
+            }
         }
     }
 
@@ -582,6 +634,12 @@ impl Session {
         }
         self.drop_backend();
         self.closing = true;
+    }
+
+    /// Back to unauthenticated (RESET, a failed re-login): the pre-auth clock starts again.
+    fn unauthenticate(&mut self) {
+        self.identity = None;
+        self.auth_deadline = Instant::now() + self.front.config.auth_timeout;
     }
 
     fn drop_backend(&mut self) {

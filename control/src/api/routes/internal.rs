@@ -30,6 +30,16 @@ pub async fn revocations(
     Ok(JsonResponse(Revocations { revoked: state.service.revoked_ids() }))
 }
 
+/// Names in internal paths follow the same rule as everywhere (defence in depth: the proxy
+/// checks them before asking).
+fn valid_names(tenant: &str, database: &str) -> Result<(), ApiError> {
+    if crate::names::valid_name(tenant) && crate::names::valid_name(database) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("no such database"))
+    }
+}
+
 fn control_error(e: ControlError) -> ApiError {
     match e {
         ControlError::Asleep => {
@@ -53,6 +63,7 @@ pub async fn route(
     Path((tenant, database)): Path<(String, String)>,
 ) -> Result<JsonResponse<Route>, ApiError> {
     operator_only(&caller)?;
+    valid_names(&tenant, &database)?;
     match state.service.route(&tenant, &database).await {
         Ok(Some(route)) => Ok(JsonResponse(route)),
         Ok(None) => Err(ApiError::not_found("no such database")),
@@ -67,6 +78,7 @@ pub async fn wake(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     operator_only(&caller)?;
+    valid_names(&tenant, &database)?;
     match state.service.wake(&tenant, &database).await {
         Ok(Some(route)) => Ok(JsonResponse(route).into_response()),
         Ok(None) => Err(ApiError::not_found("no such database")),
