@@ -1,1 +1,1 @@
-//! placeholder
+//! Benchmarks live in `benches/`; this crate has no library code of its own.

@@ -175,7 +175,8 @@ impl LocalAgent {
             .any(|e| std::fs::rename(e.path(), dir).is_ok())
     }
 
-    fn warm_count(&self, engine: EngineKind) -> usize {
+    /// Warm directories ready for `engine`.
+    pub fn warm_count(&self, engine: EngineKind) -> usize {
         std::fs::read_dir(self.warm_dir(engine)).map_or(0, |entries| {
             entries.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count()
         })

@@ -13,6 +13,9 @@ use crate::ports;
 use crate::process::{ManagedProcess, log_tail};
 use crate::spec::InstanceSpec;
 
+/// How long after spawning readiness is probed at a fine interval.
+const FAST_PROBING: Duration = Duration::from_millis(500);
+
 /// File in the instance directory that receives the server's stdout and stderr.
 pub const PROCESS_LOG: &str = "server.log";
 
@@ -220,8 +223,16 @@ async fn start_once(
     let mut process = ManagedProcess::spawn(&launch, log)
         .map_err(|e| StartError::Failed(format!("spawning {}: {e}", launch.program.display())))?;
     let deadline = Instant::now() + engine.start_timeout();
-    let mut interval = Duration::from_millis(1);
+    let spawned = Instant::now();
     loop {
+        // Probe every 2 ms while a normal start would finish (a refused connect costs next to
+        // nothing, and each millisecond here is a millisecond a waking client waits), then
+        // back off for slow starts such as crash recovery.
+        let interval = if spawned.elapsed() < FAST_PROBING {
+            Duration::from_millis(2)
+        } else {
+            Duration::from_millis(50)
+        };
         let last = match engine.probe(instance).await {
             Ok(()) => return Ok(process),
             Err(e) => e,
@@ -248,7 +259,6 @@ async fn start_once(
                 return Err(StartError::Stopped);
             }
         }
-        interval = (interval * 2).min(Duration::from_millis(20));
     }
 }
 
