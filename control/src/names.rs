@@ -13,13 +13,36 @@ pub const NAME_RULE: &str =
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
     pub name: &'static str,
+    /// What the server itself gets (memory, its own connection cap).
     pub limits: Limits,
+    /// Client connections through the proxy; they share far fewer server connections.
+    pub max_clients: u32,
+}
+
+impl Plan {
+    /// Backend connections the proxy may open: most of the server's cap, leaving room for
+    /// the agent's probes and maintenance.
+    pub fn max_backend(&self) -> u32 {
+        (self.limits.max_connections * 4 / 5).max(4)
+    }
 }
 
 pub const PLANS: &[Plan] = &[
-    Plan { name: "micro", limits: Limits { memory_mb: 64, max_connections: 100 } },
-    Plan { name: "small", limits: Limits { memory_mb: 256, max_connections: 300 } },
-    Plan { name: "medium", limits: Limits { memory_mb: 1024, max_connections: 1000 } },
+    Plan {
+        name: "micro",
+        limits: Limits { memory_mb: 64, max_connections: 100 },
+        max_clients: 10_000,
+    },
+    Plan {
+        name: "small",
+        limits: Limits { memory_mb: 256, max_connections: 300 },
+        max_clients: 20_000,
+    },
+    Plan {
+        name: "medium",
+        limits: Limits { memory_mb: 1024, max_connections: 1000 },
+        max_clients: 50_000,
+    },
 ];
 
 pub const DEFAULT_PLAN: &str = "micro";

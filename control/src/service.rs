@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dormouse_engines::{EngineKind, HostAgent, InstanceId, Secret};
 use dormouse_proxy::claims::{Claims, Role};
 use dormouse_proxy::control::{
-    BackendSecret, ControlError, ControlEvent, EventHook, Protocol, Route,
+    BackendSecret, ControlError, ControlEvent, EventHook, Protocol, Route, RouteLimits,
 };
 use rand::RngCore;
 
@@ -419,6 +419,10 @@ impl ControlService {
             user: user.into(),
             readonly_user,
             password: BackendSecret(db.password.expose().to_owned()),
+            limits: {
+                let plan = names::plan(&db.plan).unwrap_or(names::PLANS[0]);
+                RouteLimits { max_clients: plan.max_clients, max_backend: plan.max_backend() }
+            },
         }))
     }
 

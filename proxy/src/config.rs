@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::control::RouteLimits;
 use crate::mysql::pool::PoolConfig;
 use crate::routes::WakePolicy;
 use crate::tls::TlsSource;
@@ -26,6 +27,8 @@ pub struct ProxyConfig {
     pub route_ttl: Duration,
     /// How hard a sleeping database is woken before its clients get an error.
     pub wake: WakePolicy,
+    /// Caps on every database's client and backend connections, below what plans allow.
+    pub database_caps: Option<RouteLimits>,
     pub redis: RedisConfig,
     pub mysql: MysqlConfig,
 }
@@ -38,6 +41,11 @@ pub struct RedisConfig {
     pub auth_timeout: Duration,
     /// Time to open and authenticate a backend connection.
     pub backend_connect_timeout: Duration,
+    /// Shared (multiplexed) backend connections per database and RESP version.
+    pub shared_connections: usize,
+    /// How long a client waits for a connection of its own (transaction, blocking call,
+    /// subscription) when the database has none left, before it gets an error.
+    pub pool_wait: Duration,
 }
 
 impl Default for RedisConfig {
@@ -46,6 +54,8 @@ impl Default for RedisConfig {
             max_request_bytes: 32 * 1024 * 1024,
             auth_timeout: Duration::from_secs(60),
             backend_connect_timeout: Duration::from_secs(5),
+            shared_connections: 2,
+            pool_wait: Duration::from_secs(5),
         }
     }
 }
@@ -89,6 +99,7 @@ impl ProxyConfig {
             rsa_per_second: 100,
             route_ttl: Duration::from_secs(2),
             wake: WakePolicy::default(),
+            database_caps: None,
             redis: RedisConfig::default(),
             mysql: MysqlConfig::default(),
         }

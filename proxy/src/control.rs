@@ -46,6 +46,24 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readonly_user: Option<String>,
     pub password: BackendSecret,
+    /// What the database's plan allows through the proxy.
+    #[serde(default)]
+    pub limits: RouteLimits,
+}
+
+/// Per-database limits the proxy enforces, from the database's plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteLimits {
+    /// Client connections at once, over all proxies' sessions on this one.
+    pub max_clients: u32,
+    /// Backend connections the proxy may open to the server (per protocol flavour).
+    pub max_backend: u32,
+}
+
+impl Default for RouteLimits {
+    fn default() -> Self {
+        Self { max_clients: 10_000, max_backend: 64 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,6 +8,7 @@
 //! - [`auth`]: token verification against the cached JWKS, and who may reach which database.
 //! - [`routes`]: the route cache.
 //! - [`listener`]: the accept loop: connection limit, task tracking, drain on shutdown.
+//! - [`limits`]: client connections per database.
 //! - [`tls`]: TLS for client connections.
 //! - [`redis`]: the Redis front end: codec, commands, backend connections, the session relay.
 //! - [`mysql`]: the MySQL front end: login, backend connections and their pool, the relay.
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod claims;
 pub mod config;
 pub mod control;
+pub mod limits;
 pub mod listener;
 pub mod mysql;
 pub mod redis;
@@ -69,11 +71,10 @@ impl Proxy {
         let tls = tls::acceptor(&config.tls)?;
         let rsa = mysql::rsa::RsaKey::load_or_create(&config.keys_dir)?;
         let verifier = Arc::new(auth::TokenVerifier::new(control.clone()));
-        let routes = Arc::new(routes::RouteCache::new(
-            control.clone(),
-            config.route_ttl,
-            config.wake.clone(),
-        ));
+        let routes = Arc::new(
+            routes::RouteCache::new(control.clone(), config.route_ttl, config.wake.clone())
+                .with_caps(config.database_caps),
+        );
         let redis = bind(config.redis_listen).await?;
         let mysql = bind(config.mysql_listen).await?;
         let throttle = Arc::new(throttle::Throttle::new(
@@ -98,12 +99,14 @@ impl Proxy {
         ));
         // Before a database's server stops or moves, its routes and idle pooled connections go.
         let pool = mysql_front.pool.clone();
+        let redis_pools = redis_front.clone();
         control.watch(Arc::new(move |event: &control::ControlEvent| {
             use control::ControlEvent::*;
             match event {
                 Suspending { tenant, database } | Deleted { tenant, database } => {
                     routes.invalidate(tenant, database);
                     pool.forget(tenant, database);
+                    redis_pools.pools.forget(tenant, database);
                 }
                 Woke { tenant, database } => routes.invalidate(tenant, database),
             }

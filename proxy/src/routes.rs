@@ -11,7 +11,7 @@ use dashmap::DashMap;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
-use crate::control::{ControlError, ControlPlane, Route};
+use crate::control::{ControlError, ControlPlane, Route, RouteLimits};
 
 /// How hard a wake is tried before the waiting clients get an error.
 #[derive(Debug, Clone)]
@@ -39,13 +39,28 @@ pub struct RouteCache {
     control: Arc<dyn ControlPlane>,
     ttl: Duration,
     wake: WakePolicy,
+    /// The operator's caps on every database's limits.
+    caps: Option<RouteLimits>,
     entries: DashMap<Key, (Instant, Route)>,
     waking: Mutex<HashMap<Key, Shared<BoxFuture<'static, WakeResult>>>>,
 }
 
 impl RouteCache {
     pub fn new(control: Arc<dyn ControlPlane>, ttl: Duration, wake: WakePolicy) -> Self {
-        Self { control, ttl, wake, entries: DashMap::new(), waking: Mutex::new(HashMap::new()) }
+        Self {
+            control,
+            ttl,
+            wake,
+            caps: None,
+            entries: DashMap::new(),
+            waking: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Caps every route's limits (the operator's ceiling over what plans allow).
+    pub fn with_caps(mut self, caps: Option<RouteLimits>) -> Self {
+        self.caps = caps;
+        self
     }
 
     /// The route, from the cache if fresh, else from control, waking the database if it sleeps.
@@ -56,10 +71,14 @@ impl RouteCache {
         {
             return Ok(Some(entry.1.clone()));
         }
-        let route = match self.control.route(tenant, database).await {
+        let mut route = match self.control.route(tenant, database).await {
             Err(ControlError::Asleep) => self.wake(key.clone()).await,
             other => other,
         };
+        if let (Ok(Some(r)), Some(caps)) = (&mut route, self.caps) {
+            r.limits.max_clients = r.limits.max_clients.min(caps.max_clients);
+            r.limits.max_backend = r.limits.max_backend.min(caps.max_backend);
+        }
         match &route {
             Ok(Some(r)) => {
                 self.entries.insert(key, (Instant::now(), r.clone()));
@@ -155,6 +174,7 @@ mod tests {
             user: "u".into(),
             readonly_user: None,
             password: BackendSecret("p".into()),
+            limits: Default::default(),
         }
     }
 

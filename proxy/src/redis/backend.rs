@@ -39,6 +39,15 @@ pub struct BackendConn {
     pub leftover: BytesMut,
 }
 
+impl BackendConn {
+    /// Whether the server still holds the idle connection open, without a round trip.
+    pub fn is_alive(&self) -> bool {
+        let mut probe = [0u8; 1];
+        self.leftover.is_empty()
+            && matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
 pub async fn connect(
     route: &Route,
     resp3: bool,

@@ -1,9 +1,18 @@
 //! Which commands a tenant may run, and how the relay treats each. The table is built from the
 //! backend's own `COMMAND` reply, so new commands are classified by their flags rather than
 //! guessed, plus a small override table: what a multi-tenant service refuses whatever the flags
-//! say, and what the proxy answers itself.
+//! say, what the proxy answers itself, and what needs a connection of its own.
+//!
+//! | class | commands | handling |
+//! |---|---|---|
+//! | shared | everything else | any shared backend connection of the database |
+//! | transaction | MULTI, WATCH … EXEC, DISCARD, UNWATCH | a connection of its own until it ends |
+//! | blocking | the `blocking` flag, WAIT, WAITAOF, XREAD/XREADGROUP with BLOCK | own connection for the call |
+//! | subscription | (P/S)SUBSCRIBE | own connection while subscribed |
+//! | local | CLIENT SETNAME/GETNAME/ID/INFO/SETINFO, SELECT 0 | answered by the proxy |
+//! | refused | admin commands, MONITOR, CLIENT REPLY/TRACKING/…, MOVE, SWAPDB | `-NOPERM` |
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use redis_protocol::resp2::types::OwnedFrame;
 
@@ -12,27 +21,46 @@ use crate::claims::Role;
 /// What the relay does with a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Forward; exactly one reply comes back.
+    /// Forward on the client's current connection; exactly one reply comes back.
     Forward,
-    /// Forward; replies come as pub/sub frames ((P|S)SUBSCRIBE, (P|S)UNSUBSCRIBE).
+    /// Needs a connection of its own for the call (it may block the connection).
+    Blocking,
+    /// (P|S)SUBSCRIBE: a connection of its own while subscribed; replies are pub/sub frames.
     Subscribe,
-    /// Forward; opens a transaction.
+    /// (P|S)UNSUBSCRIBE: pub/sub confirmations.
+    Unsubscribe,
+    /// Opens a transaction (a connection of its own until it ends).
     Multi,
-    /// Forward; `EXEC` ends a transaction.
+    /// Watches keys (a connection of its own until EXEC, DISCARD or UNWATCH).
+    Watch,
+    Unwatch,
     Exec,
-    /// Forward; `DISCARD` ends a transaction.
     Discard,
-    /// Answer `+OK` in the proxy: client identification the backend need not see.
-    LocalOk,
+    /// Answered by the proxy.
+    Local(Local),
     /// Refuse: not allowed on Dormouse.
     Denied,
     /// Refuse: the token is read-only and this command writes.
     ReadOnly,
 }
 
+/// Commands the proxy answers itself: state that belongs to the client, not to a backend
+/// connection many clients share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// `+OK`: client identification libraries send on connect (CLIENT SETINFO, ...).
+    Ok,
+    SetName,
+    GetName,
+    Id,
+    Info,
+    /// SELECT: database 0 is the only one (each Dormouse database is its own server).
+    Select,
+}
+
 /// Refused whatever the backend's flags say: server administration, replication, anything
-/// that reaches outside the tenant's data or breaks reply matching (`CLIENT REPLY`), and `ACL`
-/// (the proxy's internal user lives there).
+/// that reaches outside the tenant's data or breaks reply matching (`CLIENT REPLY`), `ACL`
+/// (the proxy's internal user lives there), and commands on other numbered databases.
 const DENIED: &[&str] = &[
     "acl",
     "bgrewriteaof",
@@ -44,6 +72,7 @@ const DENIED: &[&str] = &[
     "migrate",
     "module",
     "monitor",
+    "move",
     "pfdebug",
     "pfselftest",
     "psync",
@@ -53,66 +82,129 @@ const DENIED: &[&str] = &[
     "shutdown",
     "slaveof",
     "slowlog",
+    "swapdb",
     "sync",
+    "client|caching",
+    "client|getredir",
     "client|kill",
     "client|list",
-    "client|pause",
-    "client|unpause",
-    "client|reply",
-    "client|tracking",
-    "client|caching",
     "client|no-evict",
     "client|no-touch",
+    "client|pause",
+    "client|reply",
+    "client|tracking",
+    "client|trackinginfo",
     "client|unblock",
+    "client|unpause",
 ];
 
-/// Answered by the proxy (libraries send them on connect; older servers reject them).
-const LOCAL_OK: &[&str] = &["client|setinfo", "client|maint_notifications"];
+const LOCAL: &[(&str, Local)] = &[
+    ("client|setinfo", Local::Ok),
+    ("client|maint_notifications", Local::Ok),
+    ("client|setname", Local::SetName),
+    ("client|getname", Local::GetName),
+    ("client|id", Local::Id),
+    ("client|info", Local::Info),
+    ("select", Local::Select),
+];
 
-/// Scripts that may write; their `_RO` variants carry the `readonly` flag.
-const WRITING_SCRIPTS: &[&str] = &["eval", "evalsha", "fcall", "publish", "spublish"];
+/// Scripts and publishing that may write; their `_RO` variants carry the `readonly` flag.
+const WRITING: &[&str] = &["eval", "evalsha", "fcall", "publish", "spublish"];
 
-const SUBSCRIBE: &[&str] =
-    &["subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe"];
+/// Block without carrying the `blocking` flag.
+const BLOCKING: &[&str] = &["wait", "waitaof"];
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Flags {
     write: bool,
     admin: bool,
+    blocking: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Special {
+    Denied,
+    Local(Local),
+    Writing,
+    Blocking,
+    Subscribe,
+    Unsubscribe,
+    Multi,
+    Watch,
+    Unwatch,
+    Exec,
+    Discard,
+    /// XREAD and XREADGROUP block only with a BLOCK argument.
+    MaybeBlocking,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    flags: Flags,
+    special: Option<Special>,
 }
 
 /// The classification table for one server version.
 #[derive(Debug, Default)]
 pub struct CommandTable {
     /// Keyed by lower-case name, or `container|sub` for subcommands.
-    commands: HashMap<String, Flags>,
-    containers: HashSet<String>,
+    commands: HashMap<String, Entry>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("unexpected COMMAND reply: {0}")]
 pub struct TableError(&'static str);
 
+/// Longest command or subcommand name classified; longer ones are unknown to Redis anyway.
+const MAX_NAME: usize = 64;
+
+/// `bytes` lower-cased into `buf`, as a string; `None` if too long or not UTF-8.
+fn lower<'b>(bytes: &[u8], buf: &'b mut [u8; MAX_NAME]) -> Option<&'b str> {
+    let out = buf.get_mut(..bytes.len())?;
+    for (o, b) in out.iter_mut().zip(bytes) {
+        *o = b.to_ascii_lowercase();
+    }
+    std::str::from_utf8(out).ok()
+}
+
 impl CommandTable {
     /// Builds the table from a RESP2 `COMMAND` reply.
     pub fn from_command_reply(frame: &OwnedFrame) -> Result<Self, TableError> {
-        let OwnedFrame::Array(entries) = frame else {
-            return Err(TableError("not an array"));
-        };
+        let OwnedFrame::Array(entries) = frame else { return Err(TableError("not an array")) };
         let mut table = CommandTable::default();
         for entry in entries {
-            table.add(entry, None)?;
+            table.add(entry, false)?;
         }
         if table.commands.is_empty() {
             return Err(TableError("no commands"));
         }
+        let special = DENIED
+            .iter()
+            .map(|n| (*n, Special::Denied))
+            .chain(LOCAL.iter().map(|(n, l)| (*n, Special::Local(*l))))
+            .chain(WRITING.iter().map(|n| (*n, Special::Writing)))
+            .chain(BLOCKING.iter().map(|n| (*n, Special::Blocking)))
+            .chain(["subscribe", "psubscribe", "ssubscribe"].map(|n| (n, Special::Subscribe)))
+            .chain(
+                ["unsubscribe", "punsubscribe", "sunsubscribe"].map(|n| (n, Special::Unsubscribe)),
+            )
+            .chain([
+                ("multi", Special::Multi),
+                ("watch", Special::Watch),
+                ("unwatch", Special::Unwatch),
+                ("exec", Special::Exec),
+                ("discard", Special::Discard),
+                ("xread", Special::MaybeBlocking),
+                ("xreadgroup", Special::MaybeBlocking),
+            ]);
+        for (name, s) in special {
+            table.commands.entry(name.to_owned()).or_default().special = Some(s);
+        }
         Ok(table)
     }
 
-    fn add(&mut self, entry: &OwnedFrame, container: Option<&str>) -> Result<(), TableError> {
-        let OwnedFrame::Array(fields) = entry else {
-            return Err(TableError("entry not an array"));
-        };
+    fn add(&mut self, entry: &OwnedFrame, is_sub: bool) -> Result<(), TableError> {
+        let OwnedFrame::Array(fields) = entry else { return Err(TableError("entry not an array")) };
         let name = match fields.first() {
             Some(OwnedFrame::BulkString(n) | OwnedFrame::SimpleString(n)) => {
                 String::from_utf8_lossy(n).to_ascii_lowercase()
@@ -139,52 +231,103 @@ impl CommandTable {
         let info = Flags {
             write: has(&flags, "write") || has(&categories, "@write"),
             admin: has(&flags, "admin") || has(&categories, "@admin"),
+            blocking: has(&flags, "blocking") || has(&categories, "@blocking"),
         };
         if let Some(OwnedFrame::Array(subs)) = fields.get(9)
-            && !subs.is_empty()
-            && container.is_none()
+            && !is_sub
         {
-            self.containers.insert(name.clone());
             for sub in subs {
-                self.add(sub, Some(&name))?;
+                self.add(sub, true)?;
             }
         }
-        self.commands.insert(name, info);
+        self.commands.entry(name).or_default().flags = info;
         Ok(())
     }
 
-    /// How to treat `args` (a command with its arguments) from a client with `role`. Also
-    /// returns the command's name as Redis prints it in errors (`config|get`).
-    pub fn classify(&self, args: &[bytes::Bytes], role: Role) -> (Action, String) {
-        let name = args
-            .first()
-            .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
-            .unwrap_or_default();
-        let full = match args.get(1) {
-            Some(sub) if self.containers.contains(&name) => {
-                format!("{name}|{}", String::from_utf8_lossy(sub).to_ascii_lowercase())
-            }
-            _ => name.clone(),
+    /// How to treat `args` (a command with its arguments) from a client with `role`.
+    pub fn classify(&self, args: &[bytes::Bytes], role: Role) -> Action {
+        let mut buf = [0u8; MAX_NAME];
+        let Some(name) = args.first().and_then(|n| lower(n, &mut buf)) else {
+            return Action::Forward;
         };
-        let listed = |list: &[&str]| list.contains(&name.as_str()) || list.contains(&full.as_str());
-        let flags = self.commands.get(&full).or_else(|| self.commands.get(&name)).copied();
-        let action = if listed(DENIED) || flags.is_some_and(|f| f.admin) {
-            Action::Denied
-        } else if listed(LOCAL_OK) {
-            Action::LocalOk
-        } else if !role.can_write() && (flags.is_some_and(|f| f.write) || listed(WRITING_SCRIPTS)) {
-            Action::ReadOnly
-        } else if SUBSCRIBE.contains(&name.as_str()) {
-            Action::Subscribe
-        } else {
-            match name.as_str() {
-                "multi" => Action::Multi,
-                "exec" => Action::Exec,
-                "discard" => Action::Discard,
-                _ => Action::Forward,
+        let mut entry = self.commands.get(name).copied().unwrap_or_default();
+        // Container commands (CLIENT, CONFIG, ...) are classified by their subcommand.
+        if let Some(sub) = args.get(1) {
+            let mut full = [0u8; MAX_NAME];
+            let len = name.len();
+            if len + 1 + sub.len() <= MAX_NAME {
+                full[..len].copy_from_slice(name.as_bytes());
+                full[len] = b'|';
+                let mut sub_buf = [0u8; MAX_NAME];
+                if let Some(sub) = lower(sub, &mut sub_buf) {
+                    full[len + 1..len + 1 + sub.len()].copy_from_slice(sub.as_bytes());
+                    if let Some(found) = std::str::from_utf8(&full[..len + 1 + sub.len()])
+                        .ok()
+                        .and_then(|f| self.commands.get(f))
+                    {
+                        entry =
+                            Entry { flags: found.flags, special: found.special.or(entry.special) };
+                    }
+                }
             }
-        };
-        (action, full)
+        }
+        let flags = entry.flags;
+        match entry.special {
+            Some(Special::Denied) => return Action::Denied,
+            _ if flags.admin => return Action::Denied,
+            Some(Special::Local(local)) => return Action::Local(local),
+            _ => {}
+        }
+        if !role.can_write() && (flags.write || matches!(entry.special, Some(Special::Writing))) {
+            return Action::ReadOnly;
+        }
+        match entry.special {
+            Some(Special::Subscribe) => Action::Subscribe,
+            Some(Special::Unsubscribe) => Action::Unsubscribe,
+            Some(Special::Multi) => Action::Multi,
+            Some(Special::Watch) => Action::Watch,
+            Some(Special::Unwatch) => Action::Unwatch,
+            Some(Special::Exec) => Action::Exec,
+            Some(Special::Discard) => Action::Discard,
+            Some(Special::Blocking) => Action::Blocking,
+            Some(Special::MaybeBlocking) => {
+                let block = args.iter().skip(1).any(|a| a.eq_ignore_ascii_case(b"block"));
+                if block { Action::Blocking } else { Action::Forward }
+            }
+            _ if flags.blocking => Action::Blocking,
+            _ => Action::Forward,
+        }
+    }
+}
+
+/// The name Redis prints for a command in errors: `get`, `config|get`.
+pub fn display_name(args: &[bytes::Bytes]) -> String {
+    let name =
+        args.first().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).unwrap_or_default();
+    match args.get(1) {
+        Some(sub)
+            if matches!(
+                name.as_str(),
+                "client"
+                    | "config"
+                    | "acl"
+                    | "debug"
+                    | "module"
+                    | "latency"
+                    | "slowlog"
+                    | "cluster"
+                    | "memory"
+                    | "object"
+                    | "script"
+                    | "function"
+                    | "command"
+                    | "xinfo"
+                    | "pubsub"
+            ) =>
+        {
+            format!("{name}|{}", String::from_utf8_lossy(sub).to_ascii_lowercase())
+        }
+        _ => name,
     }
 }
 
@@ -220,6 +363,8 @@ mod tests {
             entry("flushall", &["write"], &["@keyspace", "@dangerous"], vec![]),
             entry("bgsave", &["admin", "noscript"], &["@admin"], vec![]),
             entry("newadmincmd", &["admin"], &["@admin"], vec![]),
+            entry("blpop", &["write", "blocking"], &["@write", "@blocking"], vec![]),
+            entry("xread", &["readonly", "blocking"], &["@read", "@blocking"], vec![]),
             entry(
                 "client",
                 &[],
@@ -239,7 +384,7 @@ mod tests {
 
     fn action(t: &CommandTable, role: Role, args: &[&str]) -> Action {
         let args: Vec<Bytes> = args.iter().map(|a| Bytes::from(a.to_string())).collect();
-        t.classify(&args, role).0
+        t.classify(&args, role)
     }
 
     #[test]
@@ -249,13 +394,23 @@ mod tests {
         assert_eq!(action(&t, Role::Admin, &["newadmincmd"]), Action::Denied);
         assert_eq!(action(&t, Role::Admin, &["CONFIG", "GET", "dir"]), Action::Denied);
         assert_eq!(action(&t, Role::Admin, &["client", "KILL", "x"]), Action::Denied);
-        assert_eq!(action(&t, Role::Admin, &["client", "SETNAME", "x"]), Action::Forward);
+        assert_eq!(action(&t, Role::Admin, &["MOVE", "k", "1"]), Action::Denied);
+        assert_eq!(display_name(&[Bytes::from("Client"), Bytes::from("Kill")]), "client|kill");
+    }
+
+    #[test]
+    fn client_state_is_answered_locally() {
+        let t = table();
+        assert_eq!(
+            action(&t, Role::Admin, &["client", "SETNAME", "x"]),
+            Action::Local(Local::SetName)
+        );
         assert_eq!(
             action(&t, Role::Admin, &["client", "setinfo", "lib-name", "x"]),
-            Action::LocalOk
+            Action::Local(Local::Ok)
         );
-        let (_, name) = t.classify(&[Bytes::from("Client"), Bytes::from("Kill")], Role::Admin);
-        assert_eq!(name, "client|kill");
+        assert_eq!(action(&t, Role::Admin, &["CLIENT", "ID"]), Action::Local(Local::Id));
+        assert_eq!(action(&t, Role::Admin, &["select", "0"]), Action::Local(Local::Select));
     }
 
     #[test]
@@ -266,15 +421,27 @@ mod tests {
         assert_eq!(action(&t, Role::Readonly, &["flushall"]), Action::ReadOnly);
         assert_eq!(action(&t, Role::Readonly, &["EVAL", "return 1", "0"]), Action::ReadOnly);
         assert_eq!(action(&t, Role::Readonly, &["EVAL_RO", "return 1", "0"]), Action::Forward);
+        assert_eq!(action(&t, Role::Readonly, &["BLPOP", "l", "0"]), Action::ReadOnly);
         assert_eq!(action(&t, Role::Readwrite, &["SET", "k", "v"]), Action::Forward);
     }
 
     #[test]
-    fn relay_kinds() {
+    fn connection_state_classes() {
         let t = table();
         assert_eq!(action(&t, Role::Readwrite, &["subscribe", "ch"]), Action::Subscribe);
+        assert_eq!(action(&t, Role::Readwrite, &["UNSUBSCRIBE"]), Action::Unsubscribe);
         assert_eq!(action(&t, Role::Readwrite, &["MULTI"]), Action::Multi);
+        assert_eq!(action(&t, Role::Readwrite, &["watch", "k"]), Action::Watch);
         assert_eq!(action(&t, Role::Readwrite, &["exec"]), Action::Exec);
+        assert_eq!(action(&t, Role::Readwrite, &["BLPOP", "l", "0"]), Action::Blocking);
+        assert_eq!(action(&t, Role::Readwrite, &["WAIT", "0", "0"]), Action::Blocking);
+        assert_eq!(action(&t, Role::Readwrite, &["XREAD", "STREAMS", "s", "0"]), Action::Forward);
+        assert_eq!(
+            action(&t, Role::Readwrite, &["XREAD", "block", "0", "STREAMS", "s", "$"]),
+            Action::Blocking
+        );
         assert_eq!(action(&t, Role::Readwrite, &["unknowncmd"]), Action::Forward);
+        let long = "x".repeat(200);
+        assert_eq!(action(&t, Role::Readwrite, &[&long]), Action::Forward);
     }
 }

@@ -4,21 +4,27 @@
 //!  accept ──▶ pre-auth: only AUTH / HELLO [AUTH] / PING / QUIT / RESET (else -NOAUTH),
 //!             small request limits, one deadline
 //!        ──▶ authenticate: verify the token offline, authorize the database, look up the route
-//!        ──▶ connect backend: HELLO <proto> AUTH <internal user>; load the COMMAND table once
-//!        ──▶ relay: classify each command (refuse / answer locally / forward), forward bytes
-//!             unchanged, return every reply in request order; pub/sub frames pass through
+//!        ──▶ link: the database's pool for the client's RESP version, one of its shared
+//!             connections (HELLO <proto> AUTH <internal user>); the COMMAND table, once
+//!        ──▶ relay: classify each command (refuse / answer locally / forward); forward bytes
+//!             unchanged on the shared connection, or on one of the client's own while it holds
+//!             a transaction, a blocking call or subscriptions; every reply in request order
 //! ```
 //!
 //! Files: `codec` (bytes ↔ frames), `commands` (classification), `backend` (server-side
-//! connections), `session` (the relay state machine).
+//! connections), `shared` (a multiplexed connection's task), `pool` (a database's connections
+//! and their limits), `session` (the relay state machine).
 
 pub mod backend;
 pub mod codec;
 pub mod commands;
+pub mod pool;
 mod session;
+pub mod shared;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
@@ -29,11 +35,14 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{AuthError, Identity, TokenVerifier, authorize};
 use crate::config::RedisConfig;
 use crate::control::{ControlError, ControlPlane, Protocol, Route, SessionGuard};
+use crate::limits::ClientCounts;
 use crate::listener::Frontend;
 use crate::routes::RouteCache;
 use crate::throttle::Throttle;
-use backend::{BackendConn, BackendError};
+use backend::BackendError;
 use commands::CommandTable;
+use pool::{PoolLimits, RedisPool, RedisPools};
+use shared::SharedConn;
 
 /// Shared state of the Redis listener.
 pub struct RedisFrontend {
@@ -44,6 +53,10 @@ pub struct RedisFrontend {
     pub(crate) control: Arc<dyn ControlPlane>,
     /// Built from the first backend's `COMMAND` reply; every instance runs the same server.
     table: OnceCell<Arc<CommandTable>>,
+    pub pools: RedisPools,
+    pool_limits: PoolLimits,
+    pub(crate) clients: ClientCounts,
+    next_id: AtomicU64,
 }
 
 /// Why a login did not succeed.
@@ -66,7 +79,28 @@ impl RedisFrontend {
         throttle: Arc<Throttle>,
         control: Arc<dyn ControlPlane>,
     ) -> Self {
-        Self { config, verifier, routes, throttle, control, table: OnceCell::new() }
+        let pool_limits = PoolLimits {
+            shared: config.shared_connections,
+            connect_timeout: config.backend_connect_timeout,
+            wait: config.pool_wait,
+            ..PoolLimits::default()
+        };
+        Self {
+            config,
+            verifier,
+            routes,
+            throttle,
+            control,
+            table: OnceCell::new(),
+            pools: RedisPools::default(),
+            pool_limits,
+            clients: ClientCounts::default(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn next_client_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Verifies `token`, decides the database, and finds its route (waking the database if it
@@ -93,28 +127,30 @@ impl RedisFrontend {
         Ok((identity, route, guard))
     }
 
-    /// Opens an authenticated backend connection. A refused connection or login means the
-    /// route may be stale (the database was suspended, or moved), so the route is resolved
-    /// again, waking the database if need be, and tried once more.
-    pub(crate) async fn open_backend(
+    /// Links a client to its database: the pool for its RESP version, a shared connection in
+    /// it and the command table. A refused connection or login means the route may be stale
+    /// (the database was suspended, or moved), so it is resolved again, waking the database if
+    /// need be, and tried once more.
+    pub(crate) async fn link(
         &self,
         identity: &Identity,
         route: Route,
         resp3: bool,
-        setname: Option<&[u8]>,
-    ) -> Result<(BackendConn, Arc<CommandTable>), BackendError> {
-        let timeout = self.config.backend_connect_timeout;
-        let (conn, route) = match backend::connect(&route, resp3, setname, timeout).await {
+    ) -> Result<(Arc<RedisPool>, SharedConn, Arc<CommandTable>, Route), BackendError> {
+        let (tenant, db) = (&identity.tenant, &identity.database);
+        let pool = self.pools.get(tenant, db, &route, resp3, &self.pool_limits);
+        let (pool, shared, route) = match pool.shared().await {
+            Ok(shared) => (pool, shared, route),
             Err(e) if e.may_be_stale() => {
-                self.routes.invalidate(&identity.tenant, &identity.database);
-                let fresh = match self.routes.resolve(&identity.tenant, &identity.database).await {
-                    Ok(Some(fresh)) => fresh,
-                    _ => return Err(e),
-                };
-                (backend::connect(&fresh, resp3, setname, timeout).await?, fresh)
+                self.routes.invalidate(tenant, db);
+                let Ok(Some(fresh)) = self.routes.resolve(tenant, db).await else { return Err(e) };
+                let pool = self.pools.get(tenant, db, &fresh, resp3, &self.pool_limits);
+                let shared = pool.shared().await?;
+                (pool, shared, fresh)
             }
-            other => (other?, route),
+            Err(e) => return Err(e),
         };
+        let timeout = self.config.backend_connect_timeout;
         let table = self
             .table
             .get_or_try_init(|| async {
@@ -122,7 +158,7 @@ impl RedisFrontend {
             })
             .await?
             .clone();
-        Ok((conn, table))
+        Ok((pool, shared, table, route))
     }
 }
 

@@ -1,0 +1,432 @@
+//! One client's session. Commands are read, answered by the proxy where they concern only the
+//! client (AUTH, HELLO, QUIT, RESET, CLIENT SETNAME, refusals), and otherwise forwarded on the
+//! client's link: a shared backend connection most of the time, a connection of its own while
+//! it holds server-side state (a transaction, a blocking call, subscriptions). Replies come back
+//! in request order whatever produced them. One task drives both directions with bounded
+//! buffers, so a slow reader on either side slows the other instead of growing memory.
+//!
+//! Files: `login` (AUTH, HELLO, RESET), `route` (classification, links, local answers),
+//! `replies` (reply ordering, pub/sub frames).
+
+mod login;
+mod replies;
+mod route;
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::RedisFrontend;
+use super::codec::{FrameScanner, ProtocolError, Request, RequestLimits, RequestReader};
+use super::commands::CommandTable;
+use super::pool::{OwnSlot, RedisPool};
+use super::shared::{Job, SharedConn};
+use crate::auth::Identity;
+use crate::control::SessionGuard;
+use crate::limits::ClientSlot;
+
+/// Before authentication a client may send only small requests (AUTH, HELLO).
+const PRE_AUTH_LIMITS: RequestLimits = RequestLimits { max_bytes: 16 * 1024, max_args: 16 };
+/// Redis' own cap on arguments per command.
+const MAX_ARGS: usize = 1024 * 1024;
+/// Stop reading new commands while this many replies are outstanding.
+const MAX_PENDING: usize = 16 * 1024;
+/// Stop reading from a side while the buffer towards the other side holds this much.
+const HIGH_WATER: usize = 1024 * 1024;
+
+const OK: &[u8] = b"+OK\r\n";
+const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
+const BACKEND_LOST: &[u8] = super::shared::LOST;
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SessionError {
+    #[error("client connection: {0}")]
+    Client(std::io::Error),
+    #[error("server sent a reply nobody asked for")]
+    Desync,
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// What the next reply bytes towards the client are.
+#[derive(Debug)]
+enum Pending {
+    /// The backend's next reply.
+    Backend,
+    /// The backend's next reply is swallowed and this is sent instead.
+    Replace(&'static [u8]),
+    /// Pub/sub confirmations from a RESP2 (P|S)(UN)SUBSCRIBE: one per channel named, or for a
+    /// bare unsubscribe one per channel of its kind (at least one); together they are its reply.
+    Subscribe { left: usize },
+    /// The reply to a HELLO that switches protocol: the switch holds only if it is not an error.
+    Hello { resp3: bool },
+    /// A reply made by the proxy, held until the replies before it have gone out.
+    Local(Bytes),
+}
+
+/// What a connection is subscribed to, as its confirmations said. While anything is, the
+/// client keeps its own connection, and on RESP2 arrays from the server may be pushed messages.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    channels: HashSet<Bytes>,
+    patterns: HashSet<Bytes>,
+    shard_channels: HashSet<Bytes>,
+}
+
+/// MULTI and WATCH state. A command the proxy refuses inside a transaction must make its EXEC
+/// fail, as the server does for commands it rejects while queueing.
+#[derive(Debug, Default)]
+struct Transaction {
+    open: bool,
+    failed: bool,
+    watching: bool,
+}
+
+/// A backend connection the client has to itself.
+struct OwnLink {
+    reader: OwnedReadHalf,
+    rbuf: BytesMut,
+    scanner: FrameScanner,
+    writer: OwnedWriteHalf,
+    wbuf: BytesMut,
+    hello: Bytes,
+    slot: OwnSlot,
+}
+
+pub(super) struct Session {
+    front: Arc<RedisFrontend>,
+    peer: SocketAddr,
+    /// This session's id (what CLIENT ID answers) and name (CLIENT SETNAME).
+    id: u64,
+    name: Option<Bytes>,
+    /// Bytes from the client not yet parsed, and the parser's progress through them.
+    input: BytesMut,
+    requests: RequestReader,
+    /// Bytes for the client not yet written.
+    output: BytesMut,
+    pending: VecDeque<Pending>,
+    identity: Option<Identity>,
+    table: Option<Arc<CommandTable>>,
+    resp3: bool,
+    subscriptions: Subscriptions,
+    transaction: Transaction,
+    /// A command that must wait until every earlier reply is out (re-AUTH, HELLO, RESET, and
+    /// anything that moves the client to or from a connection of its own).
+    deferred: Option<Request>,
+    /// Close once every pending reply is written.
+    closing: bool,
+    /// An unauthenticated session must authenticate by then.
+    auth_deadline: Instant,
+    /// The database's route, its pool for the session's RESP version, and the session's
+    /// shared connection in it.
+    route: Option<crate::control::Route>,
+    pool: Option<Arc<RedisPool>>,
+    shared: Option<SharedConn>,
+    /// Commands for the shared connection, sent together once the input is parsed.
+    batch: BytesMut,
+    batch_replies: usize,
+    /// Where the shared connection delivers this session's replies.
+    reply_tx: mpsc::UnboundedSender<Bytes>,
+    reply_rx: mpsc::UnboundedReceiver<Bytes>,
+    own: Option<OwnLink>,
+    /// Counts this session on its database (for idle suspension and the client limit).
+    activity: Option<(SessionGuard, ClientSlot)>,
+}
+
+impl Session {
+    pub(super) fn new(front: Arc<RedisFrontend>, peer: SocketAddr) -> Self {
+        let (reply_tx, reply_rx) = mpsc::unbounded_channel();
+        Self {
+            id: front.next_client_id(),
+            front,
+            peer,
+            name: None,
+            input: BytesMut::new(),
+            requests: RequestReader::default(),
+            output: BytesMut::new(),
+            pending: VecDeque::new(),
+            identity: None,
+            table: None,
+            resp3: false,
+            subscriptions: Subscriptions::default(),
+            transaction: Transaction::default(),
+            deferred: None,
+            closing: false,
+            auth_deadline: Instant::now(),
+            route: None,
+            pool: None,
+            shared: None,
+            batch: BytesMut::new(),
+            batch_replies: 0,
+            reply_tx,
+            reply_rx,
+            own: None,
+            activity: None,
+        }
+    }
+
+    pub(super) async fn run<S>(
+        mut self,
+        stream: S,
+        shutdown: CancellationToken,
+    ) -> Result<(), SessionError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin,
+    {
+        let (mut client_r, mut client_w) = tokio::io::split(stream);
+        self.auth_deadline = Instant::now() + self.front.config.auth_timeout;
+        let result = loop {
+            if self.closing && self.pending.is_empty() && self.output.is_empty() {
+                let _ = client_w.shutdown().await;
+                break Ok(());
+            }
+            let own_full = self.own.as_ref().is_some_and(|o| o.wbuf.len() >= HIGH_WATER);
+            let read_client = !self.closing
+                && self.deferred.is_none()
+                && self.pending.len() < MAX_PENDING
+                && self.output.len() < HIGH_WATER
+                && !own_full;
+            let take_replies = self.output.len() < HIGH_WATER;
+            let own_has_output = self.own.as_ref().is_some_and(|o| !o.wbuf.is_empty());
+            // Reading and writing the own connection borrow different fields of it.
+            let (own_reader, own_writer) = match self.own.as_mut() {
+                Some(o) => (Some((&mut o.reader, &mut o.rbuf)), Some((&mut o.writer, &mut o.wbuf))),
+                None => (None, None),
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                () = tokio::time::sleep_until(self.auth_deadline), if self.identity.is_none() && !self.closing => {
+                    self.reply(b"-ERR Dormouse: authentication timeout\r\n");
+                    self.closing = true;
+                }
+                written = client_w.write(&self.output), if !self.output.is_empty() => {
+                    match written {
+                        Ok(n) => self.output.advance(n),
+                        Err(e) => break Err(SessionError::Client(e)),
+                    }
+                }
+                frame = self.reply_rx.recv(), if take_replies => {
+                    // The session holds a sender itself, so the channel never closes.
+                    if let Some(frame) = frame
+                        && let Err(e) = self.on_backend_frame(frame)
+                    {
+                        break Err(e);
+                    }
+                }
+                written = write_own(own_writer), if own_has_output => {
+                    if let Err(e) = written {
+                        tracing::debug!(peer = %self.peer, error = %e, "backend write failed");
+                        self.backend_lost();
+                    }
+                }
+                read = read_own(own_reader), if take_replies => match read {
+                    Ok(0) | Err(_) => self.backend_lost(),
+                    Ok(_) => {
+                        if let Err(e) = self.on_own_input() {
+                            break Err(e);
+                        }
+                    }
+                },
+                read = client_r.read_buf(&mut self.input), if read_client => {
+                    match read {
+                        Ok(0) => break Ok(()),
+                        Ok(_) => self.on_client_input().await,
+                        Err(e) => break Err(SessionError::Client(e)),
+                    }
+                }
+            }
+            if self.pending.is_empty() {
+                self.release_own_if_done();
+                if self.deferred.is_some() {
+                    self.on_client_input().await;
+                }
+            }
+        };
+        self.end();
+        result
+    }
+
+    /// Parses and handles every complete command in the input buffer, then sends the shared
+    /// connection's batch.
+    async fn on_client_input(&mut self) {
+        while !self.closing {
+            let limits = self.limits();
+            let request = match self.deferred.take() {
+                Some(r) => r,
+                None => match self.requests.take(&mut self.input, limits) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) => {
+                        // Like Redis: report the protocol error and close.
+                        self.reply(format!("-ERR {e}\r\n").as_bytes());
+                        self.closing = true;
+                        break;
+                    }
+                },
+            };
+            if request.args.is_empty() {
+                continue;
+            }
+            if !self.dispatch(request).await {
+                break;
+            }
+        }
+        self.flush_batch();
+    }
+
+    fn limits(&self) -> RequestLimits {
+        if self.identity.is_some() {
+            RequestLimits { max_bytes: self.front.config.max_request_bytes, max_args: MAX_ARGS }
+        } else {
+            PRE_AUTH_LIMITS
+        }
+    }
+
+    /// Handles one command; false when it had to be put off until earlier replies are out.
+    async fn dispatch(&mut self, request: Request) -> bool {
+        let name = request.args[0].to_ascii_lowercase();
+        let authed = self.identity.is_some();
+        let must_wait = matches!(name.as_slice(), b"auth" | b"hello" | b"reset");
+        if must_wait && !self.quiet() {
+            self.deferred = Some(request);
+            return false;
+        }
+        match name.as_slice() {
+            b"auth" => self.auth(&request.args[1..]).await,
+            b"hello" => self.hello(&request.args[1..]).await,
+            b"quit" => {
+                self.reply(OK);
+                self.closing = true;
+            }
+            b"reset" => self.reset(),
+            b"ping" if !authed => match request.args.get(1) {
+                Some(msg) => self.reply(&bulk(msg)),
+                None => self.reply(b"+PONG\r\n"),
+            },
+            _ if !authed => self.reply(NOAUTH),
+            _ => return self.route(request).await,
+        }
+        true
+    }
+
+    /// No reply is owed and nothing waits to be sent: the session may change link.
+    fn quiet(&self) -> bool {
+        self.pending.is_empty() && self.batch.is_empty()
+    }
+
+    /// Queues a reply made by the proxy behind any reply still owed by the backend.
+    fn reply(&mut self, bytes: &[u8]) {
+        if self.pending.is_empty() && self.batch_replies == 0 {
+            self.output.extend_from_slice(bytes);
+        } else {
+            self.pending.push_back(Pending::Local(Bytes::copy_from_slice(bytes)));
+        }
+    }
+
+    /// Sends a command on the session's link and records what it will be answered with.
+    fn send(&mut self, request: &Request, expect: Pending) {
+        self.send_unanswered(request);
+        if self.own.is_none() {
+            self.batch_replies += match expect {
+                Pending::Subscribe { left } => left,
+                Pending::Local(_) => 0,
+                _ => 1,
+            };
+        }
+        self.pending.push_back(expect);
+    }
+
+    /// Sends a command whose answer does not come as a reply (RESP3 subscriptions).
+    fn send_unanswered(&mut self, request: &Request) {
+        if let Some(own) = self.own.as_mut() {
+            own.wbuf.extend_from_slice(&request.wire);
+        } else if self.shared.is_some() {
+            self.batch.extend_from_slice(&request.wire);
+        } else {
+            self.reply(BACKEND_LOST);
+        }
+    }
+
+    /// Hands the batch to the shared connection.
+    fn flush_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let job = Job {
+            wire: self.batch.split().freeze(),
+            replies: self.batch_replies,
+            to: self.reply_tx.clone(),
+        };
+        self.batch_replies = 0;
+        let sent = self.shared.as_ref().is_some_and(|s| s.send(job));
+        if !sent {
+            self.backend_lost();
+        }
+    }
+
+    /// The backend went away: every reply still owed becomes an error and the client
+    /// connection closes, as it would if the server itself had gone.
+    fn backend_lost(&mut self) {
+        tracing::debug!(peer = %self.peer, owed = self.pending.len(), "backend connection lost");
+        self.batch.clear();
+        self.batch_replies = 0;
+        for pending in std::mem::take(&mut self.pending) {
+            match pending {
+                Pending::Local(bytes) => self.output.extend_from_slice(&bytes),
+                _ => self.output.extend_from_slice(BACKEND_LOST),
+            }
+        }
+        self.drop_links();
+        self.closing = true;
+    }
+
+    /// Lets go of every backend connection; an own connection goes back only if clean.
+    fn drop_links(&mut self) {
+        self.own = None;
+        self.shared = None;
+        self.pool = None;
+        self.subscriptions = Subscriptions::default();
+        self.transaction = Transaction::default();
+        self.activity = None;
+    }
+
+    /// At the end of the session: an own connection with nothing outstanding goes back.
+    fn end(&mut self) {
+        if self.pending.is_empty() {
+            self.release_own_if_done();
+        }
+        self.drop_links();
+    }
+}
+
+fn bulk(data: &[u8]) -> Vec<u8> {
+    let mut out = format!("${}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+async fn write_own(own: Option<(&mut OwnedWriteHalf, &mut BytesMut)>) -> std::io::Result<()> {
+    match own {
+        Some((writer, buf)) => {
+            let n = writer.write(buf).await?;
+            buf.advance(n);
+            Ok(())
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_own(own: Option<(&mut OwnedReadHalf, &mut BytesMut)>) -> std::io::Result<usize> {
+    match own {
+        Some((reader, buf)) => reader.read_buf(buf).await,
+        None => std::future::pending().await,
+    }
+}
