@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dormouse_engines::EngineKind;
+use dormouse_proxy::mysql::state::PinReason;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -136,19 +137,15 @@ impl Collector for PoolCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = &self.0.stats;
         let counters = [
-            (
-                "backend_pool_hits",
-                "Client sessions started on a pooled backend connection",
-                &stats.hits,
-            ),
+            ("backend_pool_hits", "MySQL backend connections lent from the pool", &stats.hits),
             (
                 "backend_pool_misses",
-                "Client sessions that needed a new backend connection",
+                "MySQL backend connections opened because none was idle",
                 &stats.misses,
             ),
             (
                 "backend_pool_returned",
-                "Backend connections reset and kept for reuse",
+                "MySQL backend connections given back for reuse",
                 &stats.returned,
             ),
             (
@@ -161,6 +158,16 @@ impl Collector for PoolCollector {
                 "Idle backend connections found dead or too old",
                 &stats.expired,
             ),
+            (
+                "backend_pool_waits",
+                "Clients that waited because every backend connection was busy",
+                &stats.waits,
+            ),
+            (
+                "backend_pool_timeouts",
+                "Clients that waited for a backend connection in vain",
+                &stats.timeouts,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value.load(Ordering::Relaxed));
@@ -170,6 +177,17 @@ impl Collector for PoolCollector {
                 None,
                 counter.metric_type(),
             )?)?;
+        }
+        let mut pins = encoder.encode_descriptor(
+            "mysql_pins",
+            "MySQL client sessions pinned to their backend connection, by reason",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for reason in PinReason::ALL {
+            let counter = ConstCounter::new(stats.pins[reason as usize].load(Ordering::Relaxed));
+            let labels = [("reason", reason.label())];
+            counter.encode(pins.encode_family(&labels)?)?;
         }
         let idle = ConstGauge::new(self.0.idle_count() as i64);
         idle.encode(encoder.encode_descriptor(

@@ -5,6 +5,9 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+
+use bytes::Bytes;
 use mysql_common::constants::CapabilityFlags;
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::HandshakePacket;
@@ -14,15 +17,20 @@ use tokio::net::TcpStream;
 
 use super::errors::MyError;
 use super::packet::{Packet, PacketStream};
+use super::response::{Response, Role, Shape};
+use super::state::{SessionVars, SyncPlan};
 use crate::control::Route;
 
-/// Flags every backend connection uses, whatever the client.
+/// Flags every backend connection uses, whatever the client. Session tracking is always on:
+/// it is how the proxy knows what state a connection holds (OK packets are rewritten for
+/// clients that did not ask for it).
 pub const BASE_CAPS: CapabilityFlags = CapabilityFlags::CLIENT_LONG_PASSWORD
     .union(CapabilityFlags::CLIENT_PROTOCOL_41)
     .union(CapabilityFlags::CLIENT_SECURE_CONNECTION)
     .union(CapabilityFlags::CLIENT_PLUGIN_AUTH)
     .union(CapabilityFlags::CLIENT_TRANSACTIONS)
-    .union(CapabilityFlags::CLIENT_CONNECT_WITH_DB);
+    .union(CapabilityFlags::CLIENT_CONNECT_WITH_DB)
+    .union(CapabilityFlags::CLIENT_SESSION_TRACK);
 
 /// Client flags that change packet formats or statement semantics; a backend connection takes
 /// the client's values of these, and they are part of its pool key.
@@ -35,7 +43,6 @@ pub const FORMAT_CAPS: CapabilityFlags = CapabilityFlags::CLIENT_FOUND_ROWS
     .union(CapabilityFlags::CLIENT_MULTI_STATEMENTS)
     .union(CapabilityFlags::CLIENT_MULTI_RESULTS)
     .union(CapabilityFlags::CLIENT_PS_MULTI_RESULTS)
-    .union(CapabilityFlags::CLIENT_SESSION_TRACK)
     .union(CapabilityFlags::CLIENT_DEPRECATE_EOF);
 
 /// Largest packet the proxy asks the server to accept.
@@ -87,12 +94,74 @@ pub fn parse_err(payload: &[u8]) -> MyError {
     MyError::new(code, state, String::from_utf8_lossy(message).into_owned())
 }
 
-/// An authenticated connection to a database's server.
+/// An authenticated connection to a database's server, and the session state the proxy
+/// knows it holds.
 pub struct BackendConn {
     pub stream: PacketStream<TcpStream>,
     /// The server's id for this session (what `CONNECTION_ID()` returns).
     pub thread_id: u32,
     pub server_version: String,
+    /// Capabilities in effect (`BASE_CAPS` and the client's format flags).
+    pub caps: CapabilityFlags,
+    pub state: BackendState,
+}
+
+/// Statements kept prepared per connection; the least recently used one is closed beyond
+/// this, so connections never pile up toward the server's `max_prepared_stmt_count`.
+const MAX_STATEMENTS: usize = 256;
+
+/// What a backend session holds: the replayable session state, and the statements prepared
+/// on it, by SQL text.
+#[derive(Debug, Default)]
+pub struct BackendState {
+    pub vars: SessionVars,
+    statements: HashMap<Bytes, BackendStmt>,
+    clock: u64,
+}
+
+#[derive(Debug)]
+struct BackendStmt {
+    schema: String,
+    id: u32,
+    used: u64,
+}
+
+impl BackendState {
+    pub fn new(schema: &str) -> Self {
+        Self { vars: SessionVars::new(schema), ..Self::default() }
+    }
+
+    /// The id of `sql` prepared against `schema` on this connection, if it is.
+    pub fn statement(&mut self, sql: &[u8], schema: &str) -> Option<u32> {
+        self.clock += 1;
+        let stmt = self.statements.get_mut(sql).filter(|s| s.schema == schema)?;
+        stmt.used = self.clock;
+        Some(stmt.id)
+    }
+
+    /// Records a statement prepared on this connection; returns the ids of statements to
+    /// close (one it replaces, or the least recently used one over the limit).
+    pub fn remember(&mut self, sql: Bytes, schema: &str, id: u32) -> Vec<u32> {
+        self.clock += 1;
+        let mut close = Vec::new();
+        let stmt = BackendStmt { schema: schema.to_owned(), id, used: self.clock };
+        if let Some(old) = self.statements.insert(sql, stmt) {
+            close.push(old.id);
+        }
+        if self.statements.len() > MAX_STATEMENTS
+            && let Some(oldest) =
+                self.statements.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| k.clone())
+            && let Some(old) = self.statements.remove(&oldest)
+        {
+            close.push(old.id);
+        }
+        close
+    }
+
+    /// Forgets a statement closed on the server.
+    pub fn forget(&mut self, id: u32) {
+        self.statements.retain(|_, s| s.id != id);
+    }
 }
 
 /// The HandshakeResponse41 for the internal user, written out because the collation must be
@@ -174,9 +243,19 @@ pub async fn connect(
             stream,
             thread_id: hello.connection_id(),
             server_version: String::from_utf8_lossy(hello.server_version_ref()).into_owned(),
+            caps,
+            state: BackendState::new(schema),
         })
     };
     tokio::time::timeout(timeout, attempt).await.unwrap_or(Err(BackendError::Timeout))
+}
+
+/// A command payload: its byte, then `body`.
+fn command(byte: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(1 + body.len());
+    p.push(byte);
+    p.extend_from_slice(body);
+    p
 }
 
 async fn read(stream: &mut PacketStream<TcpStream>) -> Result<Packet, BackendError> {
@@ -194,10 +273,8 @@ impl BackendConn {
         if self.stream.has_buffered_input() {
             return Err(BackendError::Protocol("unread data from the server".into()));
         }
-        let mut init_db = vec![0x02];
-        init_db.extend_from_slice(schema.as_bytes());
         self.stream.queue(0, &[0x1f]);
-        self.stream.queue(0, &init_db);
+        self.stream.queue(0, &command(0x02, schema.as_bytes()));
         self.stream.flush().await.map_err(io_err)?;
         for _ in 0..2 {
             let reply = read(&mut self.stream).await?;
@@ -207,7 +284,140 @@ impl BackendConn {
                 _ => return Err(BackendError::Protocol("unexpected reply to a reset".into())),
             }
         }
+        self.state = BackendState::new(schema);
         Ok(())
+    }
+
+    fn deprecate_eof(&self) -> bool {
+        self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF)
+    }
+
+    /// Reads a reply that is one OK or ERR.
+    async fn read_ok(&mut self) -> Result<Result<(), MyError>, BackendError> {
+        let reply = read(&mut self.stream).await?;
+        match reply.payload().first() {
+            Some(0x00) => Ok(Ok(())),
+            Some(0xff) => Ok(Err(parse_err(reply.payload()))),
+            _ => Err(BackendError::Protocol("expected OK or ERR".into())),
+        }
+    }
+
+    /// Puts a client's session state on this connection as `plan` says, in one round trip.
+    /// A refusal (a schema that is gone, a value the server rejects) is returned for the
+    /// client to see; the connection's state is then unknown and it must be reset.
+    pub async fn sync(
+        &mut self,
+        plan: &SyncPlan,
+        home: &str,
+        client: &SessionVars,
+    ) -> Result<(), BackendError> {
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let mut replies = 0;
+        if plan.reset {
+            self.stream.queue(0, &[0x1f]);
+            self.stream.queue(0, &command(0x02, home.as_bytes()));
+            replies += 2;
+        }
+        if let Some(schema) = &plan.schema {
+            self.stream.queue(0, &command(0x02, schema.as_bytes()));
+            replies += 1;
+        }
+        if let Some(set) = &plan.set {
+            self.stream.queue(0, &command(0x03, set.as_bytes()));
+            replies += 1;
+        }
+        self.stream.flush().await.map_err(io_err)?;
+        let mut refused = None;
+        for _ in 0..replies {
+            if let Err(e) = self.read_ok().await? {
+                refused.get_or_insert(e);
+            }
+        }
+        if plan.reset {
+            self.state = BackendState::new(home);
+        }
+        if let Some(e) = refused {
+            return Err(BackendError::Refused(e));
+        }
+        let vars = &mut self.state.vars;
+        vars.schema.clone_from(&client.schema);
+        vars.variables.clone_from(&client.variables);
+        if plan.insert_id {
+            vars.last_insert_id = client.last_insert_id;
+        }
+        Ok(())
+    }
+
+    async fn init_db(&mut self, schema: &str) -> Result<(), BackendError> {
+        self.stream.send(0, &command(0x02, schema.as_bytes())).await.map_err(io_err)?;
+        self.read_ok().await?.map_err(BackendError::Refused)?;
+        self.state.vars.schema = schema.to_owned();
+        Ok(())
+    }
+
+    /// The id of `sql` prepared against `schema` on this connection, preparing it first if
+    /// it is not (in `schema`, switching the session there and back when it is elsewhere).
+    pub async fn prepare(&mut self, sql: &Bytes, schema: &str) -> Result<u32, BackendError> {
+        if let Some(id) = self.state.statement(sql, schema) {
+            return Ok(id);
+        }
+        let current = self.state.vars.schema.clone();
+        if current != schema {
+            self.init_db(schema).await?;
+        }
+        let prepared = self.prepare_here(sql).await;
+        if current != schema {
+            self.init_db(&current).await?;
+        }
+        let id = prepared?;
+        for old in self.state.remember(sql.clone(), schema, id) {
+            // No reply comes; it goes out with the next command.
+            self.stream.queue(0, &command(0x19, &old.to_le_bytes()));
+        }
+        Ok(id)
+    }
+
+    async fn prepare_here(&mut self, sql: &[u8]) -> Result<u32, BackendError> {
+        self.stream.send(0, &command(0x16, sql)).await.map_err(io_err)?;
+        let mut response = Response::new(Shape::Prepare, self.deprecate_eof());
+        let first = read(&mut self.stream).await?;
+        let payload = first.payload();
+        if payload.first() == Some(&0xff) {
+            return Err(BackendError::Refused(parse_err(payload)));
+        }
+        let id = super::statements::stmt_id(payload)
+            .filter(|_| payload.first() == Some(&0x00))
+            .ok_or_else(|| BackendError::Protocol("bad prepare reply".into()))?;
+        let malformed = |_| BackendError::Protocol("bad prepare reply".into());
+        response.feed(payload).map_err(malformed)?;
+        while !response.is_done() {
+            let packet = read(&mut self.stream).await?;
+            response.feed(packet.payload()).map_err(malformed)?;
+        }
+        Ok(id)
+    }
+
+    /// Runs a query of the proxy's own and returns the first column of its first row.
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        self.stream.send(0, &command(0x03, sql.as_bytes())).await.map_err(io_err)?;
+        let mut response = Response::new(Shape::Results, self.deprecate_eof());
+        let mut value = None;
+        while !response.is_done() {
+            let packet = read(&mut self.stream).await?;
+            let payload = packet.payload();
+            if payload.first() == Some(&0xff) {
+                return Err(BackendError::Refused(parse_err(payload)));
+            }
+            let role = response
+                .feed(payload)
+                .map_err(|_| BackendError::Protocol("bad reply to a query".into()))?;
+            if role == Role::Row && value.is_none() {
+                value = Some(super::ok::first_text_value(payload));
+            }
+        }
+        Ok(value.flatten())
     }
 
     /// Whether the server still holds the connection open, without a round trip: a closed

@@ -28,6 +28,29 @@ impl MyError {
         Self::new(1040, "08004", "Too many connections")
     }
 
+    /// 1040: the database has as many client connections as its plan allows.
+    pub fn database_full(database: &str, limit: u32) -> Self {
+        Self::new(
+            1040,
+            "08004",
+            format!("Too many connections: database '{database}' allows {limit} clients"),
+        )
+    }
+
+    /// 1040: every backend connection of the database stayed busy for as long as a client
+    /// may wait.
+    pub fn pool_exhausted(database: &str, limit: usize, waited: std::time::Duration) -> Self {
+        Self::new(
+            1040,
+            "08004",
+            format!(
+                "Too many connections: all {limit} server connections of database '{database}' \
+                 stayed busy for {:.1} s (open transactions hold theirs); try again",
+                waited.as_secs_f64()
+            ),
+        )
+    }
+
     /// 1043: a handshake that is malformed or too slow.
     pub fn bad_handshake() -> Self {
         Self::new(1043, "08S01", "Bad handshake")
@@ -41,6 +64,11 @@ impl MyError {
     /// 1047: a command the proxy does not relay.
     pub fn unknown_command() -> Self {
         Self::new(1047, "08S01", "Unknown command")
+    }
+
+    /// 1835: a command too short for what it claims to be.
+    pub fn malformed() -> Self {
+        Self::new(1835, "HY000", "Malformed communication packet")
     }
 
     /// 1235: a command that exists but is not available through Dormouse.

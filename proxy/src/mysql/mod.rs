@@ -1,29 +1,38 @@
-//! The MySQL front end. The life of a connection:
+//! The MySQL front end: transaction-level multiplexing of many client sessions over a few
+//! backend connections per database. The life of a connection:
 //!
 //! ```text
 //!  accept ─▶ login: greeting (caching_sha2_password) ─▶ [SSLRequest ─▶ TLS] ─▶ handshake
 //!            response ─▶ "perform full auth" ─▶ token in cleartext (TLS) or RSA-encrypted
-//!         ─▶ authenticate: user = database, verify the token, authorize, route
-//!         ─▶ backend: an idle pooled connection with the same format flags, or a new one
-//!            (handshake as the internal user); OK to the client
-//!         ─▶ relay: one command at a time, refused or forwarded unchanged, response relayed
-//!            until the server is idle
-//!         ─▶ end: an idle backend is reset (COM_RESET_CONNECTION) and pooled; any other is closed
+//!         ─▶ authenticate: user = database, verify the token, authorize, route, admit
+//!         ─▶ session: per command, borrow a pooled connection of the same flavour, replay the
+//!            client's schema and variables on it, forward (prepared statements under proxy
+//!            ids, prepared lazily on the borrowed connection), relay the response, learn the
+//!            new state from session tracking and the SQL, then give the connection back
+//!            unless the client is pinned (transaction, lock, temporary table, …)
+//!         ─▶ end: a connection holding client state is reset before it is pooled again
 //! ```
 //!
 //! Files: `packet` (framing), `errors` (ERR/OK), `login` (connection phase), `rsa`,
-//! `backend` (server-side connections), `pool`, `response` (where responses end), `sql`
-//! (statement inspection), `relay` (command phase).
+//! `backend` (server-side connections), `pool` (leases, limits, waits), `response` (where
+//! responses end), `ok` (OK packets and session tracking), `sql` (statement inspection),
+//! `state` (what a client's session holds, pins), `statements` (proxy statement ids),
+//! `command` (what a command is), `relay` (one response), `session` (the command loop).
 
 pub mod backend;
+pub mod command;
 pub mod errors;
 pub mod login;
+pub mod ok;
 pub mod packet;
 pub mod pool;
 pub mod relay;
 pub mod response;
 pub mod rsa;
+pub mod session;
 pub mod sql;
+pub mod state;
+pub mod statements;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -38,15 +47,19 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{AuthError, Identity, TokenVerifier, authorize};
 use crate::config::MysqlConfig;
 use crate::control::{ControlPlane, Protocol, Route, SessionGuard};
+use crate::limits::ClientCounts;
 use crate::listener::Frontend;
 use crate::routes::RouteCache;
 use crate::throttle::Throttle;
-use backend::{BackendConn, BackendError, FORMAT_CAPS};
+use backend::{BackendConn, BackendError, BackendState, FORMAT_CAPS};
 use errors::MyError;
 use login::Login;
-use pool::{Lease, Pool, PoolKey};
-use relay::Relay;
+use mysql_common::constants::CapabilityFlags;
+use pool::{DbKey, Flavour, Lease, Pool, PoolError, Return};
 use rsa::RsaKey;
+use session::Session;
+use state::{ClientState, SessionVars};
+use statements::Statements;
 
 /// Shared state of the MySQL listener.
 pub struct MysqlFrontend {
@@ -61,6 +74,7 @@ pub struct MysqlFrontend {
     /// Announced in greetings: the backends' version once one has been seen.
     version: RwLock<String>,
     next_id: AtomicU32,
+    clients: ClientCounts,
 }
 
 impl MysqlFrontend {
@@ -79,6 +93,7 @@ impl MysqlFrontend {
             pool: Arc::new(Pool::new(config.pool.clone())),
             version: RwLock::new(config.default_version.clone()),
             next_id: AtomicU32::new(1),
+            clients: ClientCounts::default(),
             config,
             verifier,
             routes,
@@ -144,62 +159,77 @@ impl MysqlFrontend {
         Err(denied)
     }
 
-    /// An idle pooled connection of the right flavour, or a new one. A refused connection or
-    /// login means the route may be stale (the database was suspended, or moved), so the route
-    /// is resolved again, waking the database if need be, and tried once more.
-    async fn checkout(
+    /// A connection to the client's database brought to the client's session state `vars`:
+    /// an idle pooled one of the right flavour (preferably already in that state), or a new
+    /// one. A refused connection or login means the route may be stale (the database was
+    /// suspended, or moved), so the route is resolved again, waking the database if need be,
+    /// and tried once more.
+    pub(crate) async fn borrow(
         &self,
         identity: &Identity,
-        route: Route,
-        login: &Login,
+        route: &mut Route,
+        flavour: &Flavour,
+        vars: &SessionVars,
+        insert_id: bool,
     ) -> Result<Lease, MyError> {
-        // Read-only tokens log in as the read-only internal user, so the server enforces it.
-        let readonly = identity.role == crate::claims::Role::Readonly;
-        let user_for = |route: &Route| -> Option<String> {
-            if readonly { route.readonly_user.clone() } else { Some(route.user.clone()) }
-        };
-        let key = |route: &Route, user: &str| PoolKey {
+        let key = DbKey {
             tenant: identity.tenant.clone(),
             database: identity.database.clone(),
             host: route.host.clone(),
             port: route.port,
-            user: user.to_owned(),
-            caps: (login.caps & FORMAT_CAPS).bits(),
-            collation: login.collation,
         };
-        let denied = || MyError::access_denied(&login.user, &login.peer.ip().to_string());
-        let user = user_for(&route).ok_or_else(denied)?;
-        if let Some(conn) = self.pool.take(&key(&route, &user)) {
-            return Ok(Lease::new(self.pool.clone(), key(&route, &user), conn));
-        }
-        self.pool.record_miss();
-        let connect = |route: Route| async move {
-            let timeout = self.config.backend_connect_timeout;
-            let user = user_for(&route).unwrap_or_default();
-            backend::connect(
-                &route,
-                &user,
-                &identity.database,
-                login.caps,
-                login.collation,
-                timeout,
-            )
-            .await
-            .map(|conn| (conn, route, user))
-        };
-        let connected = match connect(route).await {
-            Err(e) if e.may_be_stale() => {
-                self.routes.invalidate(&identity.tenant, &identity.database);
-                match self.routes.resolve(&identity.tenant, &identity.database).await {
-                    Ok(Some(fresh)) => connect(fresh).await,
-                    _ => Err(e),
+        let limit = route.limits.max_backend as usize;
+        let current = std::sync::Mutex::new(route.clone());
+        let open = || async {
+            let route = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let connect = |route: Route| async move {
+                let caps = CapabilityFlags::from_bits_truncate(flavour.caps);
+                let timeout = self.config.backend_connect_timeout;
+                let (user, db) = (&flavour.user, &identity.database);
+                backend::connect(&route, user, db, caps, flavour.collation, timeout).await
+            };
+            let conn = match connect(route).await {
+                Err(e) if e.may_be_stale() => {
+                    self.routes.invalidate(&identity.tenant, &identity.database);
+                    match self.routes.resolve(&identity.tenant, &identity.database).await {
+                        Ok(Some(fresh)) => {
+                            *current.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+                            connect(fresh).await
+                        }
+                        _ => Err(e),
+                    }
                 }
+                other => other,
+            };
+            if let Ok(conn) = &conn {
+                self.learn_version(conn);
             }
-            other => other,
+            conn
         };
-        let (conn, route, user) = connected.map_err(|e| self.backend_error(identity, e))?;
-        self.learn_version(&conn);
-        Ok(Lease::new(self.pool.clone(), key(&route, &user), conn))
+        let wanted = |state: &BackendState| state.vars == *vars;
+        let acquired = self.pool.acquire(&key, flavour, limit, &wanted, open).await;
+        *route = current.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut lease = match acquired {
+            Ok(lease) => lease,
+            Err(PoolError::Open(e)) => return Err(self.backend_error(identity, e)),
+            Err(PoolError::Exhausted { limit, waited }) => {
+                return Err(MyError::pool_exhausted(&identity.database, limit, waited));
+            }
+        };
+        let home = &identity.database;
+        let conn = lease.conn();
+        let plan = state::plan(&conn.state.vars, vars, home, insert_id);
+        match conn.sync(&plan, home, vars).await {
+            Ok(()) => Ok(lease),
+            Err(BackendError::Refused(e)) => {
+                lease.give_back(Return::Reset, home);
+                Err(in_clients_terms(e, identity, vars))
+            }
+            Err(e) => {
+                tracing::debug!(db = %identity.database, error = %e, "restoring a session failed");
+                Err(relay::lost())
+            }
+        }
     }
 
     fn backend_error(&self, identity: &Identity, error: BackendError) -> MyError {
@@ -220,73 +250,73 @@ impl MysqlFrontend {
         }
     }
 
-    /// A client that named another default schema at login gets it through COM_INIT_DB, or
-    /// the server's refusal, told in the client's terms.
-    async fn switch_schema(
-        &self,
-        conn: &mut BackendConn,
-        login: &Login,
-        schema: &str,
-    ) -> Result<(), MyError> {
-        let mut payload = vec![0x02];
-        payload.extend_from_slice(schema.as_bytes());
-        let lost = || MyError::unavailable(&login.user);
-        conn.stream.send(0, &payload).await.map_err(|_| lost())?;
-        let reply = conn.stream.read().await.map_err(|_| lost())?.ok_or_else(lost)?;
-        match reply.payload().first() {
-            Some(0x00) => Ok(()),
-            Some(0xff) => {
-                let e = backend::parse_err(reply.payload());
-                Err(MyError::new(
-                    e.code,
-                    e.state,
-                    format!(
-                        "Access denied for user '{}'@'{}' to database '{schema}'",
-                        login.user,
-                        login.peer.ip()
-                    ),
-                ))
-            }
-            _ => Err(lost()),
-        }
-    }
-
     async fn session(&self, mut login: Login, shutdown: CancellationToken) {
-        let (identity, route, _activity) = match self.authenticate(&login).await {
+        let (identity, mut route, _activity) = match self.authenticate(&login).await {
             Ok(found) => found,
             Err(e) => return login.fail(&e).await,
         };
-        let mut lease = match self.checkout(&identity, route, &login).await {
+        let max_clients = route.limits.max_clients;
+        let Some(_slot) = self.clients.admit(&identity.tenant, &identity.database, max_clients)
+        else {
+            let e = MyError::database_full(&identity.database, max_clients);
+            return login.fail(&e).await;
+        };
+        // Read-only tokens log in as the read-only internal user, so the server enforces it.
+        let user = match identity.role {
+            crate::claims::Role::Readonly => route.readonly_user.clone(),
+            _ => Some(route.user.clone()),
+        };
+        let Some(user) = user else {
+            let e = MyError::access_denied(&login.user, &login.peer.ip().to_string());
+            return login.fail(&e).await;
+        };
+        let flavour =
+            Flavour { user, caps: (login.caps & FORMAT_CAPS).bits(), collation: login.collation };
+        let mut state = ClientState::new(&identity.database);
+        if let Some(schema) = login.schema.clone().filter(|s| !s.is_empty()) {
+            state.vars.schema = schema;
+        }
+        // The first command's connection, borrowed now: it wakes the database and checks the
+        // schema the client named before the login succeeds.
+        let lease = match self.borrow(&identity, &mut route, &flavour, &state.vars, false).await {
             Ok(lease) => lease,
             Err(e) => return login.fail(&e).await,
         };
-        let Some(conn) = lease.conn() else { return };
-        if let Some(schema) = login.schema.clone().filter(|s| *s != identity.database)
-            && let Err(e) = self.switch_schema(conn, &login, &schema).await
-        {
-            lease.set_reusable(true);
-            return login.fail(&e).await;
-        }
         if login.succeed().await.is_err() {
-            lease.set_reusable(true);
+            lease.give_back(Return::Keep, &identity.database);
             return;
         }
         tracing::debug!(peer = %login.peer, tenant = %identity.tenant, db = %identity.database, tls = login.tls, "mysql client authenticated");
-        let own_thread = conn.thread_id;
-        let mut relay = Relay {
+        let session = Session {
+            front: self,
             client: &mut login.client,
-            backend: &mut conn.stream,
-            caps: login.caps,
-            own_thread,
-            max_packet: self.config.max_packet,
-            options_changed: false,
+            identity: &identity,
+            route,
+            flavour,
+            session_track: login.caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK),
+            state,
+            stmts: Statements::default(),
+            lease: Some(lease),
         };
-        let end = relay.run(&shutdown).await;
-        let clean = !relay.options_changed;
-        let idle = end.backend_idle() && clean && !conn.stream.has_buffered_input();
-        lease.set_reusable(idle);
+        session.run(&shutdown).await;
         login.client.shutdown().await;
     }
+}
+
+/// A server refusal to restore a session, in the client's terms: the internal user's name
+/// never reaches the client.
+fn in_clients_terms(error: MyError, identity: &Identity, vars: &SessionVars) -> MyError {
+    if error.code == 1044 {
+        return MyError::new(
+            1044,
+            error.state,
+            format!(
+                "Access denied for user '{}'@'%' to database '{}'",
+                identity.database, vars.schema
+            ),
+        );
+    }
+    error
 }
 
 #[async_trait]

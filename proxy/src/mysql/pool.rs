@@ -1,49 +1,65 @@
-//! Idle backend connections per database and protocol flavour (the format flags and collation
-//! a client negotiated), so a new client session starts on a connection that skipped the
-//! handshake. A connection goes back only after COM_RESET_CONNECTION and COM_INIT_DB succeeded
-//! on it; one whose state is unknown is closed. A `Lease` returns its connection on drop.
+//! Backend connections per database. Each connection, lent or idle, holds one of the
+//! database's slots (its backend connection limit); clients borrow one per statement, or for as
+//! long as they are pinned, and wait in a bounded queue with a timeout when every slot is
+//! taken. New connections open one at a time per database, so a burst of clients does not
+//! become a burst of handshakes. A `Lease` closes its connection on drop unless it is given back.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dashmap::DashMap;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::backend::BackendConn;
+use super::backend::{BackendConn, BackendState};
+use super::state::PinReason;
 
-/// Which idle connections can serve a client: tenant first.
+/// One database's server.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PoolKey {
+pub struct DbKey {
     pub tenant: String,
     pub database: String,
     pub host: String,
     pub port: u16,
-    /// The internal user the connection is logged in as (read-write or read-only).
+}
+
+/// What a connection must match to serve a client: the internal user it is logged in as
+/// (read-write or read-only), the client's format flags (see `backend::FORMAT_CAPS`) and its
+/// collation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Flavour {
     pub user: String,
-    /// The client's format flags (see `backend::FORMAT_CAPS`).
     pub caps: u32,
     pub collation: u8,
 }
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// Idle connections kept per key.
-    pub max_idle: usize,
     /// An idle connection older than this is closed.
     pub idle_timeout: Duration,
+    /// How long a client waits for a connection when every slot is taken.
+    pub wait: Duration,
+    /// Clients that may wait at once per database; more are refused at once.
+    pub max_waiting: usize,
 }
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        Self { max_idle: 32, idle_timeout: Duration::from_secs(300) }
+        Self {
+            idle_timeout: Duration::from_secs(300),
+            wait: Duration::from_secs(5),
+            max_waiting: 10_000,
+        }
     }
 }
 
 /// Counters, for tests and metrics.
 #[derive(Debug, Default)]
 pub struct PoolStats {
+    /// Leases served by an idle connection.
     pub hits: AtomicU64,
+    /// Leases that opened a new connection.
     pub misses: AtomicU64,
     /// Leases that ended with the connection kept for reuse.
     pub returned: AtomicU64,
@@ -51,71 +67,273 @@ pub struct PoolStats {
     pub discarded: AtomicU64,
     /// Idle connections found dead or too old when a client wanted one.
     pub expired: AtomicU64,
+    /// Clients that had to wait for a slot.
+    pub waits: AtomicU64,
+    /// Clients that waited in vain and got an error.
+    pub timeouts: AtomicU64,
+    /// Times a client session was pinned to its connection, by reason.
+    pub pins: [AtomicU64; PinReason::ALL.len()],
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError<E> {
+    /// Opening a connection failed.
+    #[error(transparent)]
+    Open(E),
+    #[error("every backend connection of the database is busy")]
+    Exhausted { limit: usize, waited: Duration },
+}
+
+struct Idle {
+    flavour: Flavour,
+    since: Instant,
+    conn: BackendConn,
+    permit: OwnedSemaphorePermit,
+}
+
+/// One database's slots and idle connections.
+struct DbPool {
+    slots: Arc<Semaphore>,
+    limit: AtomicUsize,
+    idle: Mutex<Vec<Idle>>,
+    /// Signalled whenever a connection comes back.
+    returned: Notify,
+    opening: tokio::sync::Mutex<()>,
+    waiting: AtomicUsize,
+}
+
+impl DbPool {
+    fn new(limit: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit: AtomicUsize::new(limit),
+            idle: Mutex::new(Vec::new()),
+            returned: Notify::new(),
+            opening: tokio::sync::Mutex::new(()),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// Follows a changed limit (the database was resized).
+    fn set_limit(&self, limit: usize) {
+        let old = self.limit.swap(limit, Ordering::AcqRel);
+        if limit > old {
+            self.slots.add_permits(limit - old);
+        } else if limit < old {
+            // Slots in use now are kept until they are given back; the rest go at once.
+            self.slots.forget_permits(old - limit);
+        }
+    }
+
+    /// A live idle connection of `flavour`, preferably one whose state is already `wanted`;
+    /// otherwise the most recently returned one.
+    fn take(
+        &self,
+        flavour: &Flavour,
+        wanted: &(dyn Fn(&BackendState) -> bool + Sync),
+        timeout: Duration,
+        stats: &PoolStats,
+    ) -> Option<Idle> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let mut best = None;
+            for (i, entry) in idle.iter().enumerate().rev() {
+                if entry.flavour != *flavour {
+                    continue;
+                }
+                if wanted(&entry.conn.state) {
+                    best = Some(i);
+                    break;
+                }
+                best.get_or_insert(i);
+            }
+            let entry = idle.swap_remove(best?);
+            if entry.since.elapsed() < timeout && entry.conn.is_alive() {
+                return Some(entry);
+            }
+            stats.expired.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes the oldest idle connection of another flavour, freeing its slot.
+    fn evict_other(&self, flavour: &Flavour) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest = idle
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.flavour != *flavour)
+            .min_by_key(|(_, e)| e.since)
+            .map(|(i, _)| i);
+        oldest.map(|i| drop(idle.swap_remove(i))).is_some()
+    }
+}
+
+/// Every database's connections.
 pub struct Pool {
     config: PoolConfig,
-    idle: Mutex<HashMap<PoolKey, Vec<(Instant, BackendConn)>>>,
+    dbs: DashMap<DbKey, Arc<DbPool>>,
     pub stats: PoolStats,
+}
+
+/// Counts a waiting client for as long as it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Pool {
     pub fn new(config: PoolConfig) -> Self {
-        Self { config, idle: Mutex::new(HashMap::new()), stats: PoolStats::default() }
+        Self { config, dbs: DashMap::new(), stats: PoolStats::default() }
     }
 
-    /// The most recently returned live connection for `key`, if any.
-    pub fn take(&self, key: &PoolKey) -> Option<BackendConn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(key)?;
-        while let Some((since, conn)) = list.pop() {
-            if since.elapsed() < self.config.idle_timeout && conn.is_alive() {
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                return Some(conn);
+    fn db(&self, key: &DbKey, limit: usize) -> Arc<DbPool> {
+        let db =
+            self.dbs.entry(key.clone()).or_insert_with(|| Arc::new(DbPool::new(limit))).clone();
+        if db.limit.load(Ordering::Acquire) != limit {
+            db.set_limit(limit);
+        }
+        db
+    }
+
+    /// A connection of `flavour` to the database at `key`: an idle one (preferring one whose
+    /// state is `wanted`), or a new one from `open` while the database has fewer than `limit`.
+    /// When every slot is taken, idle connections of other flavours are closed to make room,
+    /// and then the caller waits, at most the configured time.
+    pub async fn acquire<E, F, Fut>(
+        self: &Arc<Self>,
+        key: &DbKey,
+        flavour: &Flavour,
+        limit: usize,
+        wanted: &(dyn Fn(&BackendState) -> bool + Sync),
+        open: F,
+    ) -> Result<Lease, PoolError<E>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<BackendConn, E>>,
+    {
+        let db = self.db(key, limit.max(1));
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.config.wait;
+        let mut waiting = None;
+        loop {
+            let returned = db.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(idle) = self.take(&db, flavour, wanted) {
+                return Ok(self.lease(&db, flavour, idle.conn, idle.permit));
             }
-            self.stats.expired.fetch_add(1, Ordering::Relaxed);
+            if let Ok(permit) = db.slots.clone().try_acquire_owned() {
+                return self.open(&db, flavour, wanted, permit, &open).await;
+            }
+            if db.evict_other(flavour) {
+                self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if waiting.is_none() {
+                if db.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_waiting {
+                    db.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(self.exhausted(&db, started));
+                }
+                waiting = Some(Waiting(&db.waiting));
+                self.stats.waits.fetch_add(1, Ordering::Relaxed);
+            }
+            tokio::select! {
+                () = &mut returned => {}
+                permit = db.slots.clone().acquire_owned() => {
+                    if let Ok(permit) = permit {
+                        return self.open(&db, flavour, wanted, permit, &open).await;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => return Err(self.exhausted(&db, started)),
+            }
         }
-        None
     }
 
-    pub fn record_miss(&self) {
+    fn exhausted<E>(&self, db: &DbPool, started: Instant) -> PoolError<E> {
+        self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        PoolError::Exhausted { limit: db.limit.load(Ordering::Acquire), waited: started.elapsed() }
+    }
+
+    fn take(
+        &self,
+        db: &DbPool,
+        flavour: &Flavour,
+        wanted: &(dyn Fn(&BackendState) -> bool + Sync),
+    ) -> Option<Idle> {
+        db.take(flavour, wanted, self.config.idle_timeout, &self.stats)
+    }
+
+    /// Opens a connection in the slot `permit`, one at a time per database; a connection
+    /// given back while this one waited for its turn is taken instead.
+    async fn open<E, F, Fut>(
+        self: &Arc<Self>,
+        db: &Arc<DbPool>,
+        flavour: &Flavour,
+        wanted: &(dyn Fn(&BackendState) -> bool + Sync),
+        permit: OwnedSemaphorePermit,
+        open: &F,
+    ) -> Result<Lease, PoolError<E>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<BackendConn, E>>,
+    {
+        let _turn = db.opening.lock().await;
+        if let Some(idle) = self.take(db, flavour, wanted) {
+            drop(permit);
+            return Ok(self.lease(db, flavour, idle.conn, idle.permit));
+        }
+        let conn = open().await.map_err(PoolError::Open)?;
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        Ok(Lease {
+            pool: self.clone(),
+            db: db.clone(),
+            flavour: flavour.clone(),
+            conn: Some(conn),
+            permit: Some(permit),
+        })
     }
 
-    /// Resets `conn` and keeps it for the next client, or closes it if that fails.
-    pub async fn give_back(&self, key: PoolKey, mut conn: BackendConn) {
-        if let Err(e) = conn.reset(&key.database).await {
-            tracing::debug!(db = %key.database, error = %e, "backend reset failed; closing it");
-            self.stats.discarded.fetch_add(1, Ordering::Relaxed);
-            return;
+    fn lease(
+        self: &Arc<Self>,
+        db: &Arc<DbPool>,
+        flavour: &Flavour,
+        conn: BackendConn,
+        permit: OwnedSemaphorePermit,
+    ) -> Lease {
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        Lease {
+            pool: self.clone(),
+            db: db.clone(),
+            flavour: flavour.clone(),
+            conn: Some(conn),
+            permit: Some(permit),
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(key).or_default();
-        if list.len() < self.config.max_idle {
-            list.push((Instant::now(), conn));
-            self.stats.returned.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.stats.discarded.fetch_add(1, Ordering::Relaxed);
-        }
+    }
+
+    /// Counts a pin, for the metrics.
+    pub fn record_pin(&self, reason: PinReason) {
+        self.stats.pins[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Closes connections idle for longer than the timeout.
     pub fn reap(&self) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        for list in idle.values_mut() {
-            list.retain(|(since, _)| since.elapsed() < self.config.idle_timeout);
+        for db in self.dbs.iter() {
+            let mut idle = db.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.retain(|e| e.since.elapsed() < self.config.idle_timeout);
         }
-        idle.retain(|_, list| !list.is_empty());
     }
 
-    /// Closes every idle connection of one database (when it is deleted or moved).
+    /// Closes every idle connection of one database (when it is suspended, deleted or moved).
+    /// Lent connections close when their leases end.
     pub fn forget(&self, tenant: &str, database: &str) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|k, _| !(k.tenant == tenant && k.database == database));
+        self.dbs.retain(|k, _| !(k.tenant == tenant && k.database == database));
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).values().map(Vec::len).sum()
+        self.dbs.iter().map(|db| db.idle.lock().unwrap_or_else(|e| e.into_inner()).len()).sum()
     }
 
     /// The maintenance loop: reaps expired connections every few seconds.
@@ -130,41 +348,85 @@ impl Pool {
     }
 }
 
-/// A backend connection lent to one client session. Marked reusable only when the session
-/// ended with the server idle; then dropping it resets the connection and returns it.
+/// How a lease ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    /// The server is idle and the proxy knows the session state: reuse as is.
+    Keep,
+    /// The server is idle but the session holds state the proxy cannot describe: reset it
+    /// (COM_RESET_CONNECTION and COM_INIT_DB) first.
+    Reset,
+    /// Close it.
+    Close,
+}
+
+/// A backend connection lent to one client session; dropping it closes the connection.
 pub struct Lease {
     pool: Arc<Pool>,
-    key: PoolKey,
+    db: Arc<DbPool>,
+    flavour: Flavour,
     conn: Option<BackendConn>,
-    reusable: bool,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Lease {
-    pub fn new(pool: Arc<Pool>, key: PoolKey, conn: BackendConn) -> Self {
-        Self { pool, key, conn: Some(conn), reusable: false }
+    pub fn conn(&mut self) -> &mut BackendConn {
+        // Present until the lease is given back, which consumes it.
+        self.conn.as_mut().expect("a lease holds its connection until it ends")
     }
 
-    pub fn conn(&mut self) -> Option<&mut BackendConn> {
-        self.conn.as_mut()
+    pub fn conn_ref(&self) -> &BackendConn {
+        self.conn.as_ref().expect("a lease holds its connection until it ends")
     }
 
-    /// The server finished every response: the connection can serve another client.
-    pub fn set_reusable(&mut self, reusable: bool) {
-        self.reusable = reusable;
+    /// The flavour changed under the connection (COM_SET_OPTION switched multi-statements).
+    pub fn set_flavour(&mut self, flavour: Flavour) {
+        self.flavour = flavour;
+    }
+
+    /// Ends the lease; `schema` is the database's own, restored by a reset.
+    pub fn give_back(mut self, how: Return, schema: &str) {
+        let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else { return };
+        match how {
+            Return::Close => {
+                self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
+            }
+            Return::Keep if conn.stream.has_buffered_input() => {
+                self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
+            }
+            Return::Keep => self.keep(conn, permit),
+            Return::Reset => {
+                // A reset takes a round trip that no client needs to wait for.
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+                let schema = schema.to_owned();
+                runtime.spawn(async move {
+                    let mut conn = conn;
+                    match conn.reset(&schema).await {
+                        Ok(()) => self.keep(conn, permit),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "backend reset failed; closing it");
+                            self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    fn keep(&self, conn: BackendConn, permit: OwnedSemaphorePermit) {
+        {
+            let mut idle = self.db.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.push(Idle { flavour: self.flavour.clone(), since: Instant::now(), conn, permit });
+        }
+        self.pool.stats.returned.fetch_add(1, Ordering::Relaxed);
+        self.db.returned.notify_waiters();
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
-        if !self.reusable {
+        if self.conn.take().is_some() {
             self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        // Resetting takes a round trip; the client is gone and need not wait for it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (pool, key) = (self.pool.clone(), self.key.clone());
-            runtime.spawn(async move { pool.give_back(key, conn).await });
         }
     }
 }

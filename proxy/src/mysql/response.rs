@@ -9,6 +9,19 @@ use super::packet::MAX_CHUNK;
 pub const SERVER_STATUS_IN_TRANS: u16 = 0x0001;
 pub const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
 pub const SERVER_STATUS_CURSOR_EXISTS: u16 = 0x0040;
+pub const SERVER_STATUS_LAST_ROW_SENT: u16 = 0x0080;
+pub const SERVER_SESSION_STATE_CHANGED: u16 = 0x4000;
+
+/// What a response packet is, as far as the relay cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An OK packet (`00`, or `FE` ending a result with DEPRECATE_EOF): it may carry session
+    /// state, and clients without session tracking need it rewritten.
+    Ok,
+    /// A result row.
+    Row,
+    Other,
+}
 
 /// The shape of the response a command gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +82,8 @@ pub struct Response {
     deprecate_eof: bool,
     /// Status flags from the last OK or EOF seen.
     pub status: Option<u16>,
+    /// Warnings counted by the last OK or EOF seen.
+    pub warnings: u16,
 }
 
 impl Response {
@@ -81,21 +96,39 @@ impl Response {
             Shape::FieldList => State::FieldList,
             Shape::Single => State::Single,
         };
-        Self { state, deprecate_eof, status: None }
+        Self { state, deprecate_eof, status: None, warnings: 0 }
     }
 
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
 
-    /// Takes the first chunk of the next response packet.
-    pub fn feed(&mut self, payload: &[u8]) -> Result<(), ResponseError> {
+    /// Takes the first chunk of the next response packet and says what it is.
+    pub fn feed(&mut self, payload: &[u8]) -> Result<Role, ResponseError> {
         let head = *payload.first().ok_or(ResponseError::Malformed)?;
+        let before = self.state;
+        self.advance(payload, head)?;
+        let role = match before {
+            State::Single | State::First if head == 0x00 => Role::Ok,
+            State::Rows | State::FieldList if is_terminator(payload) => {
+                if self.deprecate_eof {
+                    Role::Ok
+                } else {
+                    Role::Other
+                }
+            }
+            State::Rows if head != 0xff => Role::Row,
+            _ => Role::Other,
+        };
+        Ok(role)
+    }
+
+    fn advance(&mut self, payload: &[u8], head: u8) -> Result<(), ResponseError> {
         self.state = match self.state {
             State::Done => return Err(ResponseError::Malformed),
             State::Single => {
                 if matches!(head, 0x00 | 0xfe) {
-                    self.status = status_of(payload, self.deprecate_eof);
+                    self.note(payload, self.deprecate_eof);
                 }
                 State::Done
             }
@@ -115,7 +148,7 @@ impl Response {
                 if !is_terminator(payload) {
                     return Err(ResponseError::Malformed);
                 }
-                self.status = status_of(payload, false);
+                self.note(payload, false);
                 // A cursor was opened: the rows come later, through COM_STMT_FETCH.
                 if self.status.is_some_and(|s| s & SERVER_STATUS_CURSOR_EXISTS != 0) {
                     State::Done
@@ -153,6 +186,12 @@ impl Response {
         Ok(())
     }
 
+    fn note(&mut self, payload: &[u8], deprecate_eof: bool) {
+        let found = terminator_of(payload, deprecate_eof);
+        self.status = found.map(|(status, _)| status);
+        self.warnings = found.map_or(0, |(_, warnings)| warnings);
+    }
+
     fn prepare_next(&self, params: u64, columns: u64) -> State {
         match (params, columns) {
             (0, 0) => State::Done,
@@ -163,7 +202,7 @@ impl Response {
 
     /// After an OK or EOF that ends a result: more results follow, or the response is done.
     fn after_terminator(&mut self, payload: &[u8]) -> State {
-        self.status = status_of(payload, self.deprecate_eof);
+        self.note(payload, self.deprecate_eof);
         let more = self.status.is_some_and(|s| s & SERVER_MORE_RESULTS_EXISTS != 0);
         if more { State::First } else { State::Done }
     }
@@ -200,14 +239,19 @@ fn lenenc(buf: &[u8]) -> Option<u64> {
 /// Status flags of an OK (`00`/`FE` + affected rows + last insert id + status) or of a classic
 /// EOF (`FE` + warnings + status, 5 bytes).
 pub fn status_of(payload: &[u8], deprecate_eof: bool) -> Option<u16> {
+    terminator_of(payload, deprecate_eof).map(|(status, _)| status)
+}
+
+/// Status flags and warning count of an OK or a classic EOF.
+fn terminator_of(payload: &[u8], deprecate_eof: bool) -> Option<(u16, u16)> {
+    let pair = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
     if payload.first() == Some(&0xfe) && !deprecate_eof && payload.len() < 9 {
-        let s = payload.get(3..5)?;
-        return Some(u16::from_le_bytes([s[0], s[1]]));
+        return Some((pair(payload.get(3..5)?), pair(payload.get(1..3)?)));
     }
     let (_, a) = lenenc_at(payload.get(1..)?)?;
     let (_, b) = lenenc_at(payload.get(1 + a..)?)?;
-    let s = payload.get(1 + a + b..3 + a + b)?;
-    Some(u16::from_le_bytes([s[0], s[1]]))
+    let at = 1 + a + b;
+    Some((pair(payload.get(at..at + 2)?), pair(payload.get(at + 2..at + 4)?)))
 }
 
 #[cfg(test)]
@@ -289,5 +333,7 @@ mod tests {
         assert_eq!(status_of(EOF, false), Some(2));
         assert_eq!(status_of(OK_EOF, true), Some(0x22));
         assert_eq!(status_of(b"\x00\xfc\x10\x27\x05\x01\x00\x00\x00", false), Some(1));
+        assert_eq!(terminator_of(b"\xfe\x01\x00\x02\x00", false), Some((2, 1)));
+        assert_eq!(terminator_of(b"\x00\x00\x00\x01\x40\x03\x00", false), Some((0x4001, 3)));
     }
 }

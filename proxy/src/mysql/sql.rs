@@ -1,6 +1,7 @@
-//! Just enough SQL to decide what the relay must: split a query text into statements and read
-//! their first words, skipping strings, quoted identifiers and comments, but reading the inside
-//! of MariaDB's executable comments (`/*! ... */`, `/*M! ... */`), which the server runs.
+//! Just enough SQL to decide what the proxy must: split a query text into statements, read
+//! their first words and the session effects the server does not report, skipping strings,
+//! quoted identifiers and comments, but reading the inside of MariaDB's executable comments
+//! (`/*! ... */`, `/*M! ... */`), which the server runs.
 
 /// A token at the start of a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,25 +14,29 @@ pub enum Token {
     Other,
 }
 
-/// How many leading tokens of each statement are kept.
-const KEEP: usize = 8;
+/// One lexical unit of SQL text, borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lexeme<'a> {
+    /// A keyword, identifier or variable (`@x`, `@@x`), as written.
+    Word(&'a [u8]),
+    Number(&'a [u8]),
+    /// The inside of a quoted string, escapes as written.
+    Str(&'a [u8]),
+    /// A back-quoted identifier (as `` ` ``), or any other single byte.
+    Other(u8),
+    /// The `;` between statements.
+    End,
+}
 
-/// The leading tokens of every statement in `sql`.
-pub fn statements(sql: &[u8]) -> Vec<Vec<Token>> {
-    let mut out = vec![Vec::new()];
+/// Calls `f` with every lexeme of `sql`, skipping comments but reading the inside of
+/// executable ones.
+pub fn lex<'a>(sql: &'a [u8], mut f: impl FnMut(Lexeme<'a>)) {
     let mut i = 0;
-    let push = |out: &mut Vec<Vec<Token>>, t: Token| {
-        if let Some(current) = out.last_mut()
-            && current.len() < KEEP
-        {
-            current.push(t);
-        }
-    };
     while i < sql.len() {
         let c = sql[i];
         match c {
             b';' => {
-                out.push(Vec::new());
+                f(Lexeme::End);
                 i += 1;
             }
             b'-' if sql.get(i + 1) == Some(&b'-')
@@ -61,9 +66,15 @@ pub fn statements(sql: &[u8]) -> Vec<Vec<Token>> {
                 }
             }
             b'*' if sql.get(i + 1) == Some(&b'/') => i += 2,
-            b'\'' | b'"' | b'`' => {
+            b'\'' | b'"' => {
+                let end = skip_quoted(sql, i);
+                let inner_end = if end > i + 1 && sql[end - 1] == c { end - 1 } else { end };
+                f(Lexeme::Str(&sql[i + 1..inner_end.max(i + 1)]));
+                i = end;
+            }
+            b'`' => {
                 i = skip_quoted(sql, i);
-                push(&mut out, Token::Other);
+                f(Lexeme::Other(b'`'));
             }
             c if c.is_ascii_whitespace() => i += 1,
             c if c.is_ascii_digit() => {
@@ -71,8 +82,7 @@ pub fn statements(sql: &[u8]) -> Vec<Vec<Token>> {
                 while i < sql.len() && sql[i].is_ascii_alphanumeric() {
                     i += 1;
                 }
-                let text = std::str::from_utf8(&sql[start..i]).unwrap_or("");
-                push(&mut out, text.parse().map_or(Token::Other, Token::Number));
+                f(Lexeme::Number(&sql[start..i]));
             }
             c if c.is_ascii_alphabetic() || c == b'_' || c == b'@' || c == b'$' => {
                 let start = i;
@@ -81,16 +91,42 @@ pub fn statements(sql: &[u8]) -> Vec<Vec<Token>> {
                 {
                     i += 1;
                 }
-                let word = String::from_utf8_lossy(&sql[start..i]).to_ascii_uppercase();
-                push(&mut out, Token::Word(word));
+                f(Lexeme::Word(&sql[start..i]));
             }
-            _ => {
-                // Non-ASCII identifiers and operators alike: one opaque token.
+            other => {
+                // Non-ASCII identifiers and operators alike: one opaque byte.
                 i += 1;
-                push(&mut out, Token::Other);
+                f(Lexeme::Other(other));
             }
         }
     }
+}
+
+/// How many leading tokens of each statement are kept.
+const KEEP: usize = 8;
+
+/// The leading tokens of every statement in `sql`.
+pub fn statements(sql: &[u8]) -> Vec<Vec<Token>> {
+    let mut out = vec![Vec::new()];
+    lex(sql, |lexeme| {
+        let token = match lexeme {
+            Lexeme::End => {
+                out.push(Vec::new());
+                return;
+            }
+            Lexeme::Word(w) => Token::Word(String::from_utf8_lossy(w).to_ascii_uppercase()),
+            Lexeme::Number(n) => std::str::from_utf8(n)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .map_or(Token::Other, Token::Number),
+            Lexeme::Str(_) | Lexeme::Other(_) => Token::Other,
+        };
+        if let Some(current) = out.last_mut()
+            && current.len() < KEEP
+        {
+            current.push(token);
+        }
+    });
     out.retain(|s| !s.is_empty());
     out
 }
@@ -155,6 +191,118 @@ pub fn kill_targets(sql: &[u8]) -> Vec<KillTarget> {
         .collect()
 }
 
+/// What a query does to its session beyond what the server's session tracking reports.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Traits {
+    /// Reads or writes a user variable (`@x`); a `SELECT @x := 1` is not tracked.
+    pub user_variables: bool,
+    /// Takes advisory locks (`GET_LOCK`): the names, when they are string literals.
+    pub lock_names: Vec<String>,
+    /// Takes an advisory lock whose name is not a literal.
+    pub unnamed_lock: bool,
+    /// `RELEASE_LOCK(...)`.
+    pub releases_lock: bool,
+    /// `RELEASE_ALL_LOCKS()`.
+    pub releases_all_locks: bool,
+    /// `SQL_CALC_FOUND_ROWS`: the next `FOUND_ROWS()` must run on the same connection.
+    pub calc_found_rows: bool,
+    /// Reads `LAST_INSERT_ID()` (or `@@identity`).
+    pub reads_last_insert_id: bool,
+    /// `LAST_INSERT_ID(expr)` sets the session's value.
+    pub sets_last_insert_id: bool,
+    /// `CONNECTION_ID()`: the client learns which server session it is on.
+    pub connection_id: bool,
+    /// Temporary tables, SQL prepared statements, HANDLER, XA: objects that live in one server
+    /// session.
+    pub session_objects: bool,
+    /// `SET STATEMENT ... FOR`: the variables it reports as changed are restored afterwards.
+    pub set_statement: bool,
+}
+
+/// Reads `sql` for the session effects in [`Traits`].
+pub fn inspect(sql: &[u8]) -> Traits {
+    #[derive(PartialEq)]
+    enum After {
+        Nothing,
+        GetLock,
+        GetLockParen,
+        LastInsertId,
+        LastInsertIdParen,
+    }
+    let mut t = Traits::default();
+    let mut after = After::Nothing;
+    let mut position = 0usize;
+    let mut first: &[u8] = b"";
+    lex(sql, |lexeme| {
+        let is = |w: &[u8], kw: &str| w.eq_ignore_ascii_case(kw.as_bytes());
+        // Finish a pending `GET_LOCK(` or `LAST_INSERT_ID(` with this lexeme.
+        match (&after, lexeme) {
+            (After::GetLock, Lexeme::Other(b'(')) => {
+                after = After::GetLockParen;
+                return;
+            }
+            (After::GetLockParen, Lexeme::Str(name)) => {
+                t.lock_names.push(String::from_utf8_lossy(name).into_owned());
+            }
+            (After::GetLockParen, _) => t.unnamed_lock = true,
+            (After::LastInsertId, Lexeme::Other(b'(')) => {
+                after = After::LastInsertIdParen;
+                return;
+            }
+            (After::LastInsertIdParen, l) if l != Lexeme::Other(b')') => {
+                t.sets_last_insert_id = true;
+            }
+            _ => {}
+        }
+        after = After::Nothing;
+        if lexeme == Lexeme::End {
+            position = 0;
+            return;
+        }
+        position += 1;
+        let Lexeme::Word(w) = lexeme else { return };
+        if position == 1 {
+            first = w;
+            if ["PREPARE", "EXECUTE", "DEALLOCATE", "HANDLER", "XA"].iter().any(|k| is(w, k)) {
+                t.session_objects = true;
+            }
+        } else if position == 2 {
+            if is(first, "SET") && is(w, "STATEMENT") {
+                t.set_statement = true;
+            }
+            if is(first, "DROP") && is(w, "PREPARE") {
+                t.session_objects = true;
+            }
+        }
+        if w[0] == b'@' {
+            if w.get(1) != Some(&b'@') {
+                t.user_variables = true;
+            } else if is(w, "@@IDENTITY") || is(w, "@@LAST_INSERT_ID") {
+                t.reads_last_insert_id = true;
+            }
+        } else if is(w, "GET_LOCK") {
+            after = After::GetLock;
+        } else if is(w, "LAST_INSERT_ID") {
+            t.reads_last_insert_id = true;
+            after = After::LastInsertId;
+        } else if is(w, "RELEASE_LOCK") {
+            t.releases_lock = true;
+        } else if is(w, "RELEASE_ALL_LOCKS") {
+            t.releases_all_locks = true;
+        } else if is(w, "SQL_CALC_FOUND_ROWS") {
+            t.calc_found_rows = true;
+        } else if is(w, "CONNECTION_ID") {
+            t.connection_id = true;
+        } else if is(w, "TEMPORARY") {
+            t.session_objects = true;
+        }
+    });
+    if after == After::GetLockParen {
+        t.unnamed_lock = true;
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +342,41 @@ mod tests {
     }
 
     #[test]
+    fn session_effects_are_found_outside_strings_and_comments() {
+        let t = inspect(b"SELECT @a := 1, @@version, '@b' -- @c\n");
+        assert!(t.user_variables);
+        assert!(!inspect(b"SELECT @@session.sql_mode, '@x', `@y`").user_variables);
+        assert!(inspect(b"SET @`quoted` = 1").user_variables);
+        let t = inspect(b"SELECT GET_LOCK('jobs', 0), get_lock(\"two\", 1)");
+        assert_eq!(t.lock_names, ["jobs", "two"]);
+        assert!(!t.unnamed_lock);
+        assert!(inspect(b"SELECT GET_LOCK(CONCAT('a', id), 0) FROM t").unnamed_lock);
+        assert!(inspect(b"SELECT GET_LOCK(?, 0)").unnamed_lock);
+        assert!(inspect(b"DO RELEASE_LOCK('jobs')").releases_lock);
+        assert!(inspect(b"SELECT RELEASE_ALL_LOCKS()").releases_all_locks);
+        assert!(inspect(b"SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1").calc_found_rows);
+        let t = inspect(b"SELECT LAST_INSERT_ID()");
+        assert!(t.reads_last_insert_id && !t.sets_last_insert_id);
+        assert!(inspect(b"UPDATE seq SET id = LAST_INSERT_ID(id + 1)").sets_last_insert_id);
+        assert!(inspect(b"SELECT @@IDENTITY").reads_last_insert_id);
+        assert!(inspect(b"select connection_id()").connection_id);
+        for sql in [
+            &b"CREATE TEMPORARY TABLE t (a INT)"[..],
+            b"PREPARE s FROM 'SELECT 1'",
+            b"execute s",
+            b"DROP PREPARE s",
+            b"HANDLER t OPEN",
+            b"XA START 'x'",
+            b"SELECT 1; /*!40101 CREATE TEMPORARY TABLE t (a INT) */",
+        ] {
+            assert!(inspect(sql).session_objects, "{}", String::from_utf8_lossy(sql));
+        }
+        assert!(inspect(b"SET STATEMENT max_statement_time=1 FOR SELECT 1").set_statement);
+        assert_eq!(inspect(b"SELECT c FROM sbtest1 WHERE id = 5"), Traits::default());
+        assert_eq!(inspect(b"INSERT INTO t VALUES ('GET_LOCK(', '@x')"), Traits::default());
+    }
+
+    #[test]
     fn garbage_never_panics() {
         for input in [
             &b"'unterminated"[..],
@@ -206,6 +389,7 @@ mod tests {
         ] {
             let _ = statements(input);
             let _ = kill_targets(input);
+            let _ = inspect(input);
         }
     }
 }

@@ -1,0 +1,513 @@
+//! The command phase with transaction-level multiplexing: a client borrows a backend
+//! connection for each command and gives it back as soon as nothing pins it (see `state`);
+//! its session variables and schema are replayed on whichever connection it borrows next, and
+//! its prepared statements are prepared there on first use (see `statements`).
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use mysql_common::constants::CapabilityFlags;
+use tokio_util::sync::CancellationToken;
+
+use super::MysqlFrontend;
+use super::backend::BackendError;
+use super::command::{Command, classify, kill_refusal};
+use super::errors::{MyError, ok_payload};
+use super::packet::{Packet, PacketStream};
+use super::pool::{Flavour, Lease, Return};
+use super::relay::{End, Relayed, lost, relay};
+use super::response::{SERVER_STATUS_CURSOR_EXISTS, SERVER_STATUS_LAST_ROW_SENT, Shape};
+use super::sql::{Traits, inspect};
+use super::state::{ClientState, PinReason, locks_query};
+use super::statements::{ClientStmt, Statements, rewrite_execute, with_id};
+use crate::auth::Identity;
+use crate::control::Route;
+use crate::tls::ClientStream;
+
+/// One client's command phase.
+pub struct Session<'a> {
+    pub front: &'a MysqlFrontend,
+    pub client: &'a mut PacketStream<ClientStream>,
+    pub identity: &'a Identity,
+    pub route: Route,
+    pub flavour: Flavour,
+    pub session_track: bool,
+    pub state: ClientState,
+    pub stmts: Statements,
+    /// The connection the client holds while it is pinned (or mid-command).
+    pub lease: Option<Lease>,
+}
+
+/// A command answered with an error already: the session goes on.
+struct Answered;
+
+/// Why a command could not go on.
+enum Stop {
+    Answered,
+    End(End),
+}
+
+impl From<End> for Stop {
+    fn from(end: End) -> Self {
+        Stop::End(end)
+    }
+}
+
+impl From<Answered> for Stop {
+    fn from(_: Answered) -> Self {
+        Stop::Answered
+    }
+}
+
+/// 1243: a statement id the client never got, or closed.
+fn unknown_statement(id: u32, command: &str) -> MyError {
+    MyError::new(
+        1243,
+        "HY000",
+        format!("Unknown prepared statement handler ({id}) given to {command}"),
+    )
+}
+
+impl Session<'_> {
+    /// Runs commands until the client leaves or the session breaks, then gives the backend
+    /// connection back as its state allows.
+    pub async fn run(mut self, shutdown: &CancellationToken) -> End {
+        let end = self.commands(shutdown).await;
+        if let Some(lease) = self.lease.take() {
+            let how = match end {
+                End::ClientLeft if self.state.leaves_state() => Return::Reset,
+                End::ClientLeft => Return::Keep,
+                _ => Return::Close,
+            };
+            lease.give_back(how, &self.identity.database);
+        }
+        end
+    }
+
+    async fn commands(&mut self, shutdown: &CancellationToken) -> End {
+        loop {
+            self.release_if_free();
+            let first = tokio::select! {
+                read = self.client.read() => match read {
+                    Ok(Some(p)) => p,
+                    _ => return End::ClientLeft,
+                },
+                () = shutdown.cancelled() => return End::Shutdown,
+            };
+            if first.seq() != 0 {
+                self.refuse(MyError::bad_handshake(), first.seq()).await;
+                return End::Broken;
+            }
+            let chunks = match self.read_command(first).await {
+                Ok(chunks) => chunks,
+                Err(end) => return end,
+            };
+            let reply_seq = chunks.last().map_or(0, Packet::seq).wrapping_add(1);
+            let payload = joined_payload(&chunks);
+            self.state.start_command();
+            match self.command(&chunks, &payload, reply_seq).await {
+                Ok(()) | Err(Stop::Answered) => {}
+                Err(Stop::End(end)) => return end,
+            }
+        }
+    }
+
+    /// Gives the connection back when nothing holds the client to it.
+    fn release_if_free(&mut self) {
+        if self.state.pin().is_none()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.give_back(Return::Keep, &self.identity.database);
+        }
+    }
+
+    async fn command(&mut self, chunks: &[Packet], payload: &[u8], seq: u8) -> Result<(), Stop> {
+        match classify(payload) {
+            Command::Quit => Err(End::ClientLeft.into()),
+            Command::Refuse(e) => self.fail(e, seq).await,
+            Command::Ping if self.lease.is_none() => self.local_ok(seq).await,
+            Command::Ping | Command::InitDb => self.simple(chunks, Shape::Single, seq).await,
+            Command::Other(shape) => self.simple(chunks, shape, seq).await,
+            Command::ResetConnection => self.reset_connection(seq).await,
+            Command::Query => self.query(chunks, &payload[1..], seq).await,
+            Command::SetOption => self.set_option(chunks, payload, seq).await,
+            Command::Prepare => self.prepare(chunks, &payload[1..], seq).await,
+            Command::Execute(id) => self.execute(payload, id, seq).await,
+            Command::SendLongData(id) => self.send_long_data(payload, id, seq).await,
+            Command::CloseStmt(id) => self.close_statement(id).await,
+            Command::ResetStmt(id) => self.reset_statement(payload, id, seq).await,
+            Command::Fetch(id) => self.fetch(payload, id, seq).await,
+            Command::Kill(id) => {
+                let own = self.lease.as_ref().map(|l| l.conn_ref().thread_id);
+                if own != Some(id) {
+                    return self.fail(MyError::not_owner(&id.to_string()), seq).await;
+                }
+                self.forward(chunks).await?;
+                self.relay(Shape::Single, None).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A command forwarded as it is, its response relayed.
+    async fn simple(&mut self, chunks: &[Packet], shape: Shape, seq: u8) -> Result<(), Stop> {
+        self.borrow(false, seq).await?;
+        self.forward(chunks).await?;
+        let relayed = self.relay(shape, None).await?;
+        self.apply(None, &relayed);
+        Ok(())
+    }
+
+    async fn query(&mut self, chunks: &[Packet], sql: &[u8], seq: u8) -> Result<(), Stop> {
+        let own = self.lease.as_ref().map(|l| l.conn_ref().thread_id);
+        if let Some(e) = kill_refusal(sql, own) {
+            return self.fail(e, seq).await;
+        }
+        let traits = inspect(sql);
+        self.borrow(traits.reads_last_insert_id, seq).await?;
+        self.forward(chunks).await?;
+        let relayed = self.relay(Shape::Results, None).await?;
+        self.apply(Some(&traits), &relayed);
+        if traits.releases_lock {
+            self.check_locks().await?;
+        }
+        Ok(())
+    }
+
+    /// After a `RELEASE_LOCK`, asks the server whether any advisory lock the client took is
+    /// still held, so the client can be unpinned once none is.
+    async fn check_locks(&mut self) -> Result<(), Stop> {
+        let Some(names) = self.state.lock_names() else { return Ok(()) };
+        let sql = locks_query(names);
+        let Some(conn) = self.lease.as_mut().map(Lease::conn) else { return Ok(()) };
+        match conn.query_value(&sql).await {
+            Ok(held) if held.as_deref() != Some(b"1") => self.state.locks_released(),
+            Ok(_) => {}
+            Err(BackendError::Refused(e)) => {
+                tracing::debug!(error = %e, "advisory lock check refused");
+            }
+            Err(_) => return Err(End::BackendLost.into()),
+        }
+        Ok(())
+    }
+
+    async fn reset_connection(&mut self, seq: u8) -> Result<(), Stop> {
+        let schema = self.state.vars.schema.clone();
+        if self.lease.is_some() {
+            self.send(&[0x1f]).await?;
+            let relayed = self.relay(Shape::Single, None).await?;
+            if !relayed.outcome.error
+                && let Some(lease) = self.lease.as_mut()
+            {
+                // The server keeps the schema and forgets everything else.
+                lease.conn().state = super::backend::BackendState::new(&schema);
+            }
+        } else {
+            self.local_ok(seq).await?;
+        }
+        self.state.reset();
+        self.stmts.clear();
+        Ok(())
+    }
+
+    async fn set_option(&mut self, chunks: &[Packet], payload: &[u8], seq: u8) -> Result<(), Stop> {
+        self.borrow(false, seq).await?;
+        self.forward(chunks).await?;
+        let relayed = self.relay(Shape::Single, None).await?;
+        let on = match payload.get(1..3) {
+            Some([0, 0]) => Some(true),
+            Some([1, 0]) => Some(false),
+            _ => None,
+        };
+        if let (false, Some(on), Some(lease)) = (relayed.outcome.error, on, self.lease.as_mut()) {
+            // The connection now has the other multi-statement flag: it belongs with those.
+            let flag = CapabilityFlags::CLIENT_MULTI_STATEMENTS;
+            let conn = lease.conn();
+            conn.caps.set(flag, on);
+            let mut caps = CapabilityFlags::from_bits_truncate(self.flavour.caps);
+            caps.set(flag, on);
+            self.flavour.caps = caps.bits();
+            lease.set_flavour(self.flavour.clone());
+        }
+        Ok(())
+    }
+
+    async fn prepare(&mut self, chunks: &[Packet], sql: &[u8], seq: u8) -> Result<(), Stop> {
+        self.borrow(false, seq).await?;
+        self.forward(chunks).await?;
+        let id = self.stmts.free_id();
+        let relayed = self.relay(Shape::Prepare, Some(id)).await?;
+        let Some(prepared) = relayed.prepared else { return Ok(()) };
+        let sql = Bytes::copy_from_slice(sql);
+        let schema = self.state.vars.schema.clone();
+        if let Some(lease) = self.lease.as_mut() {
+            let conn = lease.conn();
+            for old in conn.state.remember(sql.clone(), &schema, prepared.backend_id) {
+                conn.stream.queue(0, &with_id(b"\x19\0\0\0\0", old));
+            }
+        }
+        let traits = inspect(&sql);
+        let stmt = ClientStmt { sql, schema, params: prepared.params, types: None, traits };
+        self.stmts.insert(id, stmt);
+        Ok(())
+    }
+
+    /// The client's statement `id`, or the error the server would give for it.
+    fn statement(&self, id: u32, command: &str) -> Result<ClientStmt, MyError> {
+        self.stmts.get(id).cloned().ok_or_else(|| unknown_statement(id, command))
+    }
+
+    /// The backend id of `stmt` on the held connection, preparing it there if need be.
+    async fn backend_statement(&mut self, stmt: &ClientStmt, seq: u8) -> Result<u32, Stop> {
+        let Some(conn) = self.lease.as_mut().map(Lease::conn) else {
+            return Err(End::Broken.into());
+        };
+        match conn.prepare(&stmt.sql, &stmt.schema).await {
+            Ok(id) => Ok(id),
+            Err(BackendError::Refused(e)) => {
+                self.refuse(e, seq).await;
+                Err(Stop::Answered)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "preparing a statement on a backend failed");
+                self.fail(lost(), seq).await?;
+                Err(End::BackendLost.into())
+            }
+        }
+    }
+
+    async fn execute(&mut self, payload: &[u8], id: u32, seq: u8) -> Result<(), Stop> {
+        let id = self.stmts.resolve(id);
+        let mut stmt = match self.statement(id, "mysqld_stmt_execute") {
+            Ok(stmt) => stmt,
+            Err(e) => return self.fail(e, seq).await,
+        };
+        self.borrow(stmt.traits.reads_last_insert_id, seq).await?;
+        let backend_id = self.backend_statement(&stmt, seq).await?;
+        let Some(rewritten) = rewrite_execute(payload, backend_id, &mut stmt) else {
+            return self.fail(MyError::malformed(), seq).await;
+        };
+        if let Some(kept) = self.stmts.get_mut(id) {
+            kept.types.clone_from(&stmt.types);
+        }
+        self.send(&rewritten).await?;
+        let relayed = self.relay(Shape::Results, None).await?;
+        self.state.long_data.remove(&id);
+        let cursor = relayed.outcome.status.is_some_and(|s| s & SERVER_STATUS_CURSOR_EXISTS != 0);
+        if cursor {
+            if self.state.cursors.is_empty() {
+                self.front.pool.record_pin(PinReason::Cursor);
+            }
+            self.state.cursors.insert(id);
+        } else {
+            self.state.cursors.remove(&id);
+        }
+        self.apply(Some(&stmt.traits), &relayed);
+        Ok(())
+    }
+
+    async fn send_long_data(&mut self, payload: &[u8], id: u32, seq: u8) -> Result<(), Stop> {
+        let id = self.stmts.resolve(id);
+        // Unknown statements get no reply here; the server would report it at execute.
+        let Ok(stmt) = self.statement(id, "mysqld_stmt_send_long_data") else { return Ok(()) };
+        self.borrow(false, seq).await?;
+        let backend_id = self.backend_statement(&stmt, seq).await?;
+        if self.state.long_data.is_empty() {
+            self.front.pool.record_pin(PinReason::LongData);
+        }
+        self.state.long_data.insert(id);
+        let Some(conn) = self.lease.as_mut().map(Lease::conn) else { return Ok(()) };
+        conn.stream.queue(0, &with_id(payload, backend_id));
+        if conn.stream.flush().await.is_err() {
+            return Err(End::BackendLost.into());
+        }
+        Ok(())
+    }
+
+    async fn close_statement(&mut self, id: u32) -> Result<(), Stop> {
+        let id = self.stmts.resolve(id);
+        let Some(stmt) = self.stmts.remove(id) else { return Ok(()) };
+        let open = self.state.cursors.remove(&id) | self.state.long_data.remove(&id);
+        // A backend statement with a cursor or parameter data of this client is closed, not
+        // kept for reuse: that is what the client asked the server to forget.
+        if open
+            && let Some(conn) = self.lease.as_mut().map(Lease::conn)
+            && let Some(backend_id) = conn.state.statement(&stmt.sql, &stmt.schema)
+        {
+            conn.state.forget(backend_id);
+            conn.stream.queue(0, &with_id(b"\x19\0\0\0\0", backend_id));
+            if conn.stream.flush().await.is_err() {
+                return Err(End::BackendLost.into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset_statement(&mut self, payload: &[u8], id: u32, seq: u8) -> Result<(), Stop> {
+        let id = self.stmts.resolve(id);
+        let stmt = match self.statement(id, "mysqld_stmt_reset") {
+            Ok(stmt) => stmt,
+            Err(e) => return self.fail(e, seq).await,
+        };
+        let open = self.state.cursors.contains(&id) || self.state.long_data.contains(&id);
+        let backend_id = match self.lease.as_mut().map(Lease::conn) {
+            Some(conn) if open => conn.state.statement(&stmt.sql, &stmt.schema),
+            _ => None,
+        };
+        self.state.cursors.remove(&id);
+        self.state.long_data.remove(&id);
+        let Some(backend_id) = backend_id else {
+            // Nothing of it lives on a server session: nothing to reset.
+            return self.local_ok(seq).await;
+        };
+        self.send(&with_id(payload, backend_id)).await?;
+        self.relay(Shape::Single, None).await?;
+        Ok(())
+    }
+
+    async fn fetch(&mut self, payload: &[u8], id: u32, seq: u8) -> Result<(), Stop> {
+        let id = self.stmts.resolve(id);
+        let stmt = match self.statement(id, "mysqld_stmt_fetch") {
+            Ok(stmt) => stmt,
+            Err(e) => return self.fail(e, seq).await,
+        };
+        let backend_id = match self.lease.as_mut().map(Lease::conn) {
+            Some(conn) if self.state.cursors.contains(&id) => {
+                conn.state.statement(&stmt.sql, &stmt.schema)
+            }
+            _ => None,
+        };
+        let Some(backend_id) = backend_id else {
+            let e =
+                MyError::new(1421, "HY000", format!("The statement ({id}) has no open cursor."));
+            return self.fail(e, seq).await;
+        };
+        self.send(&with_id(payload, backend_id)).await?;
+        let relayed = self.relay(Shape::Rows, None).await?;
+        let done = relayed.outcome.status.is_none_or(|s| s & SERVER_STATUS_LAST_ROW_SENT != 0);
+        if done || relayed.outcome.error {
+            self.state.cursors.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Makes sure the client holds a connection in its session state: the one it is pinned
+    /// to, or one borrowed from the pool and brought to its state. On failure the client has
+    /// its error and the command goes no further.
+    async fn borrow(&mut self, insert_id: bool, seq: u8) -> Result<(), Stop> {
+        if self.lease.is_some() {
+            return Ok(());
+        }
+        let borrowed = self
+            .front
+            .borrow(self.identity, &mut self.route, &self.flavour, &self.state.vars, insert_id)
+            .await;
+        match borrowed {
+            Ok(lease) => {
+                self.lease = Some(lease);
+                Ok(())
+            }
+            Err(e) => self.fail(e, seq).await,
+        }
+    }
+
+    /// Sends the command's chunks to the held connection as they came.
+    async fn forward(&mut self, chunks: &[Packet]) -> Result<(), Stop> {
+        let Some(conn) = self.lease.as_mut().map(Lease::conn) else {
+            return Err(End::Broken.into());
+        };
+        for chunk in chunks {
+            conn.stream.queue_raw(chunk);
+        }
+        self.flush_backend().await
+    }
+
+    /// Sends a rewritten command to the held connection.
+    async fn send(&mut self, payload: &[u8]) -> Result<(), Stop> {
+        let Some(conn) = self.lease.as_mut().map(Lease::conn) else {
+            return Err(End::Broken.into());
+        };
+        conn.stream.queue(0, payload);
+        self.flush_backend().await
+    }
+
+    async fn flush_backend(&mut self) -> Result<(), Stop> {
+        let Some(conn) = self.lease.as_mut().map(Lease::conn) else {
+            return Err(End::Broken.into());
+        };
+        if conn.stream.flush().await.is_err() {
+            let _ = self.client.send(1, &lost().payload()).await;
+            return Err(End::BackendLost.into());
+        }
+        Ok(())
+    }
+
+    async fn relay(&mut self, shape: Shape, client_stmt: Option<u32>) -> Result<Relayed, Stop> {
+        let Some(conn) = self.lease.as_mut().map(Lease::conn) else {
+            return Err(End::Broken.into());
+        };
+        Ok(relay(self.client, conn, shape, self.session_track, client_stmt).await?)
+    }
+
+    /// Takes in what a command did to the session, on the client and its connection.
+    fn apply(&mut self, traits: Option<&Traits>, relayed: &Relayed) {
+        let Some(conn) = self.lease.as_mut().map(Lease::conn) else { return };
+        let started = self.state.apply(traits, &relayed.outcome, &mut conn.state.vars);
+        for reason in started {
+            tracing::trace!(reason = reason.label(), "session pinned");
+            self.front.pool.record_pin(reason);
+        }
+    }
+
+    async fn local_ok(&mut self, seq: u8) -> Result<(), Stop> {
+        let ok = ok_payload(self.state.status(), self.session_track);
+        if self.client.send(seq, &ok).await.is_err() {
+            return Err(End::ClientLeft.into());
+        }
+        Ok(())
+    }
+
+    /// Answers the command with `error`; the session goes on.
+    async fn fail(&mut self, error: MyError, seq: u8) -> Result<(), Stop> {
+        self.refuse(error, seq).await;
+        Err(Answered.into())
+    }
+
+    async fn refuse(&mut self, error: MyError, seq: u8) {
+        let _ = self.client.send(seq, &error.payload()).await;
+    }
+
+    /// All chunks of one command, bounded by the packet limit.
+    async fn read_command(&mut self, first: Packet) -> Result<Vec<Packet>, End> {
+        let max = self.front.config.max_packet;
+        let mut total = first.payload().len();
+        if total > max {
+            self.refuse(MyError::packet_too_large(), first.seq().wrapping_add(1)).await;
+            return Err(End::Broken);
+        }
+        let mut continued = first.is_continued();
+        let mut chunks = vec![first];
+        while continued {
+            let next = match self.client.read().await {
+                Ok(Some(p)) => p,
+                _ => return Err(End::ClientLeft),
+            };
+            total += next.payload().len();
+            if total > max {
+                self.refuse(MyError::packet_too_large(), next.seq().wrapping_add(1)).await;
+                return Err(End::Broken);
+            }
+            continued = next.is_continued();
+            chunks.push(next);
+        }
+        Ok(chunks)
+    }
+}
+
+/// The command's payload, joined only when it spans several chunks.
+fn joined_payload(chunks: &[Packet]) -> Cow<'_, [u8]> {
+    match chunks {
+        [one] => Cow::Borrowed(one.payload()),
+        many => Cow::Owned(many.iter().flat_map(|c| c.payload().iter().copied()).collect()),
+    }
+}
