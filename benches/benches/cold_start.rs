@@ -13,11 +13,12 @@
 
 use std::time::{Duration, Instant};
 
+use dormouse_benches::clients;
+use dormouse_benches::tools::Endpoint;
 use dormouse_control::up::{self, UpConfig};
 use dormouse_engines::EngineKind;
 use mysql_async::prelude::Queryable;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 struct Bench {
@@ -52,21 +53,8 @@ impl Bench {
         match engine {
             EngineKind::Redis => {
                 let port = self.running.redis_addr.map(|a| a.port()).unwrap_or_default();
-                let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-                let cmd = format!(
-                    "*3\r\n$4\r\nAUTH\r\n${}\r\n{name}\r\n${}\r\n{token}\r\n*1\r\n$4\r\nPING\r\n",
-                    name.len(),
-                    token.len()
-                );
-                stream.write_all(cmd.as_bytes()).await?;
-                let mut buf = Vec::new();
-                while !buf.ends_with(b"+PONG\r\n") {
-                    let mut chunk = [0u8; 256];
-                    let n = stream.read(&mut chunk).await?;
-                    anyhow::ensure!(n > 0, "closed: {}", String::from_utf8_lossy(&buf));
-                    buf.extend_from_slice(&chunk[..n]);
-                    anyhow::ensure!(!buf.starts_with(b"-"), "{}", String::from_utf8_lossy(&buf));
-                }
+                let at = Endpoint { port, user: Some(name.into()), password: token.into() };
+                clients::login(clients::Engine::Redis, &at, name).await?;
             }
             EngineKind::Mysql => {
                 let port = self.running.mysql_addr.map(|a| a.port()).unwrap_or_default();

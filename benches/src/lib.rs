@@ -1,1 +1,9 @@
-//! Benchmarks live in `benches/`; this crate has no library code of its own.
+//! Support for the end-to-end benchmarks in `benches/`: the Dormouse under test in its own
+//! process (`serve`), peer proxies (`peers`), stock load generators (`tools`), clients the
+//! benchmark drives itself (`clients`) and process plumbing (`procs`).
+
+pub mod clients;
+pub mod peers;
+pub mod procs;
+pub mod serve;
+pub mod tools;

@@ -116,6 +116,24 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// Raises the open-files limit to its hard maximum: every client connection the proxy holds
+/// is a descriptor, and the usual soft limit (1024) would cap a pooler at a few hundred
+/// clients. Returns the limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "could not raise the open-files limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
 pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
 }
@@ -147,6 +165,8 @@ fn detect_engines(templates_dir: &Path) -> Vec<Arc<dyn Engine>> {
 /// Starts everything; it all stops when `shutdown` is cancelled (see [`Running::wait`]).
 pub async fn start(config: UpConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
     install_crypto_provider();
+    let open_files = raise_open_files_limit();
+    tracing::debug!(open_files, "open-files limit");
     let dir = &config.data_dir;
     create_private_dir(dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;

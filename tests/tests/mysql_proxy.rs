@@ -224,6 +224,31 @@ async fn wrong_expired_revoked_and_foreign_tokens_get_1045() -> anyhow::Result<(
 }
 
 #[tokio::test]
+async fn a_token_that_logged_in_before_passes_fast_until_it_is_revoked() -> anyhow::Result<()> {
+    let (cluster, admin, _) = setup().await?;
+    let (id, token) = cluster.token(&admin, json!({ "database": "shop" })).await?;
+    // The first login hands the token over (RSA, no TLS); later ones send only its scramble
+    // and take caching_sha2_password's fast path, with and without TLS.
+    for tls in [false, false, true, false] {
+        let mut conn = mysql_async::Conn::new(cluster.mysql_opts("shop", &token, tls)).await?;
+        let user: Option<String> = conn.query_first("SELECT CURRENT_USER()").await?;
+        assert!(user.is_some());
+        conn.disconnect().await?;
+    }
+    // A scramble of another password for a user with remembered tokens does not pass.
+    let err = mysql_async::Conn::new(cluster.mysql_opts("shop", "not-the-token", false)).await;
+    assert_eq!(err.err().as_ref().and_then(server_code), Some(1045));
+    // A remembered token is still checked in full at every login.
+    cluster.api(Method::DELETE, &format!("/v1/tokens/{id}"), Some(&admin), None).await?;
+    for tls in [false, true] {
+        let err = mysql_async::Conn::new(cluster.mysql_opts("shop", &token, tls)).await.err();
+        assert_eq!(err.as_ref().and_then(server_code), Some(1045), "revoked, tls={tls}: {err:?}");
+    }
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_token_longer_than_the_rsa_limit_gets_a_clear_error_not_a_hang() -> anyhow::Result<()> {
     let (cluster, _, _) = setup().await?;
     let long = "x".repeat(600);

@@ -16,7 +16,7 @@ use mysql_common::scramble::scramble_native;
 use tokio::net::TcpStream;
 
 use super::errors::MyError;
-use super::packet::{Packet, PacketStream};
+use super::packet::{BACKEND_CHUNK, Packet, PacketStream};
 use super::response::{Response, Role, Shape};
 use super::state::{SessionVars, SyncPlan};
 use crate::control::Route;
@@ -203,7 +203,7 @@ pub async fn connect(
             .await
             .map_err(|source| BackendError::Connect { addr, source })?;
         let _ = tcp.set_nodelay(true);
-        let mut stream = PacketStream::new(tcp);
+        let mut stream = PacketStream::new(tcp, BACKEND_CHUNK);
         let greeting = read(&mut stream).await?;
         if greeting.payload().first() == Some(&0xff) {
             return Err(BackendError::Refused(parse_err(greeting.payload())));

@@ -1,7 +1,8 @@
 //! The connection phase, server side: greeting, optional TLS upgrade, the client's handshake
-//! response, then `caching_sha2_password` answered with "perform full authentication" so the
-//! client hands over its token: in cleartext inside TLS (or when the client deems the channel
-//! secure), RSA-encrypted otherwise. Clients that open with `mysql_clear_password` send it
+//! response, then `caching_sha2_password`: a scramble of a token that logged in before passes
+//! by the fast path (`fastauth`); otherwise "perform full authentication" has the client hand
+//! over its token in cleartext inside TLS (or when it deems the channel secure), RSA-encrypted
+//! otherwise. Clients that open with `mysql_clear_password` send it
 //! directly; any other plugin is switched to `caching_sha2_password` with a fresh nonce.
 
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::MysqlFrontend;
 use super::errors::{MyError, ok_payload};
-use super::packet::{Packet, PacketStream, encode};
+use super::packet::{CLIENT_CHUNK, Packet, PacketStream, encode};
 use crate::tls::ClientStream;
 
 /// Collation announced in the greeting: utf8mb4_general_ci, MariaDB's default.
@@ -167,8 +168,11 @@ pub async fn accept(front: &MysqlFrontend, mut tcp: TcpStream, peer: SocketAddr)
             Ok(Ok(tls)) => tls,
             _ => return None,
         };
-        let mut conn =
-            Conn { stream: PacketStream::new(ClientStream::Tls(Box::new(tls))), seq: 0, deadline };
+        let mut conn = Conn {
+            stream: PacketStream::new(ClientStream::Tls(Box::new(tls)), CLIENT_CHUNK),
+            seq: 0,
+            deadline,
+        };
         match conn.read().await {
             Ok(response) => {
                 let payload = response.payload().to_vec();
@@ -181,7 +185,7 @@ pub async fn accept(front: &MysqlFrontend, mut tcp: TcpStream, peer: SocketAddr)
         }
     } else {
         Conn {
-            stream: PacketStream::new(ClientStream::Plain(tcp)),
+            stream: PacketStream::new(ClientStream::Plain(tcp), CLIENT_CHUNK),
             seq: seq.wrapping_add(1),
             deadline,
         }
@@ -267,7 +271,17 @@ impl Conn {
             .map(|d| String::from_utf8_lossy(d).into_owned());
         let passwords = match hello.auth_plugin() {
             Some(AuthPlugin::MysqlClearPassword) => vec![strip_nul(hello.scramble_buf()).to_vec()],
-            Some(AuthPlugin::CachingSha2Password) => self.full_auth(front, peer, nonce).await?,
+            Some(AuthPlugin::CachingSha2Password) => {
+                match front.fast_auth.find(&user, nonce, hello.scramble_buf()) {
+                    Some(token) => {
+                        // "Fast auth success"; the OK (or an ERR, if the token no longer
+                        // passes) follows once the token has been verified again.
+                        self.send(&[0x01, 0x03]).await?;
+                        vec![token.as_bytes().to_vec()]
+                    }
+                    None => self.full_auth(front, peer, nonce).await?,
+                }
+            }
             _ => {
                 let fresh = self::nonce();
                 let mut switch = b"\xfecaching_sha2_password\0".to_vec();

@@ -22,6 +22,7 @@
 pub mod backend;
 pub mod command;
 pub mod errors;
+pub mod fastauth;
 pub mod login;
 pub mod ok;
 pub mod packet;
@@ -53,6 +54,7 @@ use crate::routes::RouteCache;
 use crate::throttle::Throttle;
 use backend::{BackendConn, BackendError, BackendState, FORMAT_CAPS};
 use errors::MyError;
+use fastauth::FastAuth;
 use login::Login;
 use mysql_common::constants::CapabilityFlags;
 use pool::{DbKey, Flavour, Lease, Pool, PoolError, Return};
@@ -75,6 +77,8 @@ pub struct MysqlFrontend {
     version: RwLock<String>,
     next_id: AtomicU32,
     clients: ClientCounts,
+    /// Tokens that logged in before, for `caching_sha2_password`'s fast path.
+    fast_auth: FastAuth,
 }
 
 impl MysqlFrontend {
@@ -93,6 +97,7 @@ impl MysqlFrontend {
             pool: Arc::new(Pool::new(config.pool.clone())),
             version: RwLock::new(config.default_version.clone()),
             next_id: AtomicU32::new(1),
+            fast_auth: FastAuth::new(100_000),
             clients: ClientCounts::default(),
             config,
             verifier,
@@ -127,12 +132,16 @@ impl MysqlFrontend {
                     tracing::warn!(error = %e, "cannot verify a MySQL login");
                     return Err(MyError::unavailable(&login.user));
                 }
-                Err(_) => continue,
+                Err(_) => {
+                    self.fast_auth.forget(&login.user, token);
+                    continue;
+                }
             };
             let Ok(identity) = authorize(&claims, Some(&login.user)) else {
                 self.throttle.record_failure(login.peer.ip());
                 return Err(denied);
             };
+            self.fast_auth.remember(&login.user, token);
             let guard =
                 SessionGuard::new(self.control.clone(), &identity.tenant, &identity.database);
             return match self.routes.resolve(&identity.tenant, &identity.database).await {

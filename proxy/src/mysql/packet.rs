@@ -47,20 +47,26 @@ pub fn encode(out: &mut BytesMut, mut seq: u8, payload: &[u8]) -> u8 {
     }
 }
 
+/// Read size towards a client: commands are small, and an idle client's buffer is memory
+/// the proxy holds for it (a larger packet announces its size and gets room for it).
+pub const CLIENT_CHUNK: usize = 512;
+/// Read size towards a server, whose result sets are streamed through.
+pub const BACKEND_CHUNK: usize = 16 * 1024;
+/// A buffer grown past this by one large packet is given back once it is drained.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
 /// A byte stream read and written as packets.
 pub struct PacketStream<S> {
     stream: S,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    chunk: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
-    pub fn new(stream: S) -> Self {
-        Self {
-            stream,
-            rbuf: BytesMut::with_capacity(16 * 1024),
-            wbuf: BytesMut::with_capacity(16 * 1024),
-        }
+    /// A stream read `chunk` bytes at a time (at least).
+    pub fn new(stream: S, chunk: usize) -> Self {
+        Self { stream, rbuf: BytesMut::new(), wbuf: BytesMut::new(), chunk }
     }
 
     /// The next chunk; `None` on a clean end of stream between packets.
@@ -73,6 +79,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
                     return Ok(Some(Packet { bytes: self.rbuf.split_to(4 + len).freeze() }));
                 }
                 self.rbuf.reserve(4 + len - self.rbuf.len());
+            } else if self.rbuf.is_empty() && self.rbuf.capacity() > SHRINK_ABOVE {
+                self.rbuf = BytesMut::new();
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < self.chunk / 2 {
+                self.rbuf.reserve(self.chunk);
             }
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
                 return if self.rbuf.is_empty() {
@@ -111,6 +122,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
             }
             self.wbuf.advance(n);
         }
+        if self.wbuf.capacity() > SHRINK_ABOVE {
+            self.wbuf = BytesMut::new();
+        }
         self.stream.flush().await
     }
 
@@ -147,7 +161,7 @@ mod tests {
         assert_eq!(encode(&mut wire, 0, b"\x03SELECT 1"), 1);
         assert_eq!(encode(&mut wire, 5, &big), 7);
         assert_eq!(encode(&mut wire, 0, &exact), 2, "an exact multiple ends with an empty chunk");
-        let mut stream = PacketStream::new(std::io::Cursor::new(wire.to_vec()));
+        let mut stream = PacketStream::new(std::io::Cursor::new(wire.to_vec()), 7);
         let p = stream.read().await?.expect("packet");
         assert_eq!((p.seq(), p.payload()), (0, &b"\x03SELECT 1"[..]));
         let first = stream.read().await?.expect("chunk");
@@ -162,7 +176,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_truncated_packet_is_an_error() {
-        let mut stream = PacketStream::new(std::io::Cursor::new(vec![5, 0, 0, 0, 1, 2]));
+        let mut stream =
+            PacketStream::new(std::io::Cursor::new(vec![5, 0, 0, 0, 1, 2]), CLIENT_CHUNK);
         assert!(stream.read().await.is_err());
     }
 }

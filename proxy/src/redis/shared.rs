@@ -20,8 +20,16 @@ use tokio::sync::mpsc;
 use super::backend::BackendConn;
 use super::codec::FrameScanner;
 
+/// Consecutive whole reply frames for one client, as they came off the connection: a
+/// pipeline's replies travel as one message, not one per frame.
+#[derive(Debug)]
+pub struct Replies {
+    pub bytes: Bytes,
+    pub frames: usize,
+}
+
 /// Where a client's replies go.
-pub type ReplySink = mpsc::UnboundedSender<Bytes>;
+pub type ReplySink = mpsc::UnboundedSender<Replies>;
 
 /// Commands of one client for the shared connection, and how many replies they get.
 pub struct Job {
@@ -61,6 +69,8 @@ impl SharedConn {
 
 /// Largest batch written at once; more jobs wait for the next write.
 const MAX_BATCH: usize = 256 * 1024;
+/// Room made in the read buffer before each read: replies for many clients arrive together.
+const READ_CHUNK: usize = 16 * 1024;
 
 async fn drive(conn: BackendConn, mut jobs: mpsc::UnboundedReceiver<Job>, dead: Arc<AtomicBool>) {
     let (mut reader, mut writer) = conn.stream.into_split();
@@ -92,7 +102,7 @@ async fn drive(conn: BackendConn, mut jobs: mpsc::UnboundedReceiver<Job>, dead: 
                 Ok(0) | Err(_) => break Some("write failed"),
                 Ok(n) => output.advance(n),
             },
-            read = reader.read_buf(&mut input) => match read {
+            read = read_some(&mut reader, &mut input) => match read {
                 Ok(0) | Err(_) => break Some("connection closed"),
                 Ok(_) => {
                     if let Err(why) = deliver(&mut input, &mut scanner, &mut owed) {
@@ -107,18 +117,29 @@ async fn drive(conn: BackendConn, mut jobs: mpsc::UnboundedReceiver<Job>, dead: 
         tracing::debug!(why, owed = owed.len(), "shared backend connection ended");
     }
     // Every reply still owed becomes an error, so no client waits forever.
-    let lost = Bytes::from_static(LOST);
     for (to, n) in owed {
-        for _ in 0..n {
-            let _ = to.send(lost.clone());
-        }
+        let _ = to.send(lost(n));
     }
     jobs.close();
     while let Ok(job) = jobs.try_recv() {
-        for _ in 0..job.replies {
-            let _ = job.to.send(lost.clone());
-        }
+        let _ = job.to.send(lost(job.replies));
     }
+}
+
+/// `n` errors in place of `n` replies.
+fn lost(n: usize) -> Replies {
+    Replies { bytes: LOST.repeat(n).into(), frames: n }
+}
+
+async fn read_some(
+    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    input: &mut BytesMut,
+) -> std::io::Result<usize> {
+    // Without room made here, a buffer whose frames were handed out grows 64 bytes a read.
+    if input.capacity() - input.len() < READ_CHUNK / 4 {
+        input.reserve(READ_CHUNK);
+    }
+    reader.read_buf(input).await
 }
 
 fn take(job: Job, output: &mut BytesMut, owed: &mut VecDeque<(ReplySink, usize)>) {
@@ -128,26 +149,45 @@ fn take(job: Job, output: &mut BytesMut, owed: &mut VecDeque<(ReplySink, usize)>
     }
 }
 
-/// Hands every complete frame to whoever is owed it next.
+/// Hands every complete frame to whoever is owed it next, each client's consecutive frames
+/// together.
 fn deliver(
     input: &mut BytesMut,
     scanner: &mut FrameScanner,
     owed: &mut VecDeque<(ReplySink, usize)>,
 ) -> Result<(), &'static str> {
-    while let Some(len) = scanner.scan(input).map_err(|_| "malformed reply")? {
-        let frame = input.split_to(len).freeze();
-        if frame.first() == Some(&b'>') {
+    // `input[..end]` holds `frames` whole frames owed to the client at the front of `owed`.
+    // The scanner only ever sees `input[end..]`, and `end` is 0 whenever it stops mid-frame.
+    let (mut end, mut frames) = (0, 0);
+    let hand_over = |input: &mut BytesMut, end: usize, frames: usize, to: &ReplySink| {
+        // A client that went away still had its replies read off the connection.
+        let _ = to.send(Replies { bytes: input.split_to(end).freeze(), frames });
+    };
+    loop {
+        let scanned = scanner.scan(&input[end..]).map_err(|_| "malformed reply")?;
+        let Some(len) = scanned else { break };
+        if input[end] == b'>' {
             // A push on a shared connection belongs to nobody (subscriptions and tracking
             // never run on one).
+            if let Some((to, _)) = owed.front().filter(|_| frames > 0) {
+                hand_over(input, end, frames, to);
+            }
+            input.advance(len);
+            (end, frames) = (0, 0);
             continue;
         }
         let Some((to, left)) = owed.front_mut() else { return Err("reply nobody asked for") };
-        // A client that went away still had its replies read off the connection.
-        let _ = to.send(frame);
+        end += len;
+        frames += 1;
         *left -= 1;
         if *left == 0 {
+            hand_over(input, end, frames, to);
             owed.pop_front();
+            (end, frames) = (0, 0);
         }
+    }
+    if let Some((to, _)) = owed.front().filter(|_| frames > 0) {
+        hand_over(input, end, frames, to);
     }
     Ok(())
 }

@@ -27,7 +27,7 @@ use super::RedisFrontend;
 use super::codec::{FrameScanner, ProtocolError, Request, RequestLimits, RequestReader};
 use super::commands::CommandTable;
 use super::pool::{OwnSlot, RedisPool};
-use super::shared::{Job, SharedConn};
+use super::shared::{Job, Replies, ReplySink, SharedConn};
 use crate::auth::Identity;
 use crate::control::SessionGuard;
 use crate::limits::ClientSlot;
@@ -108,6 +108,9 @@ pub(super) struct Session {
     name: Option<Bytes>,
     /// Bytes from the client not yet parsed, and the parser's progress through them.
     input: BytesMut,
+    /// Room made in `input` before a read: small while the client sends little (an idle
+    /// client's buffer is memory held for it), larger while it pipelines.
+    read_size: usize,
     requests: RequestReader,
     /// Bytes for the client not yet written.
     output: BytesMut,
@@ -133,8 +136,8 @@ pub(super) struct Session {
     batch: BytesMut,
     batch_replies: usize,
     /// Where the shared connection delivers this session's replies.
-    reply_tx: mpsc::UnboundedSender<Bytes>,
-    reply_rx: mpsc::UnboundedReceiver<Bytes>,
+    reply_tx: ReplySink,
+    reply_rx: mpsc::UnboundedReceiver<Replies>,
     own: Option<OwnLink>,
     /// Counts this session on its database (for idle suspension and the client limit).
     activity: Option<(SessionGuard, ClientSlot)>,
@@ -149,6 +152,7 @@ impl Session {
             peer,
             name: None,
             input: BytesMut::new(),
+            read_size: MIN_READ,
             requests: RequestReader::default(),
             output: BytesMut::new(),
             pending: VecDeque::new(),
@@ -196,6 +200,7 @@ impl Session {
             let take_replies = self.output.len() < HIGH_WATER;
             let own_has_output = self.own.as_ref().is_some_and(|o| !o.wbuf.is_empty());
             // Reading and writing the own connection borrow different fields of it.
+            let spare = reserve(&mut self.input, self.read_size);
             let (own_reader, own_writer) = match self.own.as_mut() {
                 Some(o) => (Some((&mut o.reader, &mut o.rbuf)), Some((&mut o.writer, &mut o.wbuf))),
                 None => (None, None),
@@ -212,10 +217,10 @@ impl Session {
                         Err(e) => break Err(SessionError::Client(e)),
                     }
                 }
-                frame = self.reply_rx.recv(), if take_replies => {
+                replies = self.reply_rx.recv(), if take_replies => {
                     // The session holds a sender itself, so the channel never closes.
-                    if let Some(frame) = frame
-                        && let Err(e) = self.on_backend_frame(frame)
+                    if let Some(replies) = replies
+                        && let Err(e) = self.on_backend_replies(replies)
                     {
                         break Err(e);
                     }
@@ -237,7 +242,10 @@ impl Session {
                 read = client_r.read_buf(&mut self.input), if read_client => {
                     match read {
                         Ok(0) => break Ok(()),
-                        Ok(_) => self.on_client_input().await,
+                        Ok(n) => {
+                            self.read_size = next_read_size(self.read_size, n, spare);
+                            self.on_client_input().await;
+                        }
                         Err(e) => break Err(SessionError::Client(e)),
                     }
                 }
@@ -424,9 +432,36 @@ async fn write_own(own: Option<(&mut OwnedWriteHalf, &mut BytesMut)>) -> std::io
     }
 }
 
+/// Smallest and largest room made for a client's next read.
+const MIN_READ: usize = 512;
+const MAX_READ: usize = 16 * 1024;
+
+/// Makes room for a read of about `size` bytes; returns the room there is. Without this, a
+/// buffer whose contents were handed on grows 64 bytes a read.
+fn reserve(buf: &mut BytesMut, size: usize) -> usize {
+    if buf.capacity() - buf.len() < size / 2 {
+        buf.reserve(size);
+    }
+    buf.capacity() - buf.len()
+}
+
+/// Grows the read size while reads fill the room given, shrinks it while they use little.
+fn next_read_size(size: usize, read: usize, room: usize) -> usize {
+    if read >= room {
+        (size * 2).min(MAX_READ)
+    } else if read < size / 4 {
+        (size / 2).max(MIN_READ)
+    } else {
+        size
+    }
+}
+
 async fn read_own(own: Option<(&mut OwnedReadHalf, &mut BytesMut)>) -> std::io::Result<usize> {
     match own {
-        Some((reader, buf)) => reader.read_buf(buf).await,
+        Some((reader, buf)) => {
+            reserve(buf, MAX_READ);
+            reader.read_buf(buf).await
+        }
         None => std::future::pending().await,
     }
 }

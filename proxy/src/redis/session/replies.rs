@@ -4,7 +4,8 @@
 use bytes::Bytes;
 
 use super::{Pending, Session, SessionError, Subscriptions};
-use crate::redis::codec;
+use crate::redis::codec::{self, FrameScanner};
+use crate::redis::shared::Replies;
 
 impl Subscriptions {
     pub(super) fn active(&self) -> bool {
@@ -64,6 +65,29 @@ impl Session {
             let frame = own.rbuf.split_to(len).freeze();
             self.on_backend_frame(frame)?;
         }
+    }
+
+    /// Consecutive replies from the shared connection. The usual case, plain replies to plain
+    /// commands, goes out as it came; anything else is taken frame by frame.
+    pub(super) fn on_backend_replies(&mut self, replies: Replies) -> Result<(), SessionError> {
+        let plain = !self.subscriptions.active()
+            && self.pending.len() >= replies.frames
+            && self.pending.iter().take(replies.frames).all(|p| matches!(p, Pending::Backend));
+        if plain {
+            self.pending.drain(..replies.frames);
+            self.output.extend_from_slice(&replies.bytes);
+            self.flush_local_replies();
+            return Ok(());
+        }
+        let (mut scanner, mut at) = (FrameScanner::default(), 0);
+        for _ in 0..replies.frames {
+            let Some(len) = scanner.scan(&replies.bytes[at..])? else {
+                return Err(SessionError::Desync);
+            };
+            self.on_backend_frame(replies.bytes.slice(at..at + len))?;
+            at += len;
+        }
+        Ok(())
     }
 
     /// One frame from the backend: a push passes straight through; anything else is the reply

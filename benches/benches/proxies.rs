@@ -1,0 +1,388 @@
+//! Proxy benchmark: the same workloads against the servers directly, through Dormouse, through
+//! haproxy (plain TCP) and, for Redis, through nutcracker (twemproxy); prints medians and the
+//! ratios the targets of issue 5 are stated in, as a Markdown table for `benches/README.md`.
+//!
+//! Run: `cargo bench -p dormouse-benches --bench proxies` (about ten minutes; `-- --quick` for a
+//! smoke run of seconds, which CI does). Needs `redis-benchmark`, `sysbench`, `haproxy` and
+//! `nutcracker` (`./scripts/install-deps --bench`). Workloads: `redis-benchmark` SET/GET with 50
+//! clients, unpipelined and `-P 16`; `sysbench` `oltp_point_select` and `oltp_read_write` with
+//! 16 threads; connect → log in → one query → disconnect loops; 5,000 idle logged-in clients
+//! per engine beside 50 active ones, with the proxy's resident memory read before and after
+//! (a fresh Dormouse process per engine). `PHASES=redis,mysql,churn,idle` picks phases.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use dormouse_benches::clients::{self, Engine};
+use dormouse_benches::peers;
+use dormouse_benches::procs::{have, rss_kib};
+use dormouse_benches::serve::{self, SERVE_ENV};
+use dormouse_benches::tools::{Endpoint, redis_benchmark, sysbench};
+
+/// How much of everything to do.
+struct Sizes {
+    reps: usize,
+    redis_requests: u64,
+    redis_pipelined_requests: u64,
+    sysbench_seconds: u32,
+    table_size: u32,
+    churn: Duration,
+    idle: usize,
+}
+
+const FULL: Sizes = Sizes {
+    reps: 3,
+    redis_requests: 200_000,
+    redis_pipelined_requests: 2_000_000,
+    sysbench_seconds: 10,
+    table_size: 10_000,
+    churn: Duration::from_secs(5),
+    idle: 5_000,
+};
+
+const QUICK: Sizes = Sizes {
+    reps: 1,
+    redis_requests: 2_000,
+    redis_pipelined_requests: 16_000,
+    sysbench_seconds: 1,
+    table_size: 100,
+    churn: Duration::from_millis(500),
+    idle: 100,
+};
+
+const DIRECT: &str = "direct";
+const DORMOUSE: &str = "Dormouse";
+const HAPROXY: &str = "haproxy";
+const NUTCRACKER: &str = "nutcracker";
+const TWIN: &str = "twin direct";
+
+/// Medians per workload and target, in the order measured.
+#[derive(Default)]
+struct Results {
+    rows: Vec<(String, &'static str, BTreeMap<&'static str, f64>)>,
+}
+
+impl Results {
+    fn add(&mut self, workload: &str, unit: &'static str, target: &'static str, samples: &[f64]) {
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+        println!("  {workload:<32} {target:<12} {median:>12.1} {unit}   (runs: {samples:.0?})");
+        match self.rows.iter_mut().find(|(w, _, _)| w == workload) {
+            Some((_, _, values)) => {
+                values.insert(target, median);
+            }
+            None => self.rows.push((workload.into(), unit, BTreeMap::from([(target, median)]))),
+        }
+    }
+
+    fn get(&self, workload: &str, target: &str) -> f64 {
+        self.rows
+            .iter()
+            .find(|(w, _, _)| w == workload)
+            .and_then(|(_, _, v)| v.get(target).copied())
+            .unwrap_or(f64::NAN)
+    }
+
+    fn ratio(&self, workload: &str, over: &str, under: &str) -> f64 {
+        self.get(workload, over) / self.get(workload, under)
+    }
+
+    fn markdown(&self) -> String {
+        let mut out = format!(
+            "| workload | unit | {DIRECT} | {DORMOUSE} | {HAPROXY} | {NUTCRACKER} ({TWIN}) | \
+             {DORMOUSE}/{DIRECT} | {DORMOUSE}/{NUTCRACKER} |\n|---|---|---|---|---|---|---|---|\n"
+        );
+        let cell = |v: Option<&f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
+        for (workload, unit, v) in &self.rows {
+            let peer = match (v.get(NUTCRACKER), v.get(TWIN)) {
+                (Some(n), Some(t)) => format!("{n:.0} ({t:.0})"),
+                _ => "–".into(),
+            };
+            let ratio = |a: Option<&f64>, b: Option<&f64>| match (a, b) {
+                (Some(a), Some(b)) => format!("{:.2}×", a / b),
+                _ => "–".into(),
+            };
+            out.push_str(&format!(
+                "| {workload} | {unit} | {} | {} | {} | {peer} | {} | {} |\n",
+                cell(v.get(DIRECT)),
+                cell(v.get(DORMOUSE)),
+                cell(v.get(HAPROXY)),
+                ratio(v.get(DORMOUSE), v.get(DIRECT)),
+                ratio(v.get(DORMOUSE), v.get(NUTCRACKER)),
+            ));
+        }
+        out
+    }
+}
+
+/// The endpoints of one engine, by target name.
+struct Targets(Vec<(&'static str, Endpoint)>);
+
+async fn redis_throughput(
+    results: &mut Results,
+    sizes: &Sizes,
+    targets: &Targets,
+) -> anyhow::Result<()> {
+    for (pipeline, requests) in [(1, sizes.redis_requests), (16, sizes.redis_pipelined_requests)] {
+        let mut samples: BTreeMap<(&str, String), Vec<f64>> = BTreeMap::new();
+        // Targets take turns within each repetition, so drift in the machine hits all alike.
+        for _ in 0..sizes.reps {
+            for (name, at) in &targets.0 {
+                for (test, rps) in redis_benchmark(at, "set,get", 50, requests, pipeline)? {
+                    samples.entry((name, test)).or_default().push(rps);
+                }
+            }
+        }
+        for ((name, test), runs) in samples {
+            let workload = format!("Redis {test}, 50 clients, -P {pipeline}");
+            results.add(&workload, "req/s", targets_name(targets, name), &runs);
+        }
+    }
+    Ok(())
+}
+
+/// The `'static` name of a target (the map above borrows it).
+fn targets_name(targets: &Targets, name: &str) -> &'static str {
+    targets.0.iter().map(|(n, _)| *n).find(|n| *n == name).unwrap_or("?")
+}
+
+fn mysql_throughput(
+    results: &mut Results,
+    sizes: &Sizes,
+    targets: &Targets,
+    db: &str,
+) -> anyhow::Result<()> {
+    for (test, per) in [("oltp_point_select", "queries"), ("oltp_read_write", "transactions")] {
+        let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+        for _ in 0..sizes.reps {
+            for (name, at) in &targets.0 {
+                let rate =
+                    sysbench(at, db, test, "run", 16, sizes.sysbench_seconds, sizes.table_size)?;
+                if rate.errors > 0 {
+                    println!(
+                        "  ({name}: {} deadlocks/lock waits retried by sysbench)",
+                        rate.errors
+                    );
+                }
+                let value = if per == "queries" { rate.queries } else { rate.transactions };
+                samples.entry(name).or_default().push(value);
+            }
+        }
+        let unit = if per == "queries" { "queries/s" } else { "txn/s" };
+        for (name, runs) in samples {
+            results.add(&format!("MySQL {test}, 16 threads"), unit, name, &runs);
+        }
+    }
+    Ok(())
+}
+
+async fn churn(
+    results: &mut Results,
+    sizes: &Sizes,
+    engine: Engine,
+    targets: &Targets,
+    db: &str,
+) -> anyhow::Result<()> {
+    let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..sizes.reps {
+        for (name, at) in &targets.0 {
+            let rate = clients::churn(engine, at, db, 8, sizes.churn).await?;
+            samples.entry(name).or_default().push(rate);
+        }
+    }
+    let workload = format!("{engine:?} connect+auth+query+close, 8 loops");
+    for (name, runs) in samples {
+        results.add(&workload, "conn/s", name, &runs);
+    }
+    Ok(())
+}
+
+/// Opens many idle clients through Dormouse, reads its memory, and measures 50 active clients
+/// beside them.
+async fn idle(results: &mut Results, sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
+    for engine in [Engine::Redis, Engine::Mysql] {
+        // A fresh process per engine: memory freed by earlier work would be reused by these
+        // sessions and hide what they cost.
+        let (mut dormouse, served) = serve::spawn(&dir.join(format!("idle-{engine:?}")))?;
+        let pid = dormouse.pid();
+        let db = if engine == Engine::Redis { &served.redis } else { &served.mysql };
+        let at = Endpoint {
+            port: db.proxy_port,
+            user: Some(db.name.clone()),
+            password: db.token.clone(),
+        };
+        let active = |results: &mut Results, label: &str| -> anyhow::Result<()> {
+            let workload = format!("{engine:?} 50 active clients{label}");
+            let rate = match engine {
+                Engine::Redis => redis_benchmark(&at, "get", 50, sizes.redis_requests, 1)?
+                    .first()
+                    .map_or(0.0, |r| r.1),
+                Engine::Mysql => {
+                    let r = sysbench(
+                        &at,
+                        &db.name,
+                        "oltp_point_select",
+                        "run",
+                        50,
+                        sizes.sysbench_seconds,
+                        sizes.table_size,
+                    )?;
+                    r.queries
+                }
+            };
+            let unit = if engine == Engine::Redis { "GET/s" } else { "queries/s" };
+            results.add(&workload, unit, DORMOUSE, &[rate]);
+            Ok(())
+        };
+        if engine == Engine::Mysql {
+            sysbench(&at, &db.name, "oltp_read_write", "prepare", 1, 0, sizes.table_size)?;
+        }
+        active(results, "")?;
+        // Warm the allocator with one login first, so the baseline is not the first-ever one.
+        clients::close_all(clients::open_idle(engine, &at, &db.name, 10, 10).await?).await;
+        let before = rss_kib(pid)?;
+        let idle = clients::open_idle(engine, &at, &db.name, sizes.idle, 32).await?;
+        let after = rss_kib(pid)?;
+        let per_client = (after.saturating_sub(before)) as f64 * 1024.0 / sizes.idle as f64;
+        println!(
+            "  {engine:?}: {} idle clients: proxy RSS {before} → {after} KiB, {per_client:.0} bytes each",
+            sizes.idle
+        );
+        results.add(
+            &format!("{engine:?} memory per idle client"),
+            "bytes",
+            DORMOUSE,
+            &[per_client],
+        );
+        active(results, &format!(" beside {} idle", sizes.idle))?;
+        clients::close_all(idle).await;
+        dormouse.check_alive()?;
+    }
+    Ok(())
+}
+
+fn verdicts(r: &Results, idle: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |what: String, value: f64, ok: bool| {
+        if value.is_nan() {
+            return; // a phase not run
+        }
+        out.push(format!("{what}: {value:.2} — {}", if ok { "met" } else { "MISSED" }));
+    };
+    for pipeline in [1, 16] {
+        let floor = if pipeline == 1 { 0.9 } else { 0.8 };
+        for test in ["SET", "GET"] {
+            let w = format!("Redis {test}, 50 clients, -P {pipeline}");
+            let ratio = r.ratio(&w, DORMOUSE, DIRECT);
+            check(format!("{w}: Dormouse/direct ≥ {floor}"), ratio, ratio >= floor);
+            let peer = r.ratio(&w, DORMOUSE, NUTCRACKER);
+            check(format!("{w}: Dormouse/nutcracker > 1"), peer, peer > 1.0);
+        }
+    }
+    let w = "MySQL oltp_point_select, 16 threads";
+    let ratio = r.ratio(w, DORMOUSE, DIRECT);
+    check(format!("{w}: Dormouse/direct ≥ 0.85"), ratio, ratio >= 0.85);
+    for engine in [Engine::Redis, Engine::Mysql] {
+        let w = format!("{engine:?} connect+auth+query+close, 8 loops");
+        let ratio = r.ratio(&w, DORMOUSE, DIRECT);
+        check(format!("{w}: Dormouse/direct > 1"), ratio, ratio > 1.0);
+        let bytes = r.get(&format!("{engine:?} memory per idle client"), DORMOUSE);
+        check(
+            format!("{engine:?}: KiB per idle client ({idle}) < 16"),
+            bytes / 1024.0,
+            bytes < 16.0 * 1024.0,
+        );
+    }
+    out
+}
+
+async fn run(sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
+    for tool in ["redis-benchmark", "sysbench", "haproxy", "nutcracker", "redis-server"] {
+        anyhow::ensure!(have(tool), "{tool} is missing: run ./scripts/install-deps --bench");
+    }
+    let phases = |name: &str| {
+        std::env::var("PHASES").map_or(true, |p| p.split(',').any(|x| x.trim() == name))
+    };
+    let (mut dormouse, served) = serve::spawn(&dir.join("dormouse"))?;
+    let (rdb, mdb) = (&served.redis, &served.mysql);
+    let proxy = |d: &serve::Database| Endpoint {
+        port: d.proxy_port,
+        user: Some(d.name.clone()),
+        password: d.token.clone(),
+    };
+    let direct = |d: &serve::Database, port: u16| Endpoint {
+        port,
+        user: Some(d.backend_user.clone()),
+        password: d.backend_password.clone(),
+    };
+    let (_haproxy, l4) = peers::haproxy(dir, &[rdb.backend_port, mdb.backend_port]).await?;
+    let (_twin, twin) = peers::twin_redis(dir, &rdb.backend_password).await?;
+    let (_nutcracker, nut) = peers::nutcracker(dir, &twin).await?;
+    let redis = Targets(vec![
+        (DIRECT, direct(rdb, rdb.backend_port)),
+        (DORMOUSE, proxy(rdb)),
+        (HAPROXY, direct(rdb, l4[0])),
+        (TWIN, twin),
+        (NUTCRACKER, nut),
+    ]);
+    let mysql = Targets(vec![
+        (DIRECT, direct(mdb, mdb.backend_port)),
+        (DORMOUSE, proxy(mdb)),
+        (HAPROXY, direct(mdb, l4[1])),
+    ]);
+    let mut results = Results::default();
+
+    if phases("redis") {
+        println!("== Redis throughput (redis-benchmark)");
+        redis_throughput(&mut results, sizes, &redis).await?;
+    }
+    if phases("mysql") {
+        println!("== MySQL throughput (sysbench)");
+        let at = &mysql.0[0].1;
+        sysbench(at, &mdb.name, "oltp_read_write", "prepare", 1, 0, sizes.table_size)?;
+        mysql_throughput(&mut results, sizes, &mysql, &mdb.name)?;
+    }
+    if phases("churn") {
+        println!("== Connection churn");
+        let redis_l4 = Targets(redis.0.into_iter().take(3).collect());
+        churn(&mut results, sizes, Engine::Redis, &redis_l4, "").await?;
+        churn(&mut results, sizes, Engine::Mysql, &mysql, &mdb.name).await?;
+    }
+    dormouse.check_alive()?;
+    drop(dormouse);
+    if phases("idle") {
+        println!("== Many clients");
+        idle(&mut results, sizes, dir).await?;
+    }
+
+    println!("\n{}", results.markdown());
+    for line in verdicts(&results, sizes.idle) {
+        println!("- {line}");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    if let Ok(dir) = std::env::var(SERVE_ENV) {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter.as_str())
+            .with_writer(std::io::stderr)
+            .try_init();
+        return runtime.block_on(serve::serve(&dir));
+    }
+    // `cargo test` runs this without `--bench`: treat that, like `--quick`, as a smoke run.
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench");
+    dormouse_control::up::raise_open_files_limit();
+    let dir = tempfile::tempdir()?;
+    println!(
+        "proxies benchmark ({}), {} cores",
+        if quick { "quick smoke run" } else { "full" },
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    runtime.block_on(run(if quick { &QUICK } else { &FULL }, dir.path()))
+}

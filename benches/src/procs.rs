@@ -1,0 +1,91 @@
+//! Processes a benchmark starts (peers, servers, the Dormouse under test): free ports, readiness
+//! by connecting, cleanup on drop, and the resident memory of a process.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+/// A port nothing listens on now (bind to port 0, read it back, release it).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+/// A child process killed and reaped when dropped, so an early error leaves nothing behind.
+pub struct Guard {
+    pub name: &'static str,
+    pub child: Child,
+}
+
+impl Guard {
+    pub fn new(name: &'static str, child: Child) -> Self {
+        Self { name, child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the process has already exited (a bad config, a port taken).
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait()? {
+            Some(status) => anyhow::bail!("{} exited: {status}", self.name),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `probe` succeeds against the process's port, failing early if it exits.
+pub async fn wait_ready<F, Fut>(guard: &mut Guard, mut probe: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        guard.check_alive()?;
+        match probe().await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).with_context(|| format!("{} never became ready", guard.name));
+            }
+            // Not listening yet: the process is still starting; ask again shortly.
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// Resident memory of a process, in KiB (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS line")
+}
+
+/// Whether a program is on `PATH`.
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+        || ["/usr/sbin", "/sbin"].iter().any(|d| std::path::Path::new(d).join(program).is_file())
+}
+
+/// The program's full path, looking in the sbin directories too (haproxy and nutcracker live
+/// there, outside a normal user's `PATH`).
+pub fn program(name: &str) -> String {
+    ["/usr/sbin", "/sbin"]
+        .iter()
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .map_or_else(|| name.to_owned(), |p| p.display().to_string())
+}
