@@ -12,8 +12,10 @@ use crate::tools::Endpoint;
 
 /// haproxy forwarding one local port to each backend port given.
 pub async fn haproxy(dir: &Path, backends: &[u16]) -> anyhow::Result<(Guard, Vec<u16>)> {
+    // A few hundred connections at most go through it; a larger maxconn would make haproxy
+    // demand more open files than some machines allow.
     let mut config = String::from(
-        "global\n  maxconn 4000\n\
+        "global\n  maxconn 500\n\
          defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n",
     );
     let mut ports = Vec::new();
