@@ -48,6 +48,13 @@ impl Bench {
         Ok(body)
     }
 
+    /// Creates a database; returns its token.
+    async fn create(&self, engine: EngineKind, name: &str) -> anyhow::Result<String> {
+        let body = json!({"name": name, "engine": engine.as_str()});
+        let created = self.api(reqwest::Method::POST, "/v1/databases", Some(body)).await?;
+        Ok(created["token"]["token"].as_str().unwrap_or_default().to_owned())
+    }
+
     /// Connects, authenticates and runs one trivial query: the time a client waits.
     async fn first_reply(&self, engine: EngineKind, name: &str, token: &str) -> anyhow::Result<()> {
         match engine {
@@ -122,14 +129,7 @@ async fn main() -> anyhow::Result<()> {
         [(EngineKind::Redis, 30.0, 50.0), (EngineKind::Mysql, 250.0, 300.0)]
     {
         let name = format!("wake-{engine}");
-        let created = bench
-            .api(
-                reqwest::Method::POST,
-                "/v1/databases",
-                Some(json!({"name": name, "engine": engine.as_str()})),
-            )
-            .await?;
-        let token = created["token"]["token"].as_str().unwrap_or_default().to_owned();
+        let token = bench.create(engine, &name).await?;
         bench.first_reply(engine, &name, &token).await?;
 
         let mut wakes = Vec::new();
@@ -153,14 +153,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let name = format!("new-{engine}-{i}");
             let started = Instant::now();
-            let created = bench
-                .api(
-                    reqwest::Method::POST,
-                    "/v1/databases",
-                    Some(json!({"name": name, "engine": engine.as_str()})),
-                )
-                .await?;
-            let token = created["token"]["token"].as_str().unwrap_or_default().to_owned();
+            let token = bench.create(engine, &name).await?;
             bench.first_reply(engine, &name, &token).await?;
             creates.push(started.elapsed());
         }

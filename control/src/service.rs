@@ -389,14 +389,21 @@ impl ControlService {
         }
     }
 
-    /// Where the proxy finds `tenant`'s database `name`; `Asleep` when it must be woken first.
-    pub async fn route(&self, tenant: &str, name: &str) -> Result<Option<Route>, ControlError> {
-        let db = self
-            .store
+    /// The database a proxy asks about, with a store failure as the proxy's retryable error.
+    async fn database_for_proxy(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<Database>, ControlError> {
+        self.store
             .database(tenant, name)
             .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
-        let Some(db) = db else { return Ok(None) };
+            .map_err(|e| ControlError::Unavailable(e.to_string()))
+    }
+
+    /// Where the proxy finds `tenant`'s database `name`; `Asleep` when it must be woken first.
+    pub async fn route(&self, tenant: &str, name: &str) -> Result<Option<Route>, ControlError> {
+        let Some(db) = self.database_for_proxy(tenant, name).await? else { return Ok(None) };
         if db.status == DatabaseStatus::Deleting {
             return Ok(None);
         }
@@ -429,12 +436,7 @@ impl ControlService {
     /// Starts a sleeping database for a client, once however many ask at the same time, and
     /// returns its route. Records the wake's parts in the log, the metrics and the database.
     pub async fn wake(&self, tenant: &str, name: &str) -> Result<Option<Route>, ControlError> {
-        let db = self
-            .store
-            .database(tenant, name)
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
-        let Some(db) = db else { return Ok(None) };
+        let Some(db) = self.database_for_proxy(tenant, name).await? else { return Ok(None) };
         let requested = Instant::now();
         match self.lifecycle.start(&db).await {
             Ok(start) => {
