@@ -365,8 +365,10 @@ async fn run(sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
     if let Ok(dir) = std::env::var(SERVE_ENV) {
+        // The server under test runs as `dormouse up` would: `DORMOUSE_THREADS` or the default.
+        let threads = std::env::var("DORMOUSE_THREADS").ok().and_then(|t| t.parse().ok());
+        let runtime = dormouse_control::up::server_runtime(threads)?;
         let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter.as_str())
@@ -374,6 +376,7 @@ fn main() -> anyhow::Result<()> {
             .try_init();
         return runtime.block_on(serve::serve(&dir));
     }
+    let runtime = tokio::runtime::Runtime::new()?;
     // `cargo test` runs this without `--bench`: treat that, like `--quick`, as a smoke run.
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench");

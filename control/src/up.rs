@@ -116,6 +116,23 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// Worker threads for a server process when none are asked for: half the cores, at least one.
+/// The database servers run on the same host and need the rest; and a proxy relays each
+/// command from one task to another, so every extra worker that sits idle turns those
+/// hand-offs into cross-thread wake-ups (on 2 cores, a worker per core cost a third more CPU
+/// per proxied command than one; see benches/README.md).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// The runtime a server process (`up`, `control`, `proxy`) runs on.
+pub fn server_runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.unwrap_or_else(default_threads).max(1))
+        .enable_all()
+        .build()
+}
+
 /// Raises the open-files limit to its hard maximum: every client connection the proxy holds
 /// is a descriptor, and the usual soft limit (1024) would cap a pooler at a few hundred
 /// clients. Returns the limit now in force.

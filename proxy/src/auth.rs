@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
@@ -58,7 +58,20 @@ pub struct TokenVerifier {
     control: Arc<dyn ControlPlane>,
     keys: RwLock<KeyCache>,
     refresh: tokio::sync::Mutex<()>,
+    /// Tokens whose signature already checked out, with their claims: clients reconnect with
+    /// the same token over and over, and a signature check costs more than the rest of a login.
+    verified: Mutex<HashMap<Box<str>, Verified>>,
 }
+
+struct Verified {
+    claims: Claims,
+    kid: String,
+}
+
+/// Tokens remembered as verified; when full, the cache starts over.
+const MAX_VERIFIED: usize = 16 * 1024;
+/// Seconds of clock skew allowed on expiry.
+const LEEWAY: u64 = 5;
 
 #[derive(Default)]
 struct KeyCache {
@@ -72,13 +85,41 @@ const MIN_REFETCH: Duration = Duration::from_secs(1);
 
 impl TokenVerifier {
     pub fn new(control: Arc<dyn ControlPlane>) -> Self {
-        Self { control, keys: RwLock::default(), refresh: tokio::sync::Mutex::new(()) }
+        Self {
+            control,
+            keys: RwLock::default(),
+            refresh: tokio::sync::Mutex::new(()),
+            verified: Mutex::default(),
+        }
     }
 
+    /// The token's claims if it is validly signed by a current key, unexpired and not revoked.
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         if token.len() > MAX_TOKEN_BYTES * 2 {
             return Err(AuthError::Refused("oversized"));
         }
+        let claims = match self.remembered(token) {
+            Some(claims) => claims,
+            None => self.check_signature(token).await?,
+        };
+        // Revocation is asked every time: a remembered token may have been revoked since.
+        if self.control.is_revoked(&claims.jti).await? {
+            return Err(AuthError::Refused("revoked"));
+        }
+        Ok(claims)
+    }
+
+    /// The claims of a token verified before, if its key is still current and it has not
+    /// expired since.
+    fn remembered(&self, token: &str) -> Option<Claims> {
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = verified.get(token)?;
+        let now = jsonwebtoken::get_current_timestamp();
+        (hit.claims.exp.saturating_add(LEEWAY) >= now && self.cached(&hit.kid).is_some())
+            .then(|| hit.claims.clone())
+    }
+
+    async fn check_signature(&self, token: &str) -> Result<Claims, AuthError> {
         let header = decode_header(token).map_err(|_| AuthError::Refused("malformed"))?;
         if header.alg != Algorithm::EdDSA {
             return Err(AuthError::Refused("algorithm"));
@@ -86,7 +127,7 @@ impl TokenVerifier {
         let kid = header.kid.ok_or(AuthError::Refused("no key id"))?;
         let key = self.key(&kid).await?.ok_or(AuthError::Refused("unknown key"))?;
         let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY;
         let data = decode::<Claims>(token, &key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             AuthError::Refused(match e.kind() {
@@ -95,9 +136,11 @@ impl TokenVerifier {
                 _ => "invalid",
             })
         })?;
-        if self.control.is_revoked(&data.claims.jti).await? {
-            return Err(AuthError::Refused("revoked"));
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= MAX_VERIFIED {
+            verified.clear();
         }
+        verified.insert(token.into(), Verified { claims: data.claims.clone(), kid });
         Ok(data.claims)
     }
 
@@ -151,6 +194,57 @@ mod tests {
             exp: u64::MAX,
             jti: "j".into(),
         }
+    }
+
+    struct NoControl;
+
+    #[async_trait::async_trait]
+    impl ControlPlane for NoControl {
+        async fn jwks(&self) -> Result<jsonwebtoken::jwk::JwkSet, ControlError> {
+            Ok(jsonwebtoken::jwk::JwkSet { keys: Vec::new() })
+        }
+        async fn is_revoked(&self, jti: &str) -> Result<bool, ControlError> {
+            Ok(jti == "revoked")
+        }
+        async fn route(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<Option<crate::control::Route>, ControlError> {
+            Ok(None)
+        }
+        async fn wake(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<Option<crate::control::Route>, ControlError> {
+            Ok(None)
+        }
+        fn session_opened(&self, _: &str, _: &str) {}
+        fn session_closed(&self, _: &str, _: &str) {}
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_passes_only_while_valid_and_its_key_is_current() {
+        let v = TokenVerifier::new(Arc::new(NoControl));
+        let key = Arc::new(DecodingKey::from_ed_der(&[7; 32]));
+        v.keys.write().unwrap_or_else(|e| e.into_inner()).keys.insert("k1".into(), key);
+        let now = jsonwebtoken::get_current_timestamp();
+        for (token, exp, jti) in
+            [("fresh", now + 60, "j"), ("stale", now - 60, "j"), ("gone", now + 60, "revoked")]
+        {
+            let claims = Claims { exp, jti: jti.into(), ..claims(Some("t"), Some("db")) };
+            let kid = "k1".to_owned();
+            let mut verified = v.verified.lock().unwrap_or_else(|e| e.into_inner());
+            verified.insert(token.into(), Verified { claims, kid });
+        }
+        assert_eq!(v.verify("fresh").await.ok().map(|c| c.exp), Some(now + 60));
+        // Expired or revoked since they were remembered: checked again, and refused.
+        assert!(matches!(v.verify("stale").await, Err(AuthError::Refused(_))));
+        assert!(matches!(v.verify("gone").await, Err(AuthError::Refused("revoked"))));
+        // Its key was retired: the token is checked in full again, and refused.
+        v.keys.write().unwrap_or_else(|e| e.into_inner()).keys.clear();
+        assert!(matches!(v.verify("fresh").await, Err(AuthError::Refused(_))));
     }
 
     #[test]

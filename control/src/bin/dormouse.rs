@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use dormouse_control::cli::{Cli, run};
+use dormouse_control::up::server_runtime;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -15,5 +15,11 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    run(cli).await
+    match server_runtime(cli.threads) {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -25,6 +25,9 @@ pub struct Cli {
     /// Data directory: store, signing key, admin token, instances.
     #[arg(long, global = true, env = "DORMOUSE_DATA_DIR", default_value_os_t = default_data_dir())]
     pub data_dir: PathBuf,
+    /// Worker threads of a server command (default: half the cores, at least one).
+    #[arg(long, global = true, env = "DORMOUSE_THREADS")]
+    pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -82,8 +82,24 @@ fn line_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// A header's decimal count: digits with an optional sign, no spaces, within `i64`.
 fn parse_int(digits: &[u8]) -> Option<i64> {
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    let (negative, digits) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, digits),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+    }
+    Some(if negative { -value } else { value })
 }
 
 /// Longest header line (`*123\r\n`, `$456\r\n`) accepted before deciding it is garbage.
@@ -442,6 +458,17 @@ mod tests {
         assert_eq!(take(b"*1\r\n:5\r\n"), Err(ProtocolError::ExpectedBulk(':')));
         assert_eq!(take(b"*1\r\n$3\r\nabcde\r\n"), Err(ProtocolError::BulkLength));
         assert_eq!(take(&[b'*'; 100]), Err(ProtocolError::MultibulkLength));
+    }
+
+    #[test]
+    fn header_counts_are_plain_decimals() {
+        assert_eq!(parse_int(b"123"), Some(123));
+        assert_eq!(parse_int(b"-1"), Some(-1));
+        assert_eq!(parse_int(b""), None);
+        assert_eq!(parse_int(b"-"), None);
+        assert_eq!(parse_int(b"1 "), None);
+        assert_eq!(parse_int(b"99999999999999999999"), None);
+        assert_eq!(take(b"*1\r\n$ 3\r\nGET\r\n"), Err(ProtocolError::BulkLength));
     }
 
     #[test]

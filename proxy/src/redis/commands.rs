@@ -142,13 +142,16 @@ enum Special {
 struct Entry {
     flags: Flags,
     special: Option<Special>,
+    /// Has `name|sub` entries: classified by its subcommand (CLIENT, CONFIG, ...).
+    container: bool,
 }
 
 /// The classification table for one server version.
 #[derive(Debug, Default)]
 pub struct CommandTable {
-    /// Keyed by lower-case name, or `container|sub` for subcommands.
-    commands: HashMap<String, Entry>,
+    /// Keyed by lower-case name, or `container|sub` for subcommands. Looked up once per
+    /// command; the keys come from the server, so a fast hash needs no flood protection.
+    commands: HashMap<String, Entry, foldhash::fast::RandomState>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +202,15 @@ impl CommandTable {
             ]);
         for (name, s) in special {
             table.commands.entry(name.to_owned()).or_default().special = Some(s);
+        }
+        // Older servers list no subcommands, but the override table still names some.
+        let containers: Vec<String> = table
+            .commands
+            .keys()
+            .filter_map(|k| k.split_once('|').map(|(container, _)| container.to_owned()))
+            .collect();
+        for name in containers {
+            table.commands.entry(name).or_default().container = true;
         }
         Ok(table)
     }
@@ -252,7 +264,7 @@ impl CommandTable {
         };
         let mut entry = self.commands.get(name).copied().unwrap_or_default();
         // Container commands (CLIENT, CONFIG, ...) are classified by their subcommand.
-        if let Some(sub) = args.get(1) {
+        if let Some(sub) = args.get(1).filter(|_| entry.container) {
             let mut full = [0u8; MAX_NAME];
             let len = name.len();
             if len + 1 + sub.len() <= MAX_NAME {
@@ -265,8 +277,7 @@ impl CommandTable {
                         .ok()
                         .and_then(|f| self.commands.get(f))
                     {
-                        entry =
-                            Entry { flags: found.flags, special: found.special.or(entry.special) };
+                        entry = Entry { special: found.special.or(entry.special), ..*found };
                     }
                 }
             }
@@ -396,6 +407,19 @@ mod tests {
         assert_eq!(action(&t, Role::Admin, &["client", "KILL", "x"]), Action::Denied);
         assert_eq!(action(&t, Role::Admin, &["MOVE", "k", "1"]), Action::Denied);
         assert_eq!(display_name(&[Bytes::from("Client"), Bytes::from("Kill")]), "client|kill");
+    }
+
+    #[test]
+    fn subcommands_named_only_by_the_override_table_are_classified() {
+        // A server whose COMMAND reply lists no subcommands (Redis 6).
+        let reply = OwnedFrame::Array(vec![
+            entry("client", &["admin"], &["@slow"], vec![]),
+            entry("get", &["readonly"], &["@read"], vec![]),
+        ]);
+        let t = CommandTable::from_command_reply(&reply).expect("valid table");
+        assert_eq!(action(&t, Role::Admin, &["CLIENT", "KILL", "x"]), Action::Denied);
+        assert_eq!(action(&t, Role::Admin, &["client", "id"]), Action::Local(Local::Id));
+        assert_eq!(action(&t, Role::Readonly, &["GET", "client"]), Action::Forward);
     }
 
     #[test]

@@ -85,10 +85,20 @@ async fn drive(conn: BackendConn, mut jobs: mpsc::UnboundedReceiver<Job>, dead: 
             break None;
         }
         tokio::select! {
+            biased;
             job = jobs.recv(), if accepting && output.len() < MAX_BATCH => match job {
                 Some(job) => {
                     take(job, &mut output, &mut owed);
                     // Everything else already queued goes into the same write.
+                    while output.len() < MAX_BATCH {
+                        match jobs.try_recv() {
+                            Ok(job) => take(job, &mut output, &mut owed),
+                            Err(_) => break,
+                        }
+                    }
+                    // Let the clients that are ready now queue their commands too, so they
+                    // share this write instead of each costing a syscall.
+                    tokio::task::yield_now().await;
                     while output.len() < MAX_BATCH {
                         match jobs.try_recv() {
                             Ok(job) => take(job, &mut output, &mut owed),

@@ -55,6 +55,17 @@ pub(super) enum SessionError {
     Protocol(#[from] ProtocolError),
 }
 
+/// Commands the session answers itself, before routing.
+#[derive(Debug, Clone, Copy)]
+enum Own {
+    Auth,
+    Hello,
+    Reset,
+    Quit,
+    /// PING before authentication.
+    Ping,
+}
+
 /// What the next reply bytes towards the client are.
 #[derive(Debug)]
 enum Pending {
@@ -299,22 +310,30 @@ impl Session {
 
     /// Handles one command; false when it had to be put off until earlier replies are out.
     async fn dispatch(&mut self, request: Request) -> bool {
-        let name = request.args[0].to_ascii_lowercase();
+        // Only a few names are the session's own; everything else is routed without a copy.
+        let is = |name: &[u8]| request.args[0].eq_ignore_ascii_case(name);
         let authed = self.identity.is_some();
-        let must_wait = matches!(name.as_slice(), b"auth" | b"hello" | b"reset");
-        if must_wait && !self.quiet() {
+        let own = match request.args[0].len() {
+            4 if is(b"auth") => Some(Own::Auth),
+            5 if is(b"hello") => Some(Own::Hello),
+            5 if is(b"reset") => Some(Own::Reset),
+            4 if is(b"quit") => Some(Own::Quit),
+            4 if !authed && is(b"ping") => Some(Own::Ping),
+            _ => None,
+        };
+        if matches!(own, Some(Own::Auth | Own::Hello | Own::Reset)) && !self.quiet() {
             self.deferred = Some(request);
             return false;
         }
-        match name.as_slice() {
-            b"auth" => self.auth(&request.args[1..]).await,
-            b"hello" => self.hello(&request.args[1..]).await,
-            b"quit" => {
+        match own {
+            Some(Own::Auth) => self.auth(&request.args[1..]).await,
+            Some(Own::Hello) => self.hello(&request.args[1..]).await,
+            Some(Own::Quit) => {
                 self.reply(OK);
                 self.closing = true;
             }
-            b"reset" => self.reset(),
-            b"ping" if !authed => match request.args.get(1) {
+            Some(Own::Reset) => self.reset(),
+            Some(Own::Ping) => match request.args.get(1) {
                 Some(msg) => self.reply(&bulk(msg)),
                 None => self.reply(b"+PONG\r\n"),
             },
