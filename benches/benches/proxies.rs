@@ -8,7 +8,8 @@
 //! clients, unpipelined and `-P 16`; `sysbench` `oltp_point_select` and `oltp_read_write` with
 //! 16 threads; connect → log in → one query → disconnect loops; 5,000 idle logged-in clients
 //! per engine beside 50 active ones, with the proxy's resident memory read before and after
-//! (a fresh Dormouse process per engine). `PHASES=redis,mysql,churn,idle` picks phases.
+//! (a fresh Dormouse process per engine). Each proxy's CPU time per request is read too.
+//! `PHASES=redis,mysql,churn,idle` picks phases.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,9 +17,9 @@ use std::time::Duration;
 
 use dormouse_benches::clients::{self, Engine};
 use dormouse_benches::peers;
-use dormouse_benches::procs::{have, rss_kib};
+use dormouse_benches::procs::{cpu_seconds, have, rss_kib};
 use dormouse_benches::serve::{self, SERVE_ENV};
-use dormouse_benches::tools::{Endpoint, redis_benchmark, sysbench};
+use dormouse_benches::tools::{self, Endpoint, redis_benchmark, sysbench};
 
 /// How much of everything to do.
 struct Sizes {
@@ -94,10 +95,15 @@ impl Results {
             "| workload | unit | {DIRECT} | {DORMOUSE} | {HAPROXY} | {NUTCRACKER} ({TWIN}) | \
              {DORMOUSE}/{DIRECT} | {DORMOUSE}/{NUTCRACKER} |\n|---|---|---|---|---|---|---|---|\n"
         );
-        let cell = |v: Option<&f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
+        let cell = |v: Option<&f64>| match v {
+            Some(v) if *v < 100.0 => format!("{v:.1}"),
+            Some(v) => format!("{v:.0}"),
+            None => "–".to_owned(),
+        };
         for (workload, unit, v) in &self.rows {
             let peer = match (v.get(NUTCRACKER), v.get(TWIN)) {
-                (Some(n), Some(t)) => format!("{n:.0} ({t:.0})"),
+                (Some(n), Some(t)) => format!("{} ({})", cell(Some(n)), cell(Some(t))),
+                (Some(n), None) => cell(Some(n)),
                 _ => "–".into(),
             };
             let ratio = |a: Option<&f64>, b: Option<&f64>| match (a, b) {
@@ -117,8 +123,25 @@ impl Results {
     }
 }
 
-/// The endpoints of one engine, by target name.
-struct Targets(Vec<(&'static str, Endpoint)>);
+/// The endpoints of one engine, by target name, with the process of the proxy in between
+/// (none for the servers themselves), whose CPU time per request is measured too.
+struct Targets(Vec<(&'static str, Endpoint, Option<u32>)>);
+
+/// CPU time `pid` (if any) spends while `work` runs, in microseconds per request of
+/// `requests`, beside what `work` returns.
+fn with_cpu<T>(
+    pid: Option<u32>,
+    requests: impl FnOnce(&T) -> f64,
+    work: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Option<f64>)> {
+    let before = pid.map(cpu_seconds).transpose()?;
+    let out = work()?;
+    let used = match (pid, before) {
+        (Some(pid), Some(before)) => Some((cpu_seconds(pid)? - before) * 1e6 / requests(&out)),
+        _ => None,
+    };
+    Ok((out, used))
+}
 
 async fn redis_throughput(
     results: &mut Results,
@@ -127,11 +150,20 @@ async fn redis_throughput(
 ) -> anyhow::Result<()> {
     for (pipeline, requests) in [(1, sizes.redis_requests), (16, sizes.redis_pipelined_requests)] {
         let mut samples: BTreeMap<(&str, String), Vec<f64>> = BTreeMap::new();
+        let mut cpu: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         // Targets take turns within each repetition, so drift in the machine hits all alike.
         for _ in 0..sizes.reps {
-            for (name, at) in &targets.0 {
-                for (test, rps) in redis_benchmark(at, "set,get", 50, requests, pipeline)? {
+            for (name, at, pid) in &targets.0 {
+                let (rates, used) = with_cpu(
+                    *pid,
+                    |_| 2.0 * requests as f64,
+                    || redis_benchmark(at, "set,get", 50, requests, pipeline),
+                )?;
+                for (test, rps) in rates {
                     samples.entry((name, test)).or_default().push(rps);
+                }
+                if let Some(used) = used {
+                    cpu.entry(name).or_default().push(used);
                 }
             }
         }
@@ -139,13 +171,17 @@ async fn redis_throughput(
             let workload = format!("Redis {test}, 50 clients, -P {pipeline}");
             results.add(&workload, "req/s", targets_name(targets, name), &runs);
         }
+        for (name, runs) in cpu {
+            let workload = format!("Redis SET+GET -P {pipeline}: proxy CPU per request");
+            results.add(&workload, "µs", targets_name(targets, name), &runs);
+        }
     }
     Ok(())
 }
 
 /// The `'static` name of a target (the map above borrows it).
 fn targets_name(targets: &Targets, name: &str) -> &'static str {
-    targets.0.iter().map(|(n, _)| *n).find(|n| *n == name).unwrap_or("?")
+    targets.0.iter().map(|(n, _, _)| *n).find(|n| *n == name).unwrap_or("?")
 }
 
 fn mysql_throughput(
@@ -156,10 +192,17 @@ fn mysql_throughput(
 ) -> anyhow::Result<()> {
     for (test, per) in [("oltp_point_select", "queries"), ("oltp_read_write", "transactions")] {
         let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+        let mut cpu: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
         for _ in 0..sizes.reps {
-            for (name, at) in &targets.0 {
-                let rate =
-                    sysbench(at, db, test, "run", 16, sizes.sysbench_seconds, sizes.table_size)?;
+            for (name, at, pid) in &targets.0 {
+                let (rate, used) = with_cpu(
+                    *pid,
+                    |r: &tools::SysbenchRate| r.queries * f64::from(sizes.sysbench_seconds),
+                    || sysbench(at, db, test, "run", 16, sizes.sysbench_seconds, sizes.table_size),
+                )?;
+                if let Some(used) = used {
+                    cpu.entry(name).or_default().push(used);
+                }
                 if rate.errors > 0 {
                     println!(
                         "  ({name}: {} deadlocks/lock waits retried by sysbench)",
@@ -174,6 +217,9 @@ fn mysql_throughput(
         for (name, runs) in samples {
             results.add(&format!("MySQL {test}, 16 threads"), unit, name, &runs);
         }
+        for (name, runs) in cpu {
+            results.add(&format!("MySQL {test}: proxy CPU per query"), "µs", name, &runs);
+        }
     }
     Ok(())
 }
@@ -187,7 +233,7 @@ async fn churn(
 ) -> anyhow::Result<()> {
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for _ in 0..sizes.reps {
-        for (name, at) in &targets.0 {
+        for (name, at, _) in &targets.0 {
             let rate = clients::churn(engine, at, db, 8, sizes.churn).await?;
             samples.entry(name).or_default().push(rate);
         }
@@ -317,20 +363,21 @@ async fn run(sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
         user: Some(d.backend_user.clone()),
         password: d.backend_password.clone(),
     };
-    let (_haproxy, l4) = peers::haproxy(dir, &[rdb.backend_port, mdb.backend_port]).await?;
+    let (haproxy, l4) = peers::haproxy(dir, &[rdb.backend_port, mdb.backend_port]).await?;
     let (_twin, twin) = peers::twin_redis(dir, &rdb.backend_password).await?;
-    let (_nutcracker, nut) = peers::nutcracker(dir, &twin).await?;
+    let (nutcracker, nut) = peers::nutcracker(dir, &twin).await?;
+    let (ours, theirs) = (Some(dormouse.pid()), Some(haproxy.pid()));
     let redis = Targets(vec![
-        (DIRECT, direct(rdb, rdb.backend_port)),
-        (DORMOUSE, proxy(rdb)),
-        (HAPROXY, direct(rdb, l4[0])),
-        (TWIN, twin),
-        (NUTCRACKER, nut),
+        (DIRECT, direct(rdb, rdb.backend_port), None),
+        (DORMOUSE, proxy(rdb), ours),
+        (HAPROXY, direct(rdb, l4[0]), theirs),
+        (TWIN, twin, None),
+        (NUTCRACKER, nut, Some(nutcracker.pid())),
     ]);
     let mysql = Targets(vec![
-        (DIRECT, direct(mdb, mdb.backend_port)),
-        (DORMOUSE, proxy(mdb)),
-        (HAPROXY, direct(mdb, l4[1])),
+        (DIRECT, direct(mdb, mdb.backend_port), None),
+        (DORMOUSE, proxy(mdb), ours),
+        (HAPROXY, direct(mdb, l4[1]), theirs),
     ]);
     let mut results = Results::default();
 

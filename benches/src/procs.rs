@@ -73,6 +73,21 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS line")
 }
 
+/// CPU time a process has used so far, user and system, in seconds (`/proc/<pid>/stat`).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces: state is
+    // the first, utime and stime the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("no command name")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields.get(i).context("short stat line")?.parse()?)
+    };
+    let per_second =
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("no clock tick rate")?;
+    Ok((ticks(11)? + ticks(12)?) as f64 / per_second as f64)
+}
+
 /// Whether a program is on `PATH`.
 pub fn have(program: &str) -> bool {
     std::env::var_os("PATH")
