@@ -136,8 +136,11 @@ fn with_cpu<T>(
 ) -> anyhow::Result<(T, Option<f64>)> {
     let before = pid.map(cpu_seconds).transpose()?;
     let out = work()?;
+    let served = requests(&out);
     let used = match (pid, before) {
-        (Some(pid), Some(before)) => Some((cpu_seconds(pid)? - before) * 1e6 / requests(&out)),
+        (Some(pid), Some(before)) if served > 0.0 => {
+            Some((cpu_seconds(pid)? - before) * 1e6 / served)
+        }
         _ => None,
     };
     Ok((out, used))

@@ -92,14 +92,14 @@ fn parse_int(digits: &[u8]) -> Option<i64> {
     if digits.is_empty() {
         return None;
     }
-    let mut value: i64 = 0;
+    let mut magnitude: u64 = 0;
     for &d in digits {
         if !d.is_ascii_digit() {
             return None;
         }
-        value = value.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+        magnitude = magnitude.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
     }
-    Some(if negative { -value } else { value })
+    if negative { 0i64.checked_sub_unsigned(magnitude) } else { i64::try_from(magnitude).ok() }
 }
 
 /// Longest header line (`*123\r\n`, `$456\r\n`) accepted before deciding it is garbage.
@@ -468,6 +468,8 @@ mod tests {
         assert_eq!(parse_int(b"-"), None);
         assert_eq!(parse_int(b"1 "), None);
         assert_eq!(parse_int(b"99999999999999999999"), None);
+        assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_int(b"9223372036854775808"), None);
         assert_eq!(take(b"*1\r\n$ 3\r\nGET\r\n"), Err(ProtocolError::BulkLength));
     }
 

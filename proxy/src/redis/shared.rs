@@ -85,33 +85,8 @@ async fn drive(conn: BackendConn, mut jobs: mpsc::UnboundedReceiver<Job>, dead: 
             break None;
         }
         tokio::select! {
+            // Replies first: they free memory and reach clients waiting on them.
             biased;
-            job = jobs.recv(), if accepting && output.len() < MAX_BATCH => match job {
-                Some(job) => {
-                    take(job, &mut output, &mut owed);
-                    // Everything else already queued goes into the same write.
-                    while output.len() < MAX_BATCH {
-                        match jobs.try_recv() {
-                            Ok(job) => take(job, &mut output, &mut owed),
-                            Err(_) => break,
-                        }
-                    }
-                    // Let the clients that are ready now queue their commands too, so they
-                    // share this write instead of each costing a syscall.
-                    tokio::task::yield_now().await;
-                    while output.len() < MAX_BATCH {
-                        match jobs.try_recv() {
-                            Ok(job) => take(job, &mut output, &mut owed),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                None => accepting = false,
-            },
-            written = writer.write(&output), if !output.is_empty() => match written {
-                Ok(0) | Err(_) => break Some("write failed"),
-                Ok(n) => output.advance(n),
-            },
             read = read_some(&mut reader, &mut input) => match read {
                 Ok(0) | Err(_) => break Some("connection closed"),
                 Ok(_) => {
@@ -119,6 +94,22 @@ async fn drive(conn: BackendConn, mut jobs: mpsc::UnboundedReceiver<Job>, dead: 
                         break Some(why);
                     }
                 }
+            },
+            job = jobs.recv(), if accepting && output.len() < MAX_BATCH => match job {
+                Some(job) => {
+                    take(job, &mut output, &mut owed);
+                    // Everything else already queued goes into the same write; and the
+                    // clients that are ready now get to queue theirs too first, so they share
+                    // this write instead of each costing a syscall.
+                    take_queued(&mut jobs, &mut output, &mut owed);
+                    tokio::task::yield_now().await;
+                    take_queued(&mut jobs, &mut output, &mut owed);
+                }
+                None => accepting = false,
+            },
+            written = writer.write(&output), if !output.is_empty() => match written {
+                Ok(0) | Err(_) => break Some("write failed"),
+                Ok(n) => output.advance(n),
             },
         }
     };
@@ -150,6 +141,20 @@ async fn read_some(
         input.reserve(READ_CHUNK);
     }
     reader.read_buf(input).await
+}
+
+/// Takes the jobs already queued, up to a batch.
+fn take_queued(
+    jobs: &mut mpsc::UnboundedReceiver<Job>,
+    output: &mut BytesMut,
+    owed: &mut VecDeque<(ReplySink, usize)>,
+) {
+    while output.len() < MAX_BATCH {
+        match jobs.try_recv() {
+            Ok(job) => take(job, output, owed),
+            Err(_) => break,
+        }
+    }
 }
 
 fn take(job: Job, output: &mut BytesMut, owed: &mut VecDeque<(ReplySink, usize)>) {
