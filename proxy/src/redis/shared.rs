@@ -85,16 +85,9 @@ async fn drive(conn: BackendConn, mut jobs: mpsc::UnboundedReceiver<Job>, dead: 
             break None;
         }
         tokio::select! {
-            // Replies first: they free memory and reach clients waiting on them.
+            // Jobs first, so a write carries what clients queued meanwhile; then replies,
+            // before writing, so no client's replies wait behind a large batch.
             biased;
-            read = read_some(&mut reader, &mut input) => match read {
-                Ok(0) | Err(_) => break Some("connection closed"),
-                Ok(_) => {
-                    if let Err(why) = deliver(&mut input, &mut scanner, &mut owed) {
-                        break Some(why);
-                    }
-                }
-            },
             job = jobs.recv(), if accepting && output.len() < MAX_BATCH => match job {
                 Some(job) => {
                     take(job, &mut output, &mut owed);
@@ -106,6 +99,14 @@ async fn drive(conn: BackendConn, mut jobs: mpsc::UnboundedReceiver<Job>, dead: 
                     take_queued(&mut jobs, &mut output, &mut owed);
                 }
                 None => accepting = false,
+            },
+            read = read_some(&mut reader, &mut input) => match read {
+                Ok(0) | Err(_) => break Some("connection closed"),
+                Ok(_) => {
+                    if let Err(why) = deliver(&mut input, &mut scanner, &mut owed) {
+                        break Some(why);
+                    }
+                }
             },
             written = writer.write(&output), if !output.is_empty() => match written {
                 Ok(0) | Err(_) => break Some("write failed"),
