@@ -188,28 +188,27 @@ impl MysqlFrontend {
             port: route.port,
         };
         let limit = route.limits.max_backend as usize;
-        let current = std::sync::Mutex::new(route.clone());
+        // A route resolved afresh while opening (the old one was stale) replaces the
+        // session's once the borrow is done; the common case clones nothing.
+        let refreshed: std::sync::Mutex<Option<Route>> = std::sync::Mutex::new(None);
+        let known: &Route = route;
         let open = || async {
-            let route = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let connect = |route: Route| async move {
-                let caps = CapabilityFlags::from_bits_truncate(flavour.caps);
-                let timeout = self.config.backend_connect_timeout;
-                let (user, db) = (&flavour.user, &identity.database);
-                backend::connect(&route, user, db, caps, flavour.collation, timeout).await
-            };
-            let conn = match connect(route).await {
-                Err(e) if e.may_be_stale() => {
-                    self.routes.invalidate(&identity.tenant, &identity.database);
-                    match self.routes.resolve(&identity.tenant, &identity.database).await {
-                        Ok(Some(fresh)) => {
-                            *current.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
-                            connect(fresh).await
+            let fresher = refreshed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let conn =
+                match self.connect(fresher.as_ref().unwrap_or(known), identity, flavour).await {
+                    Err(e) if e.may_be_stale() => {
+                        self.routes.invalidate(&identity.tenant, &identity.database);
+                        match self.routes.resolve(&identity.tenant, &identity.database).await {
+                            Ok(Some(fresh)) => {
+                                let conn = self.connect(&fresh, identity, flavour).await;
+                                *refreshed.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+                                conn
+                            }
+                            _ => Err(e),
                         }
-                        _ => Err(e),
                     }
-                }
-                other => other,
-            };
+                    other => other,
+                };
             if let Ok(conn) = &conn {
                 self.learn_version(conn);
             }
@@ -217,7 +216,9 @@ impl MysqlFrontend {
         };
         let wanted = |state: &BackendState| state.vars == *vars;
         let acquired = self.pool.acquire(&key, flavour, limit, &wanted, open).await;
-        *route = current.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Some(fresh) = refreshed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            *route = fresh;
+        }
         let mut lease = match acquired {
             Ok(lease) => lease,
             Err(PoolError::Open(e)) => return Err(self.backend_error(identity, e)),
@@ -239,6 +240,19 @@ impl MysqlFrontend {
                 Err(relay::lost())
             }
         }
+    }
+
+    /// A new backend connection for `identity`'s database at `route`, in `flavour`.
+    async fn connect(
+        &self,
+        route: &Route,
+        identity: &Identity,
+        flavour: &Flavour,
+    ) -> Result<BackendConn, BackendError> {
+        let caps = CapabilityFlags::from_bits_truncate(flavour.caps);
+        let timeout = self.config.backend_connect_timeout;
+        backend::connect(route, &flavour.user, &identity.database, caps, flavour.collation, timeout)
+            .await
     }
 
     fn backend_error(&self, identity: &Identity, error: BackendError) -> MyError {
