@@ -14,6 +14,7 @@
 //! - [`mysql`]: the MySQL front end: login, backend connections and their pool, the relay.
 
 pub mod auth;
+mod buffers;
 pub mod claims;
 pub mod config;
 pub mod control;

@@ -82,9 +82,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
             } else if self.rbuf.is_empty() && self.rbuf.capacity() > SHRINK_ABOVE {
                 self.rbuf = BytesMut::new();
             }
-            if self.rbuf.capacity() - self.rbuf.len() < self.chunk / 2 {
-                self.rbuf.reserve(self.chunk);
-            }
+            crate::buffers::make_room(&mut self.rbuf, self.chunk);
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
                 return if self.rbuf.is_empty() {
                     Ok(None)

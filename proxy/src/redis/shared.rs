@@ -137,10 +137,7 @@ async fn read_some(
     reader: &mut tokio::net::tcp::OwnedReadHalf,
     input: &mut BytesMut,
 ) -> std::io::Result<usize> {
-    // Without room made here, a buffer whose frames were handed out grows 64 bytes a read.
-    if input.capacity() - input.len() < READ_CHUNK / 4 {
-        input.reserve(READ_CHUNK);
-    }
+    crate::buffers::make_room(input, READ_CHUNK);
     reader.read_buf(input).await
 }
 

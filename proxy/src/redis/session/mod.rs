@@ -29,6 +29,7 @@ use super::commands::CommandTable;
 use super::pool::{OwnSlot, RedisPool};
 use super::shared::{Job, Replies, ReplySink, SharedConn};
 use crate::auth::Identity;
+use crate::buffers::make_room;
 use crate::control::SessionGuard;
 use crate::limits::ClientSlot;
 
@@ -65,6 +66,14 @@ enum Own {
     /// PING before authentication.
     Ping,
 }
+
+const OWN: [(&[u8], Own); 5] = [
+    (b"auth", Own::Auth),
+    (b"hello", Own::Hello),
+    (b"reset", Own::Reset),
+    (b"quit", Own::Quit),
+    (b"ping", Own::Ping),
+];
 
 /// What the next reply bytes towards the client are.
 #[derive(Debug)]
@@ -211,7 +220,7 @@ impl Session {
             let take_replies = self.output.len() < HIGH_WATER;
             let own_has_output = self.own.as_ref().is_some_and(|o| !o.wbuf.is_empty());
             // Reading and writing the own connection borrow different fields of it.
-            let spare = reserve(&mut self.input, self.read_size);
+            let spare = make_room(&mut self.input, self.read_size);
             let (own_reader, own_writer) = match self.own.as_mut() {
                 Some(o) => (Some((&mut o.reader, &mut o.rbuf)), Some((&mut o.writer, &mut o.wbuf))),
                 None => (None, None),
@@ -310,17 +319,13 @@ impl Session {
 
     /// Handles one command; false when it had to be put off until earlier replies are out.
     async fn dispatch(&mut self, request: Request) -> bool {
-        // Only a few names are the session's own; everything else is routed without a copy.
-        let is = |name: &[u8]| request.args[0].eq_ignore_ascii_case(name);
         let authed = self.identity.is_some();
-        let own = match request.args[0].len() {
-            4 if is(b"auth") => Some(Own::Auth),
-            5 if is(b"hello") => Some(Own::Hello),
-            5 if is(b"reset") => Some(Own::Reset),
-            4 if is(b"quit") => Some(Own::Quit),
-            4 if !authed && is(b"ping") => Some(Own::Ping),
-            _ => None,
-        };
+        // Only a few names are the session's own; everything else is routed without a copy.
+        let own = OWN
+            .iter()
+            .find(|(name, _)| request.args[0].eq_ignore_ascii_case(name))
+            .map(|(_, own)| *own)
+            .filter(|own| !(authed && matches!(own, Own::Ping)));
         if matches!(own, Some(Own::Auth | Own::Hello | Own::Reset)) && !self.quiet() {
             self.deferred = Some(request);
             return false;
@@ -455,15 +460,6 @@ async fn write_own(own: Option<(&mut OwnedWriteHalf, &mut BytesMut)>) -> std::io
 const MIN_READ: usize = 512;
 const MAX_READ: usize = 16 * 1024;
 
-/// Makes room for a read of about `size` bytes; returns the room there is. Without this, a
-/// buffer whose contents were handed on grows 64 bytes a read.
-fn reserve(buf: &mut BytesMut, size: usize) -> usize {
-    if buf.capacity() - buf.len() < size / 2 {
-        buf.reserve(size);
-    }
-    buf.capacity() - buf.len()
-}
-
 /// Grows the read size while reads fill the room given, shrinks it while they use little.
 fn next_read_size(size: usize, read: usize, room: usize) -> usize {
     if read >= room {
@@ -478,7 +474,7 @@ fn next_read_size(size: usize, read: usize, room: usize) -> usize {
 async fn read_own(own: Option<(&mut OwnedReadHalf, &mut BytesMut)>) -> std::io::Result<usize> {
     match own {
         Some((reader, buf)) => {
-            reserve(buf, MAX_READ);
+            make_room(buf, MAX_READ);
             reader.read_buf(buf).await
         }
         None => std::future::pending().await,
