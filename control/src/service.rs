@@ -423,6 +423,7 @@ impl ControlService {
             protocol,
             host: endpoint.host,
             port: endpoint.port,
+            socket: endpoint.socket,
             user: user.into(),
             readonly_user,
             password: BackendSecret(db.password.expose().to_owned()),

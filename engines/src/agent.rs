@@ -60,14 +60,7 @@ pub trait HostAgent: Send + Sync {
     /// Observed state of the instance's server.
     fn state(&self, id: &InstanceId) -> InstanceState;
     /// Where the instance listens while it is running.
-    fn endpoint(&self, id: &InstanceId) -> Option<Endpoint> {
-        match self.state(id) {
-            InstanceState::Running { port, .. } => {
-                Some(Endpoint { host: "127.0.0.1".into(), port })
-            }
-            _ => None,
-        }
-    }
+    fn endpoint(&self, id: &InstanceId) -> Option<Endpoint>;
     /// The engines this host can run.
     fn engines(&self) -> Vec<EngineKind>;
     /// Stops every server (on shutdown).
@@ -279,11 +272,11 @@ impl HostAgent for LocalAgent {
             }
         };
         match supervisor.ready().await {
-            Ok((port, boot)) => {
+            Ok((endpoint, boot)) => {
                 if !timing.already_running {
                     timing.boot = boot;
                 }
-                Ok(Started { endpoint: Endpoint { host: "127.0.0.1".into(), port }, timing })
+                Ok(Started { endpoint, timing })
             }
             Err(e) => {
                 let lock = self.lock(&spec.id);
@@ -319,6 +312,10 @@ impl HostAgent for LocalAgent {
 
     fn state(&self, id: &InstanceId) -> InstanceState {
         self.supervisors.get(id).map_or(InstanceState::Stopped, |s| s.state())
+    }
+
+    fn endpoint(&self, id: &InstanceId) -> Option<Endpoint> {
+        self.supervisors.get(id)?.endpoint()
     }
 
     fn engines(&self) -> Vec<EngineKind> {

@@ -74,6 +74,19 @@ pub trait Engine: Send + Sync + 'static {
 
     /// One readiness probe: connect, authenticate as the internal user, ask something trivial.
     async fn probe(&self, instance: &Instance) -> Result<(), ProbeError>;
+
+    /// The Unix socket the server in `dir` also listens on, if it has one; clients on the
+    /// same host (the proxy) skip the TCP stack through it.
+    fn socket(&self, dir: &Path) -> Option<PathBuf>;
+}
+
+/// Longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `dir/name` when it fits in a Unix socket address.
+pub fn socket_path(dir: &Path, name: &str) -> Option<PathBuf> {
+    let path = dir.join(name);
+    (path.as_os_str().len() <= MAX_SOCKET_PATH).then_some(path)
 }
 
 /// Finds `program` on `PATH`, then in the sbin directories Debian puts servers in.

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::engine::{Engine, EngineError, Instance, Launch, ProbeError, find_program};
+use crate::engine::{Engine, EngineError, Instance, Launch, ProbeError, find_program, socket_path};
 use crate::spec::{EngineKind, InstanceSpec};
 
 /// The ACL user the proxy authenticates as.
@@ -20,6 +20,8 @@ pub const INTERNAL_USER: &str = "dormouse";
 pub const CONFIG_FILE: &str = "redis.conf";
 /// Data (append-only file) lives here, apart from config and logs.
 pub const DATA_DIR: &str = "data";
+/// The Unix socket in the instance directory (which only the agent's user can enter).
+pub const SOCKET_FILE: &str = "redis.sock";
 
 /// Runs `redis-server` processes.
 #[derive(Debug, Clone)]
@@ -77,6 +79,9 @@ pub fn render_config(instance: &Instance) -> String {
         mem = limits.memory_mb,
         maxclients = limits.max_connections,
     );
+    if let Some(socket) = socket_path(&instance.dir, SOCKET_FILE) {
+        let _ = write!(conf, "unixsocket {}\nunixsocketperm 700\n", socket.display());
+    }
     conf
 }
 
@@ -161,6 +166,10 @@ impl Engine for RedisEngine {
             .map_err(EngineError::io(format!("creating {}", data.display())))
     }
 
+    fn socket(&self, dir: &Path) -> Option<PathBuf> {
+        socket_path(dir, SOCKET_FILE)
+    }
+
     async fn launch(&self, instance: &Instance) -> Result<Launch, EngineError> {
         let path = instance.dir.join(CONFIG_FILE);
         write_private(&path, render_config(instance).as_bytes())
@@ -236,6 +245,16 @@ mod tests {
         assert!(conf.contains("maxmemory 64mb\n"));
         assert!(conf.contains("maxmemory-policy noeviction\n"));
         assert!(conf.contains("appendonly yes\n"));
+        assert!(conf.contains("unixsocket /tmp/inst/redis.sock\nunixsocketperm 700\n"));
+    }
+
+    #[test]
+    fn a_directory_too_deep_for_a_socket_gets_none() {
+        let mut deep = instance();
+        deep.dir = PathBuf::from(format!("/tmp/{}", "d".repeat(100)));
+        assert!(!render_config(&deep).contains("unixsocket"));
+        assert_eq!(RedisEngine { server: "x".into() }.socket(&deep.dir), None);
+        assert!(RedisEngine { server: "x".into() }.socket(&instance().dir).is_some());
     }
 
     #[test]

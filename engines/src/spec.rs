@@ -1,6 +1,7 @@
 //! What an instance is: its id, engine, resource limits, and the secret of its internal user.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use rand::RngCore;
@@ -139,6 +140,9 @@ pub struct InstanceSpec {
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    /// The server's Unix socket on its host, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
 }
 
 impl fmt::Display for Endpoint {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{Engine, EngineError, Instance};
 use crate::ports;
 use crate::process::{ManagedProcess, log_tail};
-use crate::spec::InstanceSpec;
+use crate::spec::{Endpoint, InstanceSpec};
 
 /// How long after spawning readiness is probed at a fine interval.
 const FAST_PROBING: Duration = Duration::from_millis(500);
@@ -68,6 +68,8 @@ impl RestartPolicy {
 pub struct Supervisor {
     state: watch::Receiver<InstanceState>,
     stop: CancellationToken,
+    /// The server's Unix socket, if its engine gives it one.
+    socket: Option<PathBuf>,
 }
 
 impl Supervisor {
@@ -80,16 +82,30 @@ impl Supervisor {
     ) -> Self {
         let (tx, rx) = watch::channel(InstanceState::Starting);
         let stop = CancellationToken::new();
+        let socket = engine.socket(&dir);
         tokio::spawn(supervise(engine, spec, dir, policy, tx, stop.clone()));
-        Self { state: rx, stop }
+        Self { state: rx, stop, socket }
     }
 
     pub fn state(&self) -> InstanceState {
         self.state.borrow().clone()
     }
 
-    /// Waits until the server is ready and returns its port and boot time, or why it will not be.
-    pub async fn ready(&self) -> Result<(u16, Duration), EngineError> {
+    /// Where the server listens while it is running.
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        match *self.state.borrow() {
+            InstanceState::Running { port, .. } => Some(self.endpoint_at(port)),
+            _ => None,
+        }
+    }
+
+    fn endpoint_at(&self, port: u16) -> Endpoint {
+        Endpoint { host: "127.0.0.1".into(), port, socket: self.socket.clone() }
+    }
+
+    /// Waits until the server is ready and returns where it listens and its boot time, or why
+    /// it will not be.
+    pub async fn ready(&self) -> Result<(Endpoint, Duration), EngineError> {
         let mut rx = self.state.clone();
         let state = rx
             .wait_for(|s| {
@@ -104,7 +120,7 @@ impl Supervisor {
             .map_err(|_| EngineError::Failed("supervisor ended".into()))?
             .clone();
         match state {
-            InstanceState::Running { port, boot, .. } => Ok((port, boot)),
+            InstanceState::Running { port, boot, .. } => Ok((self.endpoint_at(port), boot)),
             InstanceState::Failed { reason } => Err(EngineError::Failed(reason)),
             _ => Err(EngineError::Failed("stopped while starting".into())),
         }

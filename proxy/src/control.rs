@@ -39,6 +39,10 @@ pub struct Route {
     pub protocol: Protocol,
     pub host: String,
     pub port: u16,
+    /// The server's Unix socket on its host; the proxy uses it when it can open it (same
+    /// host), else TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<std::path::PathBuf>,
     /// The internal user the proxy authenticates as.
     pub user: String,
     /// The user for read-only tokens, where the server enforces it (MySQL); the proxy

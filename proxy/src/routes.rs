@@ -171,6 +171,7 @@ mod tests {
             protocol: Protocol::Redis,
             host: "127.0.0.1".into(),
             port: 1,
+            socket: None,
             user: "u".into(),
             readonly_user: None,
             password: BackendSecret("p".into()),

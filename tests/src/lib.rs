@@ -256,6 +256,23 @@ fn shared_rsa_key(shared: &std::path::Path) -> anyhow::Result<std::path::PathBuf
     Ok(path)
 }
 
+/// Open connections on Unix sockets named `name` under `dir`, as the kernel lists them: an
+/// accepted connection carries its listener's path (and state 03, connected).
+pub fn unix_socket_connections(dir: &std::path::Path, name: &str) -> anyhow::Result<usize> {
+    let table = std::fs::read_to_string("/proc/net/unix")?;
+    let suffix = format!("/{name}");
+    let under = dir.to_string_lossy();
+    Ok(table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| {
+            f.get(5) == Some(&"03")
+                && f.get(7).is_some_and(|p| p.starts_with(under.as_ref()) && p.ends_with(&suffix))
+        })
+        .count())
+}
+
 /// Trimmed stdout of a finished command.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use dormouse_proxy::claims::{Claims, Role};
-use dormouse_tests::{Cluster, eventually, stdout};
+use dormouse_tests::{Cluster, eventually, stdout, unix_socket_connections};
 use mysql_async::prelude::*;
 use reqwest::Method;
 use serde_json::json;
@@ -219,6 +219,24 @@ async fn wrong_expired_revoked_and_foreign_tokens_get_1045() -> anyhow::Result<(
     let tables: Vec<String> = conn.query("SHOW TABLES").await?;
     assert!(tables.is_empty(), "{tables:?}");
     conn.disconnect().await?;
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_proxy_reaches_a_server_on_its_host_over_the_unix_socket() -> anyhow::Result<()> {
+    let (cluster, admin, token) = setup().await?;
+    let (_, readonly) =
+        cluster.token(&admin, json!({ "database": "shop", "role": "readonly" })).await?;
+    // The server calls socket clients `localhost`; TCP ones would be `127.0.0.1`.
+    for (token, internal) in [(&token, "dormouse@localhost"), (&readonly, "dormouse_ro@localhost")]
+    {
+        let mut conn = mysql_async::Conn::new(cluster.mysql_opts("shop", token, false)).await?;
+        let user: Option<String> = conn.query_first("SELECT CURRENT_USER()").await?;
+        assert_eq!(user.as_deref(), Some(internal));
+        conn.disconnect().await?;
+    }
+    assert!(unix_socket_connections(cluster.data_dir(), "mysqld.sock")? >= 1);
     cluster.stop().await;
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use dormouse_proxy::claims::{Claims, Role};
-use dormouse_tests::{Cluster, stdout};
+use dormouse_tests::{Cluster, stdout, unix_socket_connections};
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::json;
@@ -60,6 +60,18 @@ async fn redis_cli_runs_data_commands_through_the_proxy() -> anyhow::Result<()> 
     // `-a <token>` alone works too: the token names its database.
     let out = cluster.redis_cli(None, Some(&token), &["GET", "n"]).await?;
     assert_eq!(stdout(&out), "42");
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_proxy_reaches_a_server_on_its_host_over_the_unix_socket() -> anyhow::Result<()> {
+    let (cluster, _, token) = setup().await?;
+    assert_eq!(unix_socket_connections(cluster.data_dir(), "redis.sock")?, 0);
+    let out = cluster.redis_cli(Some("cache"), Some(&token), &["SET", "k", "v"]).await?;
+    assert_eq!(stdout(&out), "OK");
+    // The shared backend connection stays open in the pool, on the socket.
+    assert!(unix_socket_connections(cluster.data_dir(), "redis.sock")? >= 1);
     cluster.stop().await;
     Ok(())
 }

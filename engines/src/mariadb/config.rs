@@ -47,7 +47,7 @@ pub fn render_my_cnf(instance: &Instance, run_as_root: bool) -> String {
     let _ = write!(
         conf,
         "datadir={dir}/data\n\
-         socket={dir}/mysqld.sock\n\
+         socket={dir}/{SOCKET_FILE}\n\
          pid-file={dir}/mysqld.pid\n\
          port={port}\n\
          bind-address=127.0.0.1\n\
@@ -92,24 +92,33 @@ pub fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
+/// The server's Unix socket, in the instance directory (which only the agent's user can enter).
+pub const SOCKET_FILE: &str = "mysqld.sock";
+
 /// The user the proxy logs in as for read-only tokens: SELECT and SHOW VIEW on the schema.
 pub const READONLY_USER: &str = "dormouse_ro";
 
-/// `init.sql`: one statement per line, each idempotent, so it can run at every start.
+/// `init.sql`: one statement per line, each idempotent, so it can run at every start. Each
+/// internal user exists twice: at `127.0.0.1` for TCP and at `localhost`, which is what the
+/// server calls Unix-socket clients.
 pub fn render_init_sql(instance: &Instance) -> String {
     let schema = quote_ident(&instance.spec.name);
     let hash = native_password_hash(instance.spec.password.expose());
-    let user = format!("'{INTERNAL_USER}'@'127.0.0.1'");
-    let reader = format!("'{READONLY_USER}'@'127.0.0.1'");
-    format!(
-        "CREATE DATABASE IF NOT EXISTS {schema};\n\
-         CREATE USER IF NOT EXISTS {user} IDENTIFIED BY PASSWORD '{hash}';\n\
-         ALTER USER {user} IDENTIFIED BY PASSWORD '{hash}';\n\
-         GRANT ALL PRIVILEGES ON {schema}.* TO {user};\n\
-         CREATE USER IF NOT EXISTS {reader} IDENTIFIED BY PASSWORD '{hash}';\n\
-         ALTER USER {reader} IDENTIFIED BY PASSWORD '{hash}';\n\
-         GRANT SELECT, SHOW VIEW ON {schema}.* TO {reader};\n"
-    )
+    let mut sql = format!("CREATE DATABASE IF NOT EXISTS {schema};\n");
+    for host in ["127.0.0.1", "localhost"] {
+        for (name, grant) in
+            [(INTERNAL_USER, "ALL PRIVILEGES"), (READONLY_USER, "SELECT, SHOW VIEW")]
+        {
+            let user = format!("'{name}'@'{host}'");
+            let _ = write!(
+                sql,
+                "CREATE USER IF NOT EXISTS {user} IDENTIFIED BY PASSWORD '{hash}';\n\
+                 ALTER USER {user} IDENTIFIED BY PASSWORD '{hash}';\n\
+                 GRANT {grant} ON {schema}.* TO {user};\n"
+            );
+        }
+    }
+    sql
 }
 
 /// Whether the agent runs as root (then mariadbd needs `user=root`).
@@ -149,8 +158,10 @@ mod tests {
         assert!(!sql.contains("'pw'"));
         assert!(sql.contains("GRANT ALL PRIVILEGES ON `my-db`.* TO 'dormouse'@'127.0.0.1';"));
         assert!(sql.contains("GRANT SELECT, SHOW VIEW ON `my-db`.* TO 'dormouse_ro'@'127.0.0.1';"));
+        assert!(sql.contains("GRANT ALL PRIVILEGES ON `my-db`.* TO 'dormouse'@'localhost';"));
+        assert!(sql.contains("GRANT SELECT, SHOW VIEW ON `my-db`.* TO 'dormouse_ro'@'localhost';"));
         assert!(!sql.contains("*.*"));
-        assert_eq!(sql.lines().count(), 7);
+        assert_eq!(sql.lines().count(), 13);
     }
 
     #[test]

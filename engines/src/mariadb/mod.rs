@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use config::{INTERNAL_USER, READONLY_USER, native_password_hash, quote_ident};
+pub use config::{INTERNAL_USER, READONLY_USER, SOCKET_FILE, native_password_hash, quote_ident};
 use config::{render_init_sql, render_my_cnf, running_as_root};
 use template::{Template, copy_tree};
 
-use crate::engine::{Engine, EngineError, Instance, Launch, ProbeError, find_program};
+use crate::engine::{Engine, EngineError, Instance, Launch, ProbeError, find_program, socket_path};
 use crate::redis::write_private;
 use crate::spec::{EngineKind, InstanceSpec};
 
@@ -94,6 +94,10 @@ impl Engine for MariaDbEngine {
             program: self.server.clone(),
             args: vec![format!("--defaults-file={}", cnf.display()).into()],
         })
+    }
+
+    fn socket(&self, dir: &Path) -> Option<PathBuf> {
+        socket_path(dir, SOCKET_FILE)
     }
 
     async fn probe(&self, instance: &Instance) -> Result<(), ProbeError> {

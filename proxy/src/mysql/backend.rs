@@ -1,4 +1,4 @@
-//! Backend connections: TCP to the instance, then the client side of the handshake as the
+//! Backend connections: a socket to the instance, then the client side of the handshake as the
 //! internal user (`mysql_native_password`) with the database's schema as default and the
 //! client's own format flags and collation, so every packet relays unchanged. Reset for reuse
 //! with COM_RESET_CONNECTION and COM_INIT_DB, sent together.
@@ -13,13 +13,13 @@ use mysql_common::io::ParseBuf;
 use mysql_common::packets::HandshakePacket;
 use mysql_common::proto::MyDeserialize;
 use mysql_common::scramble::scramble_native;
-use tokio::net::TcpStream;
 
 use super::errors::MyError;
 use super::packet::{BACKEND_CHUNK, Packet, PacketStream};
 use super::response::{Response, Role, Shape};
 use super::state::{SessionVars, SyncPlan};
 use crate::control::Route;
+use crate::upstream::{self, Upstream};
 
 /// Flags every backend connection uses, whatever the client. Session tracking is always on:
 /// it is how the proxy knows what state a connection holds (OK packets are rewritten for
@@ -97,7 +97,7 @@ pub fn parse_err(payload: &[u8]) -> MyError {
 /// An authenticated connection to a database's server, and the session state the proxy
 /// knows it holds.
 pub struct BackendConn {
-    pub stream: PacketStream<TcpStream>,
+    pub stream: PacketStream<Upstream>,
     /// The server's id for this session (what `CONNECTION_ID()` returns).
     pub thread_id: u32,
     pub server_version: String,
@@ -198,12 +198,10 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<BackendConn, BackendError> {
     let attempt = async {
-        let addr = format!("{}:{}", route.host, route.port);
-        let tcp = TcpStream::connect(&addr)
+        let socket = upstream::connect(route)
             .await
-            .map_err(|source| BackendError::Connect { addr, source })?;
-        let _ = tcp.set_nodelay(true);
-        let mut stream = PacketStream::new(tcp, BACKEND_CHUNK);
+            .map_err(|e| BackendError::Connect { addr: e.addr, source: e.source })?;
+        let mut stream = PacketStream::new(socket, BACKEND_CHUNK);
         let greeting = read(&mut stream).await?;
         if greeting.payload().first() == Some(&0xff) {
             return Err(BackendError::Refused(parse_err(greeting.payload())));
@@ -258,7 +256,7 @@ fn command(byte: u8, body: &[u8]) -> Vec<u8> {
     p
 }
 
-async fn read(stream: &mut PacketStream<TcpStream>) -> Result<Packet, BackendError> {
+async fn read(stream: &mut PacketStream<Upstream>) -> Result<Packet, BackendError> {
     stream
         .read()
         .await
@@ -423,8 +421,7 @@ impl BackendConn {
     /// Whether the server still holds the connection open, without a round trip: a closed
     /// socket reads as end-of-file, a live idle one would block.
     pub fn is_alive(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.stream.get_ref().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        upstream::is_open(self.stream.get_ref())
     }
 }
 

@@ -1,16 +1,16 @@
-//! Backend connections: TCP to the instance, then one `HELLO <proto> AUTH <user> <pass>` round
+//! Backend connections: a socket to the instance, then one `HELLO <proto> AUTH <user> <pass>` round
 //! trip that authenticates as the internal user and picks the client's RESP version. Also
 //! fetches the `COMMAND` table the classifier is built from.
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::codec::{self, Request};
 use super::commands::CommandTable;
 use crate::control::Route;
+use crate::upstream::{self, Upstream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -33,7 +33,7 @@ impl BackendError {
 
 /// An authenticated backend connection and the server's reply to `HELLO`.
 pub struct BackendConn {
-    pub stream: TcpStream,
+    pub stream: Upstream,
     pub hello: Bytes,
     /// Bytes read past the HELLO reply (none in practice; kept so nothing is lost).
     pub leftover: BytesMut,
@@ -42,9 +42,7 @@ pub struct BackendConn {
 impl BackendConn {
     /// Whether the server still holds the idle connection open, without a round trip.
     pub fn is_alive(&self) -> bool {
-        let mut probe = [0u8; 1];
-        self.leftover.is_empty()
-            && matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.leftover.is_empty() && upstream::is_open(&self.stream)
     }
 }
 
@@ -55,11 +53,9 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<BackendConn, BackendError> {
     let attempt = async {
-        let addr = format!("{}:{}", route.host, route.port);
-        let mut stream = TcpStream::connect(&addr)
+        let mut stream = upstream::connect(route)
             .await
-            .map_err(|source| BackendError::Connect { addr, source })?;
-        let _ = stream.set_nodelay(true);
+            .map_err(|e| BackendError::Connect { addr: e.addr, source: e.source })?;
         let proto: &[u8] = if resp3 { b"3" } else { b"2" };
         let mut args: Vec<&[u8]> =
             vec![b"HELLO", proto, b"AUTH", route.user.as_bytes(), route.password.0.as_bytes()];
@@ -81,7 +77,7 @@ pub async fn connect(
 
 /// Reads one complete frame; returns it and whatever followed it.
 async fn read_frame(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     mut buf: BytesMut,
 ) -> Result<(Bytes, BytesMut), BackendError> {
     loop {

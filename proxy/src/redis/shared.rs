@@ -73,7 +73,7 @@ const MAX_BATCH: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
 async fn drive(conn: BackendConn, mut jobs: mpsc::UnboundedReceiver<Job>, dead: Arc<AtomicBool>) {
-    let (mut reader, mut writer) = conn.stream.into_split();
+    let (mut reader, mut writer) = crate::upstream::split(conn.stream);
     let mut input = conn.leftover;
     let mut scanner = FrameScanner::default();
     let mut output = BytesMut::new();
@@ -134,7 +134,7 @@ fn lost(n: usize) -> Replies {
 }
 
 async fn read_some(
-    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    reader: &mut crate::upstream::UpstreamReader,
     input: &mut BytesMut,
 ) -> std::io::Result<usize> {
     crate::buffers::make_room(input, READ_CHUNK);

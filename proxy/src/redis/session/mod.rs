@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +31,7 @@ use crate::auth::Identity;
 use crate::buffers::make_room;
 use crate::control::SessionGuard;
 use crate::limits::ClientSlot;
+use crate::upstream::{UpstreamReader, UpstreamWriter};
 
 /// Before authentication a client may send only small requests (AUTH, HELLO).
 const PRE_AUTH_LIMITS: RequestLimits = RequestLimits { max_bytes: 16 * 1024, max_args: 16 };
@@ -111,10 +111,10 @@ struct Transaction {
 
 /// A backend connection the client has to itself.
 struct OwnLink {
-    reader: OwnedReadHalf,
+    reader: UpstreamReader,
     rbuf: BytesMut,
     scanner: FrameScanner,
-    writer: OwnedWriteHalf,
+    writer: UpstreamWriter,
     wbuf: BytesMut,
     hello: Bytes,
     slot: OwnSlot,
@@ -445,7 +445,7 @@ fn bulk(data: &[u8]) -> Vec<u8> {
     out
 }
 
-async fn write_own(own: Option<(&mut OwnedWriteHalf, &mut BytesMut)>) -> std::io::Result<()> {
+async fn write_own(own: Option<(&mut UpstreamWriter, &mut BytesMut)>) -> std::io::Result<()> {
     match own {
         Some((writer, buf)) => {
             let n = writer.write(buf).await?;
@@ -471,7 +471,7 @@ fn next_read_size(size: usize, read: usize, room: usize) -> usize {
     }
 }
 
-async fn read_own(own: Option<(&mut OwnedReadHalf, &mut BytesMut)>) -> std::io::Result<usize> {
+async fn read_own(own: Option<(&mut UpstreamReader, &mut BytesMut)>) -> std::io::Result<usize> {
     match own {
         Some((reader, buf)) => {
             make_room(buf, MAX_READ);

@@ -122,7 +122,7 @@ impl Session {
             return Err(crate::redis::pool::PoolError::Exhausted);
         };
         let (conn, slot) = pool.own().await?;
-        let (reader, writer) = conn.stream.into_split();
+        let (reader, writer) = crate::upstream::split(conn.stream);
         self.own = Some(OwnLink {
             reader,
             rbuf: conn.leftover,
@@ -147,11 +147,11 @@ impl Session {
             return;
         }
         let Some(own) = self.own.take() else { return };
-        match own.reader.reunite(own.writer) {
-            Ok(stream) => {
+        match crate::upstream::reunite(own.reader, own.writer) {
+            Some(stream) => {
                 own.slot.give_back(BackendConn { stream, hello: own.hello, leftover: own.rbuf });
             }
-            Err(e) => tracing::warn!(error = %e, "could not return a connection to the pool"),
+            None => tracing::warn!("could not return a connection to the pool: mismatched halves"),
         }
     }
 
