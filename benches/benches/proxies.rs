@@ -33,7 +33,7 @@ struct Sizes {
 }
 
 const FULL: Sizes = Sizes {
-    reps: 3,
+    reps: 5,
     redis_requests: 200_000,
     redis_pipelined_requests: 2_000_000,
     sysbench_seconds: 10,
@@ -58,36 +58,68 @@ const HAPROXY: &str = "haproxy";
 const NUTCRACKER: &str = "nutcracker";
 const TWIN: &str = "twin direct";
 
-/// Medians per workload and target, in the order measured.
+/// Samples per workload and target, in the order measured. Targets take turns within each
+/// repetition, so the `i`-th samples of two targets were taken side by side.
 #[derive(Default)]
 struct Results {
-    rows: Vec<(String, &'static str, BTreeMap<&'static str, f64>)>,
+    rows: Vec<(String, &'static str, Samples)>,
+}
+
+/// Samples by target name.
+type Samples = BTreeMap<&'static str, Vec<f64>>;
+
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The median of the ratios of side-by-side samples: throughput on this machine drifts by
+/// 10–20 % over minutes, and a pair taken together drifts alike.
+fn paired_ratio(over: &[f64], under: &[f64]) -> f64 {
+    if over.len() != under.len() {
+        return median(over) / median(under);
+    }
+    let ratios: Vec<f64> = over.iter().zip(under).map(|(a, b)| a / b).collect();
+    median(&ratios)
 }
 
 impl Results {
     fn add(&mut self, workload: &str, unit: &'static str, target: &'static str, samples: &[f64]) {
-        let mut sorted = samples.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+        let median = median(samples);
         println!("  {workload:<32} {target:<12} {median:>12.1} {unit}   (runs: {samples:.0?})");
         match self.rows.iter_mut().find(|(w, _, _)| w == workload) {
             Some((_, _, values)) => {
-                values.insert(target, median);
+                values.insert(target, samples.to_vec());
             }
-            None => self.rows.push((workload.into(), unit, BTreeMap::from([(target, median)]))),
+            None => self.rows.push((
+                workload.into(),
+                unit,
+                BTreeMap::from([(target, samples.to_vec())]),
+            )),
         }
     }
 
-    fn get(&self, workload: &str, target: &str) -> f64 {
+    fn samples(&self, workload: &str, target: &str) -> Option<&[f64]> {
         self.rows
             .iter()
             .find(|(w, _, _)| w == workload)
-            .and_then(|(_, _, v)| v.get(target).copied())
-            .unwrap_or(f64::NAN)
+            .and_then(|(_, _, v)| v.get(target).map(Vec::as_slice))
+    }
+
+    fn get(&self, workload: &str, target: &str) -> f64 {
+        self.samples(workload, target).map_or(f64::NAN, median)
     }
 
     fn ratio(&self, workload: &str, over: &str, under: &str) -> f64 {
-        self.get(workload, over) / self.get(workload, under)
+        match (self.samples(workload, over), self.samples(workload, under)) {
+            (Some(a), Some(b)) => paired_ratio(a, b),
+            _ => f64::NAN,
+        }
     }
 
     fn markdown(&self) -> String {
@@ -95,8 +127,8 @@ impl Results {
             "| workload | unit | {DIRECT} | {DORMOUSE} | {HAPROXY} | {NUTCRACKER} ({TWIN}) | \
              {DORMOUSE}/{DIRECT} | {DORMOUSE}/{NUTCRACKER} |\n|---|---|---|---|---|---|---|---|\n"
         );
-        let cell = |v: Option<&f64>| match v {
-            Some(v) if *v < 100.0 => format!("{v:.1}"),
+        let cell = |v: Option<&Vec<f64>>| match v.map(|s| median(s)) {
+            Some(v) if v < 100.0 => format!("{v:.1}"),
             Some(v) => format!("{v:.0}"),
             None => "–".to_owned(),
         };
@@ -106,8 +138,8 @@ impl Results {
                 (Some(n), None) => cell(Some(n)),
                 _ => "–".into(),
             };
-            let ratio = |a: Option<&f64>, b: Option<&f64>| match (a, b) {
-                (Some(a), Some(b)) => format!("{:.2}×", a / b),
+            let ratio = |a: Option<&Vec<f64>>, b: Option<&Vec<f64>>| match (a, b) {
+                (Some(a), Some(b)) => format!("{:.2}×", paired_ratio(a, b)),
                 _ => "–".into(),
             };
             out.push_str(&format!(
@@ -241,7 +273,7 @@ async fn churn(
             samples.entry(name).or_default().push(rate);
         }
     }
-    let workload = format!("{engine:?} connect+auth+query+close, 8 loops");
+    let workload = format!("{engine} connect+auth+query+close, 8 loops");
     for (name, runs) in samples {
         results.add(&workload, "conn/s", name, &runs);
     }
@@ -254,7 +286,7 @@ async fn idle(results: &mut Results, sizes: &Sizes, dir: &Path) -> anyhow::Resul
     for engine in [Engine::Redis, Engine::Mysql] {
         // A fresh process per engine: memory freed by earlier work would be reused by these
         // sessions and hide what they cost.
-        let (mut dormouse, served) = serve::spawn(&dir.join(format!("idle-{engine:?}")))?;
+        let (mut dormouse, served) = serve::spawn(&dir.join(format!("idle-{engine}")))?;
         let pid = dormouse.pid();
         let db = if engine == Engine::Redis { &served.redis } else { &served.mysql };
         let at = Endpoint {
@@ -263,7 +295,7 @@ async fn idle(results: &mut Results, sizes: &Sizes, dir: &Path) -> anyhow::Resul
             password: db.token.clone(),
         };
         let active = |results: &mut Results, label: &str| -> anyhow::Result<()> {
-            let workload = format!("{engine:?} 50 active clients{label}");
+            let workload = format!("{engine} 50 active clients{label}");
             let rate = match engine {
                 Engine::Redis => redis_benchmark(&at, "get", 50, sizes.redis_requests, 1)?
                     .first()
@@ -296,15 +328,10 @@ async fn idle(results: &mut Results, sizes: &Sizes, dir: &Path) -> anyhow::Resul
         let after = rss_kib(pid)?;
         let per_client = (after.saturating_sub(before)) as f64 * 1024.0 / sizes.idle as f64;
         println!(
-            "  {engine:?}: {} idle clients: proxy RSS {before} → {after} KiB, {per_client:.0} bytes each",
+            "  {engine}: {} idle clients: proxy RSS {before} → {after} KiB, {per_client:.0} bytes each",
             sizes.idle
         );
-        results.add(
-            &format!("{engine:?} memory per idle client"),
-            "bytes",
-            DORMOUSE,
-            &[per_client],
-        );
+        results.add(&format!("{engine} memory per idle client"), "bytes", DORMOUSE, &[per_client]);
         active(results, &format!(" beside {} idle", sizes.idle))?;
         clients::close_all(idle).await;
         dormouse.check_alive()?;
@@ -334,12 +361,12 @@ fn verdicts(r: &Results, idle: usize) -> Vec<String> {
     let ratio = r.ratio(w, DORMOUSE, DIRECT);
     check(format!("{w}: Dormouse/direct ≥ 0.85"), ratio, ratio >= 0.85);
     for engine in [Engine::Redis, Engine::Mysql] {
-        let w = format!("{engine:?} connect+auth+query+close, 8 loops");
+        let w = format!("{engine} connect+auth+query+close, 8 loops");
         let ratio = r.ratio(&w, DORMOUSE, DIRECT);
         check(format!("{w}: Dormouse/direct > 1"), ratio, ratio > 1.0);
-        let bytes = r.get(&format!("{engine:?} memory per idle client"), DORMOUSE);
+        let bytes = r.get(&format!("{engine} memory per idle client"), DORMOUSE);
         check(
-            format!("{engine:?}: KiB per idle client ({idle}) < 16"),
+            format!("{engine}: KiB per idle client ({idle}) < 16"),
             bytes / 1024.0,
             bytes < 16.0 * 1024.0,
         );

@@ -16,6 +16,15 @@ pub enum Engine {
     Mysql,
 }
 
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Redis => "Redis",
+            Engine::Mysql => "MySQL",
+        })
+    }
+}
+
 /// A logged-in connection.
 pub enum Client {
     Redis(TcpStream),
