@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 /// A running Dormouse in a temporary directory; everything stops when it is dropped.
 pub struct Cluster {
     running: Option<Running>,
-    dir: TempDir,
+    /// The data directory: `_dir` itself, or a directory inside it.
+    data: std::path::PathBuf,
+    _dir: TempDir,
     http: reqwest::Client,
 }
 
@@ -49,11 +51,21 @@ impl Cluster {
 
     /// Starts with a configuration adjusted by `configure` (smaller limits, shorter timeouts).
     pub async fn start_with(configure: impl FnOnce(&mut UpConfig)) -> anyhow::Result<Self> {
+        Self::start_in("", configure).await
+    }
+
+    /// Starts with its data directory at `subdir` of a temporary directory (a deep path).
+    pub async fn start_in(
+        subdir: &str,
+        configure: impl FnOnce(&mut UpConfig),
+    ) -> anyhow::Result<Self> {
         init_tracing();
         let dir = tempfile::tempdir()?;
-        let config = Self::config(dir.path(), configure)?;
+        let data = dir.path().join(subdir);
+        std::fs::create_dir_all(&data)?;
+        let config = Self::config(&data, configure)?;
         let running = up::start(config, CancellationToken::new()).await?;
-        Ok(Self { running: Some(running), dir, http: reqwest::Client::new() })
+        Ok(Self { running: Some(running), data, _dir: dir, http: reqwest::Client::new() })
     }
 
     /// Test configuration: what a user gets, except that every test cluster shares one MariaDB
@@ -79,7 +91,7 @@ impl Cluster {
     }
 
     pub fn data_dir(&self) -> &std::path::Path {
-        self.dir.path()
+        &self.data
     }
 
     pub fn admin_token(&self) -> String {
@@ -146,7 +158,7 @@ impl Cluster {
         if let Some(running) = self.running.take() {
             running.stop().await;
         }
-        let config = Self::config(self.dir.path(), |_| {})?;
+        let config = Self::config(&self.data, |_| {})?;
         self.running = Some(up::start(config, CancellationToken::new()).await?);
         Ok(())
     }

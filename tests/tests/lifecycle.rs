@@ -56,6 +56,25 @@ fn instance_state(cluster: &Cluster, name: &str) -> InstanceState {
 }
 
 #[tokio::test]
+async fn databases_run_when_the_data_directory_is_too_deep_for_socket_paths() -> anyhow::Result<()>
+{
+    // Unix socket addresses hold 107 bytes; the instances' sockets would be longer here.
+    let cluster = Cluster::start_in(&"deep-".repeat(20), |_| {}).await?;
+    let admin = cluster.tenant("acme").await?;
+    let mysql = create(&cluster, &admin, json!({ "name": "shop", "engine": "mysql" })).await?;
+    let redis = create(&cluster, &admin, json!({ "name": "kv", "engine": "redis" })).await?;
+    let mut conn = mysql_async::Conn::new(cluster.mysql_opts("shop", &mysql, false)).await?;
+    // The proxy reaches the server over TCP instead.
+    let user: Option<String> = conn.query_first("SELECT CURRENT_USER()").await?;
+    assert_eq!(user.as_deref(), Some("dormouse@127.0.0.1"));
+    conn.disconnect().await?;
+    let out = cluster.redis_cli(Some("kv"), Some(&redis), &["SET", "k", "v"]).await?;
+    assert_eq!(stdout(&out), "OK");
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_idle_database_is_suspended_and_a_client_gets_its_data_back() -> anyhow::Result<()> {
     let cluster = cluster().await?;
     let admin = cluster.tenant("acme").await?;

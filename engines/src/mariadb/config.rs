@@ -3,10 +3,11 @@
 //! accepts connections, which (re)creates the schema and the internal user idempotently.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use sha1::{Digest, Sha1};
 
-use crate::engine::Instance;
+use crate::engine::{Instance, socket_path};
 
 /// The user the proxy logs in as; it holds every privilege on the database's schema and
 /// nothing else (no SUPER, FILE, PROCESS, SHUTDOWN, no GRANT OPTION).
@@ -47,12 +48,13 @@ pub fn render_my_cnf(instance: &Instance, run_as_root: bool) -> String {
     let _ = write!(
         conf,
         "datadir={dir}/data\n\
-         socket={dir}/{SOCKET_FILE}\n\
+         socket={socket}\n\
          pid-file={dir}/mysqld.pid\n\
          port={port}\n\
          bind-address=127.0.0.1\n\
          init-file={dir}/init.sql\n\
          secure-file-priv={dir}/files\n\
+         tmpdir={dir}/{TMP_DIR}\n\
          local-infile=0\n\
          skip-log-bin\n\
          innodb_buffer_pool_size={pool}M\n\
@@ -72,10 +74,22 @@ pub fn render_my_cnf(instance: &Instance, run_as_root: bool) -> String {
          session_track_system_variables=*\n\
          session_track_transaction_info=CHARACTERISTICS\n",
         port = instance.port,
+        socket = socket_setting(&instance.dir),
         pool = limits.memory_mb.max(8),
         max_connections = limits.max_connections,
     );
     conf
+}
+
+/// Where the server makes its Unix socket. A path too long for a socket address makes
+/// `mariadbd` refuse to start, and it cannot go without a socket; so a deep instance directory
+/// gets the same file named relative to the data directory, which the server has made its
+/// working directory by then. Clients cannot reach that one (the proxy then uses TCP).
+fn socket_setting(dir: &Path) -> String {
+    match socket_path(dir, SOCKET_FILE) {
+        Some(path) => path.display().to_string(),
+        None => format!("../{SOCKET_FILE}"),
+    }
 }
 
 /// The `mysql_native_password` hash of `password`: `*` and the upper-case hex of
@@ -91,6 +105,11 @@ pub fn native_password_hash(password: &str) -> String {
 pub fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
+
+/// The server's temporary files (large sorts, internal temporary tables): inside the instance,
+/// not in the host's shared `/tmp`, where they would count against no database and mix with
+/// every other server's (see the template's bootstrap).
+pub const TMP_DIR: &str = "tmp";
 
 /// The server's Unix socket, in the instance directory (which only the agent's user can enter).
 pub const SOCKET_FILE: &str = "mysqld.sock";
@@ -165,12 +184,22 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_path_too_long_for_an_address_is_named_from_the_data_directory() {
+        let conf = render_my_cnf(&instance(), false);
+        assert!(conf.contains("socket=/tmp/inst/mysqld.sock\n"));
+        let mut deep = instance();
+        deep.dir = format!("/tmp/{}", "d".repeat(100)).into();
+        assert!(render_my_cnf(&deep, false).contains("socket=../mysqld.sock\n"));
+    }
+
+    #[test]
     fn my_cnf_binds_loopback_with_tracking_and_limits() {
         let conf = render_my_cnf(&instance(), false);
         for line in [
             "port=7002",
             "bind-address=127.0.0.1",
             "local-infile=0",
+            "tmpdir=/tmp/inst/tmp",
             "max_connections=50",
             "innodb_buffer_pool_size=64M",
             "session_track_state_change=ON",

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use config::{INTERNAL_USER, READONLY_USER, SOCKET_FILE, native_password_hash, quote_ident};
-use config::{render_init_sql, render_my_cnf, running_as_root};
+use config::{TMP_DIR, render_init_sql, render_my_cnf, running_as_root};
 use template::{Template, copy_tree};
 
 use crate::engine::{Engine, EngineError, Instance, Launch, ProbeError, find_program, socket_path};
@@ -81,6 +81,11 @@ impl Engine for MariaDbEngine {
     }
 
     async fn launch(&self, instance: &Instance) -> Result<Launch, EngineError> {
+        // Made at every start: directories provisioned by earlier versions lack it.
+        let tmp = instance.dir.join(TMP_DIR);
+        tokio::fs::create_dir_all(&tmp)
+            .await
+            .map_err(EngineError::io(format!("creating {}", tmp.display())))?;
         let cnf = instance.dir.join("my.cnf");
         write_private(&cnf, render_my_cnf(instance, running_as_root()).as_bytes())
             .await

@@ -52,6 +52,15 @@ impl Template {
             cnf.push_str("user=root\n");
         }
         common_settings(&mut cnf);
+        // The bootstrap's temporary tables stay in its own directory. With the shared /tmp,
+        // about one install in ten failed while other servers were starting (tests that build
+        // templates side by side): its temporary table's file was gone when it dropped it
+        // (`Unknown table 'mysql.tmp_user_sys'`).
+        let tmp = scratch.join("tmp");
+        tokio::fs::create_dir_all(&tmp)
+            .await
+            .map_err(EngineError::io(format!("creating {}", tmp.display())))?;
+        cnf.push_str(&format!("tmpdir={}\n", tmp.display()));
         let cnf_path = scratch.join("my.cnf");
         tokio::fs::write(&cnf_path, cnf)
             .await
