@@ -86,7 +86,9 @@ impl LocalAgent {
         engines: Vec<Arc<dyn Engine>>,
         policy: RestartPolicy,
     ) -> std::io::Result<Self> {
-        let root = root.into();
+        // Absolute, because servers change their working directory while reading their
+        // configuration, and a relative socket or data path would then point elsewhere.
+        let root = std::path::absolute(root.into())?;
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&root)?;
         Ok(Self {
             root,

@@ -48,7 +48,8 @@ impl RedisEngine {
 ///   on a host crash; a clean stop loses nothing); no RDB snapshots (backups take their own);
 /// - eviction: `noeviction`: this is a database, not a cache, so when `maxmemory` is reached
 ///   writes fail with an `OOM` error instead of silently dropping keys;
-/// - access: loopback only, `default` user off, one internal user without `@admin` commands.
+/// - access: loopback TCP and a Unix socket only its owner can open (mode 700, inside the
+///   instance directory), `default` user off, one internal user without `@admin` commands.
 pub fn render_config(instance: &Instance) -> String {
     let dir = instance.dir.display();
     let limits = instance.spec.limits;

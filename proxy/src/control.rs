@@ -55,6 +55,18 @@ pub struct Route {
     pub limits: RouteLimits,
 }
 
+impl Route {
+    /// What identifies the server a route leads to, for pooling: its socket when it has one
+    /// (which names the instance, and stays when the server restarts on another port), else
+    /// its TCP address.
+    pub fn server(&self) -> String {
+        match &self.socket {
+            Some(path) => path.display().to_string(),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
 /// Per-database limits the proxy enforces, from the database's plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteLimits {

@@ -10,7 +10,7 @@
 //! - [`listener`]: the accept loop: connection limit, task tracking, drain on shutdown.
 //! - [`limits`]: client connections per database.
 //! - [`tls`]: TLS for client connections.
-//! - [`upstream`]: connections to the databases' servers (Unix socket or TCP).
+//! - `upstream`: connections to the databases' servers (Unix socket or TCP).
 //! - [`redis`]: the Redis front end: codec, commands, backend connections, the session relay.
 //! - [`mysql`]: the MySQL front end: login, backend connections and their pool, the relay.
 

@@ -3,6 +3,8 @@
 //! A Unix socket skips the TCP stack on both sides of every backend read and write.
 
 use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::{TcpStream, UnixStream, tcp, unix};
 use tokio_util::either::Either;
@@ -11,8 +13,9 @@ use crate::control::Route;
 
 /// A connection to a database's server.
 pub type Upstream = Either<TcpStream, UnixStream>;
-/// The halves of an [`Upstream`], for a reader and a writer that run side by side.
+/// The read half of an [`Upstream`], for a reader and a writer that run side by side.
 pub type UpstreamReader = Either<tcp::OwnedReadHalf, unix::OwnedReadHalf>;
+/// The write half of an [`Upstream`].
 pub type UpstreamWriter = Either<tcp::OwnedWriteHalf, unix::OwnedWriteHalf>;
 
 /// Why the server could not be reached, with the address tried last (TCP).
@@ -22,14 +25,31 @@ pub struct ConnectError {
     pub source: io::Error,
 }
 
-/// Connects to `route`'s server: its socket first, when it has one. A socket that is missing,
-/// refused or not ours to open (another host, another user) falls back to TCP, which then
-/// decides; so a route is never worse than its TCP address.
+/// Connects to `route`'s server: its socket first, when it has one and the server is on this
+/// host's loopback. A socket that is missing, refused or not ours to open (another user,
+/// another mount namespace) falls back to TCP, which then decides; so a route is never worse
+/// than its TCP address.
 pub async fn connect(route: &Route) -> Result<Upstream, ConnectError> {
-    if let Some(path) = &route.socket {
+    if let Some(path) = route.socket.as_ref().filter(|_| is_loopback(&route.host)) {
         match UnixStream::connect(path).await {
             Ok(stream) => return Ok(Either::Right(stream)),
-            Err(e) => tracing::debug!(error = %e, "backend socket unusable; using TCP"),
+            // A stopped or restarting server leaves no socket or a dead one: normal.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                tracing::debug!(path = %path.display(), error = %e, "backend socket closed; using TCP");
+            }
+            // Anything else is how this proxy is set up (say, another user than the agent's):
+            // worth saying once, since every backend connection now pays a failed attempt.
+            Err(e) => {
+                static WARNED: AtomicBool = AtomicBool::new(false);
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot open backend Unix sockets; using TCP");
+                }
+            }
         }
     }
     let addr = format!("{}:{}", route.host, route.port);
@@ -41,6 +61,10 @@ pub async fn connect(route: &Route) -> Result<Upstream, ConnectError> {
         }
         Err(source) => Err(ConnectError { addr, source }),
     }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Splits a connection into halves that own their side.
@@ -129,6 +153,32 @@ mod tests {
             .map_err(|e| e.source)?;
         assert!(matches!(stream, Either::Left(_)));
         listener.accept().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_socket_left_by_a_dead_server_falls_back_to_tcp() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("s.sock");
+        drop(tokio::net::UnixListener::bind(&path)?);
+        assert!(path.exists());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let stream = connect(&route(port, Some(path))).await.map_err(|e| e.source)?;
+        assert!(matches!(stream, Either::Left(_)));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_socket_of_a_server_on_another_host_is_not_tried() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("s.sock");
+        let _listener = tokio::net::UnixListener::bind(&path)?;
+        let mut remote = route(1, Some(path));
+        remote.host = "192.0.2.1".into();
+        // TEST-NET-1 never answers; only the socket could, and it must not be used.
+        let attempt = tokio::time::timeout(std::time::Duration::from_millis(200), connect(&remote));
+        assert!(!matches!(attempt.await, Ok(Ok(Either::Right(_)))));
         Ok(())
     }
 

@@ -119,7 +119,8 @@ pub const READONLY_USER: &str = "dormouse_ro";
 
 /// `init.sql`: one statement per line, each idempotent, so it can run at every start. Each
 /// internal user exists twice: at `127.0.0.1` for TCP and at `localhost`, which is what the
-/// server calls Unix-socket clients.
+/// server calls Unix-socket clients. The two accounts must always change together: views and
+/// routines a client creates are defined by whichever one its backend connection used.
 pub fn render_init_sql(instance: &Instance) -> String {
     let schema = quote_ident(&instance.spec.name);
     let hash = native_password_hash(instance.spec.password.expose());

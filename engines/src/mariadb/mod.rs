@@ -42,7 +42,10 @@ impl MariaDbEngine {
             .nth(1)
             .unwrap_or("unknown")
             .to_owned();
-        Ok(Self { server, template: Template::new(template_root.into(), install_db, version) })
+        // Absolute, as the bootstrap's paths are read after it changes directory.
+        let root = std::path::absolute(template_root.into())
+            .map_err(EngineError::io("resolving the template directory"))?;
+        Ok(Self { server, template: Template::new(root, install_db, version) })
     }
 
     /// Builds the template now rather than at the first create.

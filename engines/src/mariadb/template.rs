@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::OnceCell;
 
-use super::config::{common_settings, running_as_root};
+use super::config::{TMP_DIR, common_settings, running_as_root};
 use crate::engine::EngineError;
 use crate::process::log_tail;
 
@@ -56,7 +56,7 @@ impl Template {
         // about one install in ten failed while other servers were starting (tests that build
         // templates side by side): its temporary table's file was gone when it dropped it
         // (`Unknown table 'mysql.tmp_user_sys'`).
-        let tmp = scratch.join("tmp");
+        let tmp = scratch.join(TMP_DIR);
         tokio::fs::create_dir_all(&tmp)
             .await
             .map_err(EngineError::io(format!("creating {}", tmp.display())))?;

@@ -184,8 +184,7 @@ impl MysqlFrontend {
         let key = DbKey {
             tenant: identity.tenant.clone(),
             database: identity.database.clone(),
-            host: route.host.clone(),
-            port: route.port,
+            server: route.server(),
         };
         let limit = route.limits.max_backend as usize;
         // A route resolved afresh while opening (the old one was stale) replaces the

@@ -20,8 +20,8 @@ use super::state::PinReason;
 pub struct DbKey {
     pub tenant: String,
     pub database: String,
-    pub host: String,
-    pub port: u16,
+    /// [`Route::server`](crate::control::Route::server).
+    pub server: String,
 }
 
 /// What a connection must match to serve a client: the internal user it is logged in as

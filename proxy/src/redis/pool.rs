@@ -54,8 +54,8 @@ pub enum PoolError {
 struct PoolKey {
     tenant: String,
     database: String,
-    host: String,
-    port: u16,
+    /// [`Route::server`].
+    server: String,
     resp3: bool,
 }
 
@@ -79,8 +79,7 @@ impl RedisPools {
         let key = PoolKey {
             tenant: tenant.to_owned(),
             database: database.to_owned(),
-            host: route.host.clone(),
-            port: route.port,
+            server: route.server(),
             resp3,
         };
         self.pools
