@@ -1,6 +1,6 @@
 //! OK packets from servers that track session state: what changed (system variables, the
 //! default schema, transaction state, "something else"), and the packet rewritten for clients
-//! that did not ask for session tracking (state dropped, info as a plain trailing string).
+//! that did not ask for session tracking (state dropped).
 
 use super::response::SERVER_SESSION_STATE_CHANGED;
 
@@ -130,8 +130,11 @@ fn parse_state(mut state: &[u8]) -> Option<StateChanges> {
     Some(changes)
 }
 
-/// The OK packet as a client without session tracking expects it: same header, counts and
-/// status (minus the state-changed flag), and the info string running to the end.
+/// The OK packet as a server sends it to a client without session tracking: same header,
+/// counts and status (minus the state-changed flag), and the info string only when there is
+/// one. It stays length-encoded: the protocol documentation says a plain trailing string, but
+/// MariaDB and MySQL both send it length-prefixed, and clients (libmariadb, mysql_common) read
+/// it that way.
 pub fn without_tracking(header: u8, ok: &Ok) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + ok.info.len());
     out.push(header);
@@ -139,7 +142,10 @@ pub fn without_tracking(header: u8, ok: &Ok) -> Vec<u8> {
     put_lenenc(&mut out, ok.last_insert_id);
     out.extend_from_slice(&(ok.status & !SERVER_SESSION_STATE_CHANGED).to_le_bytes());
     out.extend_from_slice(&ok.warnings.to_le_bytes());
-    out.extend_from_slice(&ok.info);
+    if !ok.info.is_empty() {
+        put_lenenc(&mut out, ok.info.len() as u64);
+        out.extend_from_slice(&ok.info);
+    }
     out
 }
 
@@ -192,13 +198,15 @@ mod tests {
             changes: StateChanges::default(),
         };
         let bytes = without_tracking(0x00, &big);
-        let mut tracked = bytes[..bytes.len() - big.info.len()].to_vec();
-        tracked.push(big.info.len() as u8);
-        tracked.extend_from_slice(&big.info);
         assert_eq!(
-            parse(&tracked).map(|o| (o.affected_rows, o.last_insert_id, o.info)),
+            parse(&bytes).map(|o| (o.affected_rows, o.last_insert_id, o.info)),
             Some((70_000, 300, big.info.clone()))
         );
+        // What MariaDB itself sends a client without tracking after a two-row INSERT.
+        let mut info = b"\0\x02\x01\x02\0\0\0&".to_vec();
+        info.extend_from_slice(b"Records: 2  Duplicates: 0  Warnings: 0");
+        let ok = parse(&info).expect("ok");
+        assert_eq!(without_tracking(0x00, &ok), info);
     }
 
     #[test]
