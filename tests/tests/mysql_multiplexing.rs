@@ -326,6 +326,30 @@ async fn insert_ids_found_rows_and_warnings_belong_to_their_client() -> anyhow::
     Ok(())
 }
 
+#[tokio::test]
+async fn an_insert_id_follows_its_client_into_a_transaction_on_another_connection()
+-> anyhow::Result<()> {
+    let (cluster, token) = setup(2).await?;
+    let mut a = connect(&cluster, &token).await?;
+    let mut b = connect(&cluster, &token).await?;
+    a.query_drop("CREATE TABLE seq (id INT PRIMARY KEY AUTO_INCREMENT, who TEXT)").await?;
+    a.query_drop("INSERT INTO seq (who) VALUES ('a')").await?;
+    // b takes the connection a's insert ran on, so a's transaction starts on the other one.
+    b.query_drop("BEGIN").await?;
+    b.query_drop("INSERT INTO seq (who) VALUES ('b'), ('b')").await?;
+    a.query_drop("BEGIN").await?;
+    let a_id: Option<u64> = a.query_first("SELECT LAST_INSERT_ID()").await?;
+    let b_id: Option<u64> = b.query_first("SELECT LAST_INSERT_ID()").await?;
+    assert_eq!((a_id, b_id), (Some(1), Some(2)), "each client's own insert id");
+    a.query_drop("COMMIT").await?;
+    b.query_drop("COMMIT").await?;
+    assert_eq!(pins(&cluster, PinReason::Transaction), 2);
+    a.disconnect().await?;
+    b.disconnect().await?;
+    cluster.stop().await;
+    Ok(())
+}
+
 /// Many clients of two protocol flavours (mysql_async: DEPRECATE_EOF, session tracking;
 /// PyMySQL: neither) on four backend connections; every result must carry the marker of the
 /// query that asked for it.

@@ -348,6 +348,19 @@ impl BackendConn {
         Ok(())
     }
 
+    /// Gives the session the last insert id `id` if the proxy knows it to have another: for a
+    /// connection a client already holds, whose insert may have run on another connection.
+    pub async fn sync_insert_id(&mut self, id: u64) -> Result<(), BackendError> {
+        if self.state.vars.last_insert_id == id {
+            return Ok(());
+        }
+        let set = format!("SET @@SESSION.last_insert_id = {id}");
+        self.stream.send(0, &command(0x03, set.as_bytes())).await.map_err(io_err)?;
+        self.read_ok().await?.map_err(BackendError::Refused)?;
+        self.state.vars.last_insert_id = id;
+        Ok(())
+    }
+
     async fn init_db(&mut self, schema: &str) -> Result<(), BackendError> {
         self.stream.send(0, &command(0x02, schema.as_bytes())).await.map_err(io_err)?;
         self.read_ok().await?.map_err(BackendError::Refused)?;

@@ -18,7 +18,7 @@ use super::pool::{Flavour, Lease, Return};
 use super::relay::{End, Relayed, lost, relay};
 use super::response::{SERVER_STATUS_CURSOR_EXISTS, SERVER_STATUS_LAST_ROW_SENT, Shape};
 use super::sql::{Traits, inspect};
-use super::state::{ClientState, PinReason, locks_query};
+use super::state::{COLLATION_QUERY, ClientState, PinReason, collation_unreported, locks_query};
 use super::statements::{ClientStmt, Statements, rewrite_execute, with_id};
 use crate::auth::Identity;
 use crate::control::Route;
@@ -170,6 +170,25 @@ impl Session<'_> {
         self.apply(Some(&traits), &relayed);
         if traits.releases_lock {
             self.check_locks().await?;
+        }
+        if collation_unreported(Some(&traits), &relayed.outcome) {
+            self.check_collation().await?;
+        }
+        Ok(())
+    }
+
+    /// Asks the server which collation a character-set change left, so that it is replayed
+    /// with the rest of the client's variables.
+    async fn check_collation(&mut self) -> Result<(), Stop> {
+        let Some(conn) = self.lease.as_mut().map(Lease::conn) else { return Ok(()) };
+        match conn.query_value(COLLATION_QUERY).await {
+            Ok(Some(collation)) => {
+                let collation = String::from_utf8_lossy(&collation).into_owned();
+                self.state.collation_is(collation, &mut conn.state.vars);
+            }
+            Ok(None) => {}
+            Err(BackendError::Refused(e)) => tracing::debug!(error = %e, "collation check refused"),
+            Err(_) => return Err(End::BackendLost.into()),
         }
         Ok(())
     }
@@ -395,7 +414,22 @@ impl Session<'_> {
     /// to, or one borrowed from the pool and brought to its state. On failure the client has
     /// its error and the command goes no further.
     async fn borrow(&mut self, insert_id: bool, seq: u8) -> Result<(), Stop> {
-        if self.lease.is_some() {
+        if let Some(lease) = self.lease.as_mut() {
+            // Pinned since after its last insert, which may have run on another connection.
+            if insert_id {
+                let id = self.state.vars.last_insert_id;
+                match lease.conn().sync_insert_id(id).await {
+                    Ok(()) => {}
+                    Err(BackendError::Refused(e)) => {
+                        self.refuse(e, seq).await;
+                        return Err(Stop::Answered);
+                    }
+                    Err(_) => {
+                        self.fail(lost(), seq).await?;
+                        return Err(End::BackendLost.into());
+                    }
+                }
+            }
             return Ok(());
         }
         let borrowed = self

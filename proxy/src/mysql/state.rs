@@ -415,7 +415,30 @@ impl ClientState {
     pub fn locks_released(&mut self) {
         self.locks.clear();
     }
+
+    /// Records the connection collation the server reported on request, on the client and
+    /// on the connection `conn` it is in effect on.
+    pub fn collation_is(&mut self, collation: String, conn: &mut SessionVars) {
+        conn.variables.insert(COLLATION.to_owned(), collation.clone());
+        self.vars.variables.insert(COLLATION.to_owned(), collation);
+    }
 }
+
+const COLLATION: &str = "collation_connection";
+
+/// Whether a command changed the connection's character set without MariaDB saying what its
+/// collation became: its tracker reports `SET NAMES cs COLLATE c` as the three `character_set_*`
+/// variables only, and replaying those alone would give the character set's default collation.
+pub fn collation_unreported(traits: Option<&Traits>, outcome: &Outcome) -> bool {
+    let reported =
+        |name: &str| outcome.changes.iter().any(|c| c.variables.iter().any(|v| v.0 == name));
+    !traits.is_some_and(|t| t.set_statement)
+        && reported("character_set_connection")
+        && !reported(COLLATION)
+}
+
+/// The query that reads the collation [`collation_unreported`] asks about.
+pub const COLLATION_QUERY: &str = "SELECT @@SESSION.collation_connection";
 
 /// The query that says whether this session still holds any of the advisory locks `names`:
 /// one row, `1` if it does.
@@ -469,6 +492,27 @@ mod tests {
         assert!(p.reset);
         assert_eq!(p.schema, None, "the reset lands on the home schema");
         assert_eq!(p.set.as_deref(), Some("SET @@SESSION.time_zone = '+01:00'"));
+    }
+
+    #[test]
+    fn a_character_set_change_without_its_collation_is_asked_about() {
+        let outcome = |names: &[&str]| Outcome {
+            changes: vec![crate::mysql::ok::StateChanges {
+                variables: names.iter().map(|n| ((*n).to_owned(), "x".to_owned())).collect(),
+                ..Default::default()
+            }],
+            ..Outcome::default()
+        };
+        // What MariaDB reports for `SET NAMES utf8mb4 COLLATE utf8mb4_bin`.
+        let names = outcome(&["character_set_client", "character_set_connection"]);
+        assert!(collation_unreported(None, &names));
+        let with = outcome(&["character_set_connection", "collation_connection"]);
+        assert!(!collation_unreported(None, &with));
+        assert!(!collation_unreported(None, &outcome(&["time_zone"])));
+        let once = crate::mysql::sql::inspect(
+            b"SET STATEMENT character_set_connection=latin1 FOR SELECT 1",
+        );
+        assert!(!collation_unreported(Some(&once), &names));
     }
 
     #[test]
