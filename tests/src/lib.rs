@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use dormouse_control::up::{self, Running, UpConfig};
+use dormouse_proxy::control::Route;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
+
+pub mod resp;
 
 /// A running Dormouse in a temporary directory; everything stops when it is dropped.
 pub struct Cluster {
@@ -193,6 +196,11 @@ impl Cluster {
 
     /// Creates a tenant; returns its admin token.
     pub async fn tenant(&self, name: &str) -> anyhow::Result<String> {
+        Ok(self.tenant_with_id(name).await?.0)
+    }
+
+    /// Creates a tenant; returns its admin token and its id.
+    pub async fn tenant_with_id(&self, name: &str) -> anyhow::Result<(String, String)> {
         let admin = self.admin_token();
         let r = self
             .api(Method::POST, "/v1/tenants", Some(&admin), Some(json!({ "name": name })))
@@ -200,7 +208,19 @@ impl Cluster {
         if r.status != StatusCode::CREATED {
             bail!("creating tenant {name}: {r:?}");
         }
-        Ok(r.body["token"].as_str().context("token")?.to_owned())
+        let token = r.body["token"].as_str().context("token")?.to_owned();
+        Ok((token, r.body["id"].as_str().context("tenant id")?.to_owned()))
+    }
+
+    /// Where the proxy sends a database's clients, with the internal credentials it logs in
+    /// with: for tests that compare the proxy with the server itself.
+    pub async fn backend(&self, tenant_id: &str, database: &str) -> anyhow::Result<Route> {
+        self.running()
+            .service
+            .wake(tenant_id, database)
+            .await
+            .map_err(|e| anyhow::anyhow!("waking {database}: {e}"))?
+            .context("no such database")
     }
 
     /// Creates a database; returns the API's answer (with a database-scoped token).

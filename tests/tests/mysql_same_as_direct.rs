@@ -1,0 +1,317 @@
+//! The proxy answers exactly as the server does: scripted sessions of transactions, session
+//! state, locks, temporary tables, warnings and prepared statements run once against the
+//! server directly and once through the proxy, whose small pool other clients keep busy; every
+//! result set, OK packet and error must match.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use dormouse_proxy::control::RouteLimits;
+use dormouse_tests::Cluster;
+use mysql_async::prelude::{Protocol, Queryable};
+use mysql_async::{Conn, Opts, OptsBuilder, QueryResult, Value};
+
+/// A parameter of a prepared statement.
+#[derive(Clone, Copy)]
+enum P {
+    Null,
+    Int(i64),
+    Text(&'static str),
+    Float(f64),
+    /// year, month, day, hour, minute, second, microsecond
+    Time(u16, u8, u8, u8, u8, u8, u32),
+}
+
+impl From<P> for Value {
+    fn from(p: P) -> Self {
+        match p {
+            P::Null => Value::NULL,
+            P::Int(i) => Value::Int(i),
+            P::Text(s) => Value::Bytes(s.as_bytes().to_vec()),
+            P::Float(f) => Value::Double(f),
+            P::Time(y, mo, d, h, mi, s, us) => Value::Date(y, mo, d, h, mi, s, us),
+        }
+    }
+}
+
+/// One step of a scripted session.
+enum Step {
+    /// Client `.0` runs `.1` as text (all its result sets).
+    Q(usize, &'static str),
+    /// Client `.0` prepares `.1` and executes it with `.2`.
+    X(usize, &'static str, &'static [P]),
+}
+use Step::{Q, X};
+
+struct Script {
+    name: &'static str,
+    clients: usize,
+    steps: &'static [Step],
+}
+
+const CREATE: &str = "CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(8) NOT NULL, \
+                      d DECIMAL(6,2), at DATETIME(3), f DOUBLE, b BLOB, UNIQUE (v))";
+
+const SCRIPTS: &[Script] = &[
+    Script {
+        name: "writes, errors and transactions",
+        clients: 2,
+        steps: &[
+            Q(0, CREATE),
+            Q(0, "INSERT INTO t (v, d) VALUES ('a', 1.5), ('b', NULL)"),
+            Q(0, "INSERT INTO t (v) VALUES ('a')"),
+            Q(0, "INSERT INTO t (v) VALUES ('far too long')"),
+            Q(0, "SELECT LAST_INSERT_ID()"),
+            Q(0, "UPDATE t SET d = d * 2"),
+            Q(0, "SELEC 1"),
+            Q(1, "SELECT * FROM nosuch"),
+            Q(0, "BEGIN"),
+            Q(0, "INSERT INTO t (v) VALUES ('c')"),
+            Q(1, "SELECT v, d FROM t ORDER BY id"),
+            Q(0, "SELECT v, d, @@in_transaction FROM t ORDER BY id"),
+            Q(0, "SAVEPOINT s"),
+            Q(0, "UPDATE t SET d = 7 WHERE v = 'c'"),
+            Q(0, "ROLLBACK TO SAVEPOINT s"),
+            Q(0, "SELECT v, d FROM t WHERE v = 'c'"),
+            Q(0, "ROLLBACK"),
+            Q(1, "SELECT COUNT(*), @@in_transaction FROM t"),
+            Q(1, "START TRANSACTION READ ONLY"),
+            Q(1, "INSERT INTO t (v) VALUES ('ro')"),
+            Q(1, "COMMIT"),
+            Q(0, "START TRANSACTION"),
+            Q(0, "INSERT INTO t (v) VALUES ('d')"),
+            Q(0, "COMMIT"),
+            Q(1, "SELECT id, v FROM t ORDER BY id"),
+            Q(0, "SELECT 1 AS one; SELECT 'x' AS s, NULL AS n; DO 1"),
+            Q(0, "SELECT id FROM t WHERE id = 999"),
+            Q(0, "DELETE FROM t WHERE v = 'd'"),
+        ],
+    },
+    Script {
+        name: "session state",
+        clients: 2,
+        steps: &[
+            Q(0, "SELECT 1/0, CAST('12x' AS INTEGER)"),
+            Q(1, "SELECT 1"),
+            Q(0, "SHOW WARNINGS"),
+            Q(1, "SHOW WARNINGS"),
+            Q(0, "SET NAMES utf8mb4 COLLATE utf8mb4_bin"),
+            Q(0, "SET time_zone = '+05:30', sql_mode = 'ANSI_QUOTES'"),
+            Q(1, "SELECT @@time_zone, @@sql_mode, @@collation_connection"),
+            Q(0, "SELECT @@time_zone, @@sql_mode, @@collation_connection"),
+            Q(0, "SELECT \"x\""),
+            Q(0, "SET @a = 41"),
+            Q(1, "SELECT @a"),
+            Q(0, "SELECT @a + 1"),
+            Q(0, "SELECT GET_LOCK('l', 0)"),
+            Q(1, "SELECT GET_LOCK('l', 0), IS_USED_LOCK('l') IS NOT NULL"),
+            Q(0, "SELECT RELEASE_LOCK('l')"),
+            Q(1, "SELECT GET_LOCK('l', 0)"),
+            Q(1, "SELECT RELEASE_LOCK('l'), RELEASE_LOCK('l')"),
+            Q(0, "CREATE TEMPORARY TABLE tmp (x INT)"),
+            Q(0, "INSERT INTO tmp VALUES (1), (2)"),
+            Q(1, "SELECT * FROM tmp"),
+            Q(0, "SELECT SQL_CALC_FOUND_ROWS x FROM tmp LIMIT 1"),
+            Q(0, "SELECT FOUND_ROWS()"),
+            Q(0, "DROP TEMPORARY TABLE tmp"),
+            Q(0, "SELECT * FROM tmp"),
+            Q(1, "SELECT DATABASE()"),
+        ],
+    },
+    Script {
+        name: "prepared statements",
+        clients: 2,
+        steps: &[
+            Q(0, CREATE),
+            X(0, "SELECT ? + 1, ?, CONCAT(?, 'x')", &[P::Int(1), P::Null, P::Text("a")]),
+            X(1, "SELECT ? + 1, ?, CONCAT(?, 'x')", &[P::Int(-9), P::Float(0.5), P::Text("é")]),
+            X(
+                0,
+                "INSERT INTO t (v, d, at, f, b) VALUES (?, ?, ?, ?, ?)",
+                &[
+                    P::Text("p"),
+                    P::Text("2.50"),
+                    P::Time(2026, 11, 24, 1, 2, 3, 4000),
+                    P::Float(0.25),
+                    P::Text("\0blob\n"),
+                ],
+            ),
+            X(
+                1,
+                "INSERT INTO t (v, d, at, f, b) VALUES (?, ?, ?, ?, ?)",
+                &[P::Text("q"), P::Null, P::Null, P::Float(-1e300), P::Null],
+            ),
+            X(1, "INSERT INTO t (v) VALUES (?)", &[P::Text("p")]),
+            X(
+                0,
+                "SELECT id, v, d, at, f, b FROM t WHERE v IN (?, ?) ORDER BY id",
+                &[P::Text("p"), P::Text("q")],
+            ),
+            X(
+                1,
+                "SELECT id, v, d, at, f, b FROM t WHERE v IN (?, ?) ORDER BY id",
+                &[P::Text("q"), P::Text("none")],
+            ),
+            X(0, "SELECT * FROM nosuch WHERE id = ?", &[P::Int(1)]),
+            X(0, "SELECT CAST(? AS UNSIGNED) DIV 0, LAST_INSERT_ID()", &[P::Text("3")]),
+            Q(0, "SHOW WARNINGS"),
+            Q(1, "BEGIN"),
+            X(1, "UPDATE t SET d = ? WHERE v = ?", &[P::Text("9.99"), P::Text("p")]),
+            X(0, "SELECT d FROM t WHERE v = ?", &[P::Text("p")]),
+            Q(1, "COMMIT"),
+            X(0, "SELECT d FROM t WHERE v = ?", &[P::Text("p")]),
+        ],
+    },
+];
+
+/// Everything a client can see of one statement's outcome.
+async fn render<P: Protocol>(mut result: QueryResult<'_, 'static, P>) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let columns: Vec<String> = result
+            .columns()
+            .map(|cs| {
+                cs.iter().map(|c| format!("{}:{:?}", c.name_str(), c.column_type())).collect()
+            })
+            .unwrap_or_default();
+        let rows: Vec<mysql_async::Row> = match result.collect().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                out.push(error(&e));
+                return out;
+            }
+        };
+        let rows: Vec<Vec<String>> =
+            rows.into_iter().map(|row| row.unwrap().iter().map(value).collect()).collect();
+        out.push(format!(
+            "columns {columns:?} rows {rows:?} affected {} insert id {:?} warnings {} info {:?}",
+            result.affected_rows(),
+            result.last_insert_id(),
+            result.warnings(),
+            result.info(),
+        ));
+        if result.is_empty() {
+            return out;
+        }
+    }
+}
+
+/// A value in full (the crate's `Debug` shortens long strings).
+fn value(v: &Value) -> String {
+    match v {
+        Value::Bytes(b) => format!("{:?}", String::from_utf8_lossy(b)),
+        other => format!("{other:?}"),
+    }
+}
+
+fn error(e: &mysql_async::Error) -> String {
+    match e {
+        mysql_async::Error::Server(s) => format!("ERR {} {} {}", s.code, s.state, s.message),
+        other => format!("client error: {other}"),
+    }
+}
+
+/// Runs `script` with clients connected by `opts`; returns what each step received.
+async fn run(script: &Script, opts: &Opts) -> anyhow::Result<Vec<String>> {
+    let mut clients = Vec::new();
+    for _ in 0..script.clients {
+        clients.push(Conn::new(opts.clone()).await?);
+    }
+    let mut transcript = Vec::new();
+    for (n, step) in script.steps.iter().enumerate() {
+        let (c, lines) = match *step {
+            Q(c, sql) => match clients[c].query_iter(sql).await {
+                Ok(result) => (c, render(result).await),
+                Err(e) => (c, vec![error(&e)]),
+            },
+            X(c, sql, params) => {
+                let params: Vec<Value> = params.iter().map(|&p| p.into()).collect();
+                match clients[c].exec_iter(sql, params).await {
+                    Ok(result) => (c, render(result).await),
+                    Err(e) => (c, vec![error(&e)]),
+                }
+            }
+        };
+        transcript.extend(lines.into_iter().map(|l| format!("{n} c{c} {l}")));
+    }
+    for client in clients {
+        client.disconnect().await?;
+    }
+    Ok(transcript)
+}
+
+#[tokio::test]
+async fn scripted_sessions_get_the_same_results_through_the_proxy_as_from_the_server()
+-> anyhow::Result<()> {
+    let cluster = Cluster::start_with(|config| {
+        if let Some(proxy) = config.proxy.as_mut() {
+            // Fewer backend connections than the scripts' clients plus the background load.
+            proxy.database_caps = Some(RouteLimits { max_clients: 10_000, max_backend: 4 });
+            proxy.mysql.pool.wait = Duration::from_secs(10);
+        }
+    })
+    .await?;
+    let (admin_token, tenant_id) = cluster.tenant_with_id("acme").await?;
+    let db = cluster.database(&admin_token, "shop", "mysql").await?;
+    let token = db["token"]["token"].as_str().context("token")?.to_owned();
+    let route = cluster.backend(&tenant_id, "shop").await?;
+    let direct: Opts = OptsBuilder::default()
+        .ip_or_hostname(route.host.clone())
+        .tcp_port(route.port)
+        .user(Some(route.user.clone()))
+        .pass(Some(route.password.0.clone()))
+        .db_name(Some("shop"))
+        .prefer_socket(false)
+        .into();
+    let proxied = cluster.mysql_opts("shop", &token, false);
+    let mut admin = Conn::new(direct.clone()).await?;
+    admin.query_drop("CREATE TABLE load_rows (id INT PRIMARY KEY, marker INT)").await?;
+
+    // Other clients keep the pool busy while the scripts run through the proxy.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for i in 0..12 {
+        let opts = proxied.clone();
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut conn = Conn::new(opts).await?;
+            conn.exec_drop("INSERT INTO load_rows VALUES (?, 0)", (i,)).await?;
+            let mut n = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                conn.exec_drop("UPDATE load_rows SET marker = ? WHERE id = ?", (n, i)).await?;
+                let got: Option<i64> =
+                    conn.exec_first("SELECT marker FROM load_rows WHERE id = ?", (i,)).await?;
+                anyhow::ensure!(got == Some(n), "load client {i} read {got:?}, wrote {n}");
+            }
+            conn.disconnect().await?;
+            anyhow::Ok(n)
+        }));
+    }
+
+    let mut mismatches = Vec::new();
+    for script in SCRIPTS {
+        let expected = run(script, &direct).await.context(script.name)?;
+        admin.query_drop("DROP TABLE IF EXISTS t").await?;
+        let got = run(script, &proxied).await.context(script.name)?;
+        admin.query_drop("DROP TABLE IF EXISTS t").await?;
+        if got != expected {
+            let at = expected.iter().zip(&got).take_while(|(e, g)| e == g).count();
+            mismatches.push(format!(
+                "{}, first difference:\n  server: {:?}\n  proxy:  {:?}",
+                script.name,
+                expected.get(at),
+                got.get(at)
+            ));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        let rounds = task.await??;
+        assert!(rounds > 0, "a load client never ran");
+    }
+    assert!(mismatches.is_empty(), "results differ:\n{}", mismatches.join("\n"));
+    Ok(())
+}
