@@ -217,6 +217,9 @@ pub struct Traits {
     pub session_objects: bool,
     /// `SET STATEMENT ... FOR`: the variables it reports as changed are restored afterwards.
     pub set_statement: bool,
+    /// Reads the previous statement's warnings or errors (`SHOW WARNINGS`, `GET DIAGNOSTICS`,
+    /// `@@warning_count`) and, like the server, leaves them for the next statement.
+    pub reads_diagnostics: bool,
 }
 
 /// Reads `sql` for the session effects in [`Traits`].
@@ -273,12 +276,24 @@ pub fn inspect(sql: &[u8]) -> Traits {
             if is(first, "DROP") && is(w, "PREPARE") {
                 t.session_objects = true;
             }
+            let diagnostics: &[&str] = if is(first, "SHOW") {
+                &["WARNINGS", "ERRORS", "COUNT"]
+            } else if is(first, "GET") {
+                &["DIAGNOSTICS", "CURRENT", "STACKED"]
+            } else {
+                &[]
+            };
+            if diagnostics.iter().any(|k| is(w, k)) {
+                t.reads_diagnostics = true;
+            }
         }
         if w[0] == b'@' {
             if w.get(1) != Some(&b'@') {
                 t.user_variables = true;
             } else if is(w, "@@IDENTITY") || is(w, "@@LAST_INSERT_ID") {
                 t.reads_last_insert_id = true;
+            } else if is(w, "@@WARNING_COUNT") || is(w, "@@ERROR_COUNT") {
+                t.reads_diagnostics = true;
             }
         } else if is(w, "GET_LOCK") {
             after = After::GetLock;
@@ -355,6 +370,11 @@ mod tests {
         assert!(inspect(b"DO RELEASE_LOCK('jobs')").releases_lock);
         assert!(inspect(b"SELECT RELEASE_ALL_LOCKS()").releases_all_locks);
         assert!(inspect(b"SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1").calc_found_rows);
+        for sql in ["SHOW WARNINGS", "show count(*) errors", "GET DIAGNOSTICS @n = NUMBER"] {
+            assert!(inspect(sql.as_bytes()).reads_diagnostics, "{sql}");
+        }
+        assert!(inspect(b"SELECT @@warning_count, @@error_count").reads_diagnostics);
+        assert!(!inspect(b"SHOW TABLES").reads_diagnostics);
         let t = inspect(b"SELECT LAST_INSERT_ID()");
         assert!(t.reads_last_insert_id && !t.sets_last_insert_id);
         assert!(inspect(b"UPDATE seq SET id = LAST_INSERT_ID(id + 1)").sets_last_insert_id);

@@ -257,6 +257,8 @@ pub struct ClientState {
     characteristics: bool,
     /// A pin for the next command only.
     next: Option<PinReason>,
+    /// The command running had the diagnostics pin: the previous one left warnings or errors.
+    had_diagnostics: bool,
     pub cursors: BTreeSet<u32>,
     pub long_data: BTreeSet<u32>,
 }
@@ -295,7 +297,7 @@ impl ClientState {
 
     /// Consumes a pin meant for one more command.
     pub fn start_command(&mut self) {
-        self.next = None;
+        self.had_diagnostics = self.next.take() == Some(PinReason::Diagnostics);
     }
 
     /// COM_RESET_CONNECTION: the server forgets everything but the schema.
@@ -391,7 +393,10 @@ impl ClientState {
             self.locks.extend(t.lock_names.iter().cloned());
             if t.calc_found_rows {
                 self.next = Some(PinReason::FoundRows);
-            } else if outcome.warnings > 0 || outcome.error {
+            } else if outcome.warnings > 0
+                || outcome.error
+                || (t.reads_diagnostics && self.had_diagnostics)
+            {
                 self.next = Some(PinReason::Diagnostics);
             }
         }
