@@ -164,6 +164,66 @@ const SCRIPTS: &[Script] = &[
             X(0, "SELECT d FROM t WHERE v = ?", &[P::Text("p")]),
         ],
     },
+    Script {
+        name: "autocommit, diagnostics, character sets, procedures",
+        clients: 2,
+        steps: &[
+            Q(0, CREATE),
+            Q(0, "SELECT 1; SELECT * FROM nosuch; SELECT 2"),
+            Q(0, "SET autocommit = 0"),
+            Q(0, "INSERT INTO t (v) VALUES ('ac')"),
+            Q(1, "SELECT COUNT(*) FROM t"),
+            Q(0, "SELECT @@autocommit, @@in_transaction"),
+            Q(0, "COMMIT"),
+            Q(0, "SET autocommit = 1"),
+            Q(1, "SELECT COUNT(*) FROM t"),
+            Q(0, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"),
+            Q(1, "SELECT @@tx_isolation"),
+            Q(0, "SELECT @@tx_isolation"),
+            Q(0, "LOCK TABLES t WRITE"),
+            Q(0, "INSERT INTO t (v) VALUES ('lk')"),
+            Q(0, "UNLOCK TABLES"),
+            Q(0, "SET sql_mode = ''"),
+            Q(0, "INSERT INTO t (v) VALUES ('truncated value')"),
+            Q(0, "SELECT @@warning_count"),
+            Q(0, "SHOW WARNINGS"),
+            Q(1, "SELECT nosuch FROM t"),
+            Q(1, "SHOW ERRORS"),
+            Q(0, "USE information_schema"),
+            Q(0, "SELECT DATABASE()"),
+            Q(1, "SELECT DATABASE()"),
+            Q(0, "USE shop"),
+            Q(0, "PREPARE s FROM 'SELECT ? * 2'"),
+            Q(0, "SET @x = 21"),
+            Q(0, "EXECUTE s USING @x"),
+            Q(0, "DEALLOCATE PREPARE s"),
+            Q(0, "EXECUTE s USING @x"),
+            Q(
+                1,
+                "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) SELECT COUNT(*), SUM(i) FROM n",
+            ),
+            Q(
+                1,
+                "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) SELECT i, REPEAT('x', i) FROM n",
+            ),
+            Q(1, "SET NAMES latin1"),
+            Q(1, "SELECT 'é', CHARSET('é'), @@character_set_results"),
+            Q(0, "SELECT 'é', CHARSET('é'), @@character_set_results"),
+            Q(1, "SET character_set_results = NULL"),
+            Q(1, "SELECT 'é'"),
+            Q(
+                0,
+                "CREATE PROCEDURE p (IN a INT, OUT b INT) BEGIN SELECT a; SELECT a + 1; SET b = a * 10; END",
+            ),
+            Q(0, "CALL p(4, @out)"),
+            Q(1, "SELECT @out"),
+            Q(0, "SELECT @out"),
+            Q(0, "DROP PROCEDURE p"),
+            X(1, "SELECT v FROM t ORDER BY id", &[]),
+            Q(0, "ALTER TABLE t ADD COLUMN extra INT DEFAULT 5"),
+            X(1, "SELECT v, extra FROM t ORDER BY id LIMIT 1", &[]),
+        ],
+    },
 ];
 
 /// Everything a client can see of one statement's outcome.
@@ -195,6 +255,25 @@ async fn render<P: Protocol>(mut result: QueryResult<'_, 'static, P>) -> Vec<Str
         if result.is_empty() {
             return out;
         }
+    }
+}
+
+/// Drops what the scripts create.
+async fn clean(admin: &mut Conn) -> anyhow::Result<()> {
+    admin.query_drop("DROP TABLE IF EXISTS t").await?;
+    admin.query_drop("DROP PROCEDURE IF EXISTS p").await?;
+    Ok(())
+}
+
+/// Notes the first line where `got` differs from `expected`.
+fn compare(name: &str, expected: &[String], got: &[String], mismatches: &mut Vec<String>) {
+    if got != expected {
+        let at = expected.iter().zip(got).take_while(|(e, g)| e == g).count();
+        mismatches.push(format!(
+            "{name}, first difference:\n  server: {:?}\n  proxy:  {:?}",
+            expected.get(at),
+            got.get(at)
+        ));
     }
 }
 
@@ -240,6 +319,87 @@ async fn run(script: &Script, opts: &Opts) -> anyhow::Result<Vec<String>> {
         client.disconnect().await?;
     }
     Ok(transcript)
+}
+
+/// The same scripts through PyMySQL: the other protocol flavour (no `CLIENT_DEPRECATE_EOF`, no
+/// session tracking, so EOF packets and OKs the proxy rewrites), prepared statements done
+/// client side as text.
+const PYMYSQL: &str = r#"
+import datetime, json, sys, pymysql
+from pymysql.constants import CLIENT
+job = json.load(sys.stdin)
+conns = [pymysql.connect(host=job["host"], port=job["port"], user=job["user"],
+                         password=job["password"], database="shop", autocommit=True,
+                         client_flag=CLIENT.MULTI_STATEMENTS) for _ in range(job["clients"])]
+def param(p):
+    return datetime.datetime(*p) if isinstance(p, list) else p
+for n, (c, sql, params) in enumerate(job["steps"]):
+    cur = conns[c].cursor()
+    try:
+        if params is None:
+            cur.execute(sql)
+        else:
+            cur.execute(sql.replace("?", "%s"), [param(p) for p in params])
+        while True:
+            r = cur._result
+            print(n, "c%d" % c, json.dumps([[d[0], d[1]] for d in cur.description or []]),
+                  repr(cur.fetchall()), cur.rowcount, cur.lastrowid, r.warning_count,
+                  repr(r.message))
+            if not cur.nextset():
+                break
+    except pymysql.err.MySQLError as e:
+        print(n, "c%d" % c, "ERR", repr(e.args))
+for c in conns:
+    c.close()
+"#;
+
+/// Runs `script` through PyMySQL, logged in as `user` with `password` at `port`.
+async fn run_pymysql(
+    script: &Script,
+    port: u16,
+    user: &str,
+    password: &str,
+) -> anyhow::Result<Vec<String>> {
+    let steps: Vec<serde_json::Value> = script
+        .steps
+        .iter()
+        .map(|step| match *step {
+            Q(c, sql) => serde_json::json!([c, sql, null]),
+            X(c, sql, params) => {
+                let params: Vec<serde_json::Value> =
+                    params.iter().map(|&p| json_param(p)).collect();
+                serde_json::json!([c, sql, params])
+            }
+        })
+        .collect();
+    let job = serde_json::json!({
+        "host": "127.0.0.1", "port": port, "user": user, "password": password,
+        "clients": script.clients, "steps": steps,
+    });
+    let mut child = tokio::process::Command::new("/usr/bin/python3")
+        .args(["-c", PYMYSQL])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("python stdin")?;
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, job.to_string().as_bytes()).await?;
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .context("PyMySQL timed out")??;
+    anyhow::ensure!(out.status.success(), "PyMySQL: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
+}
+
+fn json_param(p: P) -> serde_json::Value {
+    match p {
+        P::Null => serde_json::Value::Null,
+        P::Int(i) => i.into(),
+        P::Text(s) => s.into(),
+        P::Float(f) => f.into(),
+        P::Time(y, mo, d, h, mi, s, us) => serde_json::json!([y, mo, d, h, mi, s, us]),
+    }
 }
 
 #[tokio::test]
@@ -292,20 +452,18 @@ async fn scripted_sessions_get_the_same_results_through_the_proxy_as_from_the_se
     }
 
     let mut mismatches = Vec::new();
+    let (port, user, password) = (route.port, route.user.as_str(), route.password.0.as_str());
     for script in SCRIPTS {
         let expected = run(script, &direct).await.context(script.name)?;
-        admin.query_drop("DROP TABLE IF EXISTS t").await?;
+        clean(&mut admin).await?;
         let got = run(script, &proxied).await.context(script.name)?;
-        admin.query_drop("DROP TABLE IF EXISTS t").await?;
-        if got != expected {
-            let at = expected.iter().zip(&got).take_while(|(e, g)| e == g).count();
-            mismatches.push(format!(
-                "{}, first difference:\n  server: {:?}\n  proxy:  {:?}",
-                script.name,
-                expected.get(at),
-                got.get(at)
-            ));
-        }
+        clean(&mut admin).await?;
+        compare(&format!("{} (mysql_async)", script.name), &expected, &got, &mut mismatches);
+        let expected = run_pymysql(script, port, user, password).await.context(script.name)?;
+        clean(&mut admin).await?;
+        let got = run_pymysql(script, cluster.mysql_port(), "shop", &token).await?;
+        clean(&mut admin).await?;
+        compare(&format!("{} (PyMySQL)", script.name), &expected, &got, &mut mismatches);
     }
     stop.store(true, Ordering::Relaxed);
     for task in load {
