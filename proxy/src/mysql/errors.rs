@@ -122,6 +122,30 @@ impl std::fmt::Display for MyError {
     }
 }
 
+/// A server's ERR payload with the internal user's account (`'dormouse'@'localhost'`) named
+/// as the client's (`'shop'@'%'`), or `None` when it names none: the internal user's name
+/// never reaches the client, and the client knows itself by the database's name.
+pub fn err_in_clients_terms(payload: &[u8], internal: &str, client: &str) -> Option<Vec<u8>> {
+    if payload.first() != Some(&0xff) {
+        return None;
+    }
+    let start = if payload.get(3) == Some(&b'#') { 9 } else { 3 };
+    let mut message = payload.get(start..)?;
+    let needle = format!("'{internal}'@'");
+    let mut out = payload[..start].to_vec();
+    let mut found = false;
+    while let Some(at) = message.windows(needle.len()).position(|w| w == needle.as_bytes()) {
+        let host = at + needle.len();
+        let Some(close) = message[host..].iter().position(|&b| b == b'\'') else { break };
+        out.extend_from_slice(&message[..at]);
+        out.extend_from_slice(format!("'{client}'@'%'").as_bytes());
+        message = &message[host + close + 1..];
+        found = true;
+    }
+    out.extend_from_slice(message);
+    found.then_some(out)
+}
+
 /// An OK payload with no rows affected. With `CLIENT_SESSION_TRACK` the info string is
 /// length-encoded, so an empty one is a single zero byte.
 pub fn ok_payload(status: u16, session_track: bool) -> Vec<u8> {
@@ -137,6 +161,30 @@ pub fn ok_payload(status: u16, session_track: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_errors_name_the_client_not_the_internal_user() {
+        let err = MyError::new(
+            1142,
+            "42000",
+            "SELECT command denied to user 'dormouse'@'localhost' for table `mysql`.`user`",
+        );
+        let out = err_in_clients_terms(&err.payload(), "dormouse", "shop").expect("rewritten");
+        let expected = MyError::new(
+            1142,
+            "42000",
+            "SELECT command denied to user 'shop'@'%' for table `mysql`.`user`",
+        );
+        assert_eq!(out, expected.payload());
+        let twice = MyError::new(1, "HY000", "'dormouse'@'a' and 'dormouse'@'b'!");
+        let out = err_in_clients_terms(&twice.payload(), "dormouse", "shop").expect("rewritten");
+        assert_eq!(out, MyError::new(1, "HY000", "'shop'@'%' and 'shop'@'%'!").payload());
+        let other = MyError::new(1146, "42S02", "Table 'shop.x' doesn't exist");
+        assert_eq!(err_in_clients_terms(&other.payload(), "dormouse", "shop"), None);
+        // The read-only user's name starts with the read-write one's: only whole names match.
+        let ro = MyError::new(1, "HY000", "user 'dormouse_ro'@'localhost'");
+        assert_eq!(err_in_clients_terms(&ro.payload(), "dormouse", "shop"), None);
+    }
 
     #[test]
     fn err_payload_layout() {

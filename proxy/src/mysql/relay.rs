@@ -3,7 +3,7 @@
 //! session tracking) and COM_STMT_PREPARE replies (the proxy's statement id put in).
 
 use super::backend::BackendConn;
-use super::errors::MyError;
+use super::errors::{MyError, err_in_clients_terms};
 use super::ok;
 use super::packet::PacketStream;
 use super::response::{Response, Role, Shape};
@@ -44,13 +44,23 @@ pub fn lost() -> MyError {
     MyError::new(1927, "70100", "Connection to the database was lost")
 }
 
+/// Who the client is, as the relay needs to know it.
+pub struct ClientView<'a> {
+    /// It asked for session tracking: OK packets go to it as they are.
+    pub session_track: bool,
+    /// The internal user its connections log in as, and the name it logged in with: server
+    /// errors that name the first name the second.
+    pub internal_user: &'a str,
+    pub user: &'a str,
+}
+
 /// Relays the response to the command just sent on `backend`. `client_stmt` is the id the
 /// client gets for a statement being prepared.
 pub async fn relay(
     client: &mut PacketStream<ClientStream>,
     backend: &mut BackendConn,
     shape: Shape,
-    session_track: bool,
+    view: &ClientView<'_>,
     client_stmt: Option<u32>,
 ) -> Result<Relayed, End> {
     let deprecate_eof =
@@ -91,7 +101,15 @@ pub async fn relay(
             }
             match role {
                 Role::Ok if !continuing => {
-                    relay_ok(client, &packet, session_track, &mut relayed.outcome);
+                    relay_ok(client, &packet, view.session_track, &mut relayed.outcome);
+                }
+                _ if payload.first() == Some(&0xff) && !continuing => {
+                    match err_in_clients_terms(payload, view.internal_user, view.user) {
+                        Some(rewritten) => {
+                            client.queue(packet.seq(), &rewritten);
+                        }
+                        None => client.queue_raw(&packet),
+                    }
                 }
                 _ if first && shape == Shape::Prepare && payload.first() == Some(&0x00) => {
                     let (Some(backend_id), Some(id)) = (stmt_id(payload), client_stmt) else {

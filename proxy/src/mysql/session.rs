@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 use super::MysqlFrontend;
 use super::backend::BackendError;
 use super::command::{Command, classify, kill_refusal};
-use super::errors::{MyError, ok_payload};
+use super::errors::{MyError, err_in_clients_terms, ok_payload};
 use super::packet::{Packet, PacketStream};
 use super::pool::{Flavour, Lease, Return};
-use super::relay::{End, Relayed, lost, relay};
+use super::relay::{ClientView, End, Relayed, lost, relay};
 use super::response::{SERVER_STATUS_CURSOR_EXISTS, SERVER_STATUS_LAST_ROW_SENT, Shape};
 use super::sql::{Traits, inspect};
 use super::state::{COLLATION_QUERY, ClientState, PinReason, collation_unreported, locks_query};
@@ -480,7 +480,12 @@ impl Session<'_> {
         let Some(conn) = self.lease.as_mut().map(Lease::conn) else {
             return Err(End::Broken.into());
         };
-        Ok(relay(self.client, conn, shape, self.session_track, client_stmt).await?)
+        let view = ClientView {
+            session_track: self.session_track,
+            internal_user: &self.flavour.user,
+            user: &self.identity.database,
+        };
+        Ok(relay(self.client, conn, shape, &view, client_stmt).await?)
     }
 
     /// Takes in what a command did to the session, on the client and its connection.
@@ -508,7 +513,9 @@ impl Session<'_> {
     }
 
     async fn refuse(&mut self, error: MyError, seq: u8) {
-        let _ = self.client.send(seq, &error.payload()).await;
+        let payload = error.payload();
+        let named = err_in_clients_terms(&payload, &self.flavour.user, &self.identity.database);
+        let _ = self.client.send(seq, named.as_deref().unwrap_or(&payload)).await;
     }
 
     /// All chunks of one command, bounded by the packet limit.
