@@ -310,6 +310,47 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Clients that keep a database busy in the background while a test runs: each runs until
+/// [`Background::finish`] and returns how many rounds it did, having checked each itself.
+#[derive(Default)]
+pub struct Background {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>,
+}
+
+impl Background {
+    /// Starts a client: `client(stop)` runs rounds until `stop` is set.
+    pub fn spawn<F, Fut>(&mut self, client: F)
+    where
+        F: FnOnce(std::sync::Arc<std::sync::atomic::AtomicBool>) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<u64>> + Send + 'static,
+    {
+        self.tasks.push(tokio::spawn(client(self.stop.clone())));
+    }
+
+    /// Stops every client; fails if one failed, and asserts each did at least one round.
+    pub async fn finish(self) -> anyhow::Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            let rounds = task.await??;
+            assert!(rounds > 0, "a load client never ran");
+        }
+        Ok(())
+    }
+}
+
+/// Where a transcript from the proxy first differs from the server's, for the failure message.
+pub fn first_difference(name: &str, server: &[String], proxy: &[String]) -> Option<String> {
+    (server != proxy).then(|| {
+        let at = server.iter().zip(proxy).take_while(|(s, p)| s == p).count();
+        format!(
+            "{name}, first difference:\n  server: {:?}\n  proxy:  {:?}",
+            server.get(at),
+            proxy.get(at)
+        )
+    })
+}
+
 /// Polls `check` every 10 ms until it returns `Some`, or fails after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
 where

@@ -3,13 +3,12 @@
 //! server directly and once through the proxy, whose small pool other clients keep busy; every
 //! result set, OK packet and error must match.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
 use dormouse_proxy::control::RouteLimits;
-use dormouse_tests::Cluster;
+use dormouse_tests::{Background, Cluster, first_difference};
 use mysql_async::prelude::{Protocol, Queryable};
 use mysql_async::{Conn, Opts, OptsBuilder, QueryResult, Value};
 
@@ -329,8 +328,8 @@ async fn clean(admin: &mut Conn) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Notes the first line where `got` differs from `expected` (the server's own answers, in
-/// which the proxy names the internal user `internal`@127.0.0.1 as the client: 'shop'@'%').
+/// Notes where `got` first differs from `expected`: the server's own answers, in which the
+/// proxy names the internal user `internal`@127.0.0.1 as the client, 'shop'@'%'.
 fn compare(
     name: &str,
     internal: &str,
@@ -341,14 +340,7 @@ fn compare(
     let account = format!("'{internal}'@'127.0.0.1'");
     let expected: Vec<String> =
         expected.iter().map(|l| l.replace(&account, "'shop'@'%'")).collect();
-    if got != expected {
-        let at = expected.iter().zip(got).take_while(|(e, g)| e == g).count();
-        mismatches.push(format!(
-            "{name}, first difference:\n  server: {:?}\n  proxy:  {:?}",
-            expected.get(at),
-            got.get(at)
-        ));
-    }
+    mismatches.extend(first_difference(name, &expected, got));
 }
 
 /// A value in full (the crate's `Debug` shortens long strings).
@@ -504,12 +496,10 @@ async fn scripted_sessions_get_the_same_results_through_the_proxy_as_from_the_se
     admin.query_drop("CREATE TABLE load_rows (id INT PRIMARY KEY, marker INT)").await?;
 
     // Other clients keep the pool busy while the scripts run through the proxy.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
+    let mut load = Background::default();
     for i in 0..12 {
         let opts = proxied.clone();
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
+        load.spawn(|stop| async move {
             let mut conn = Conn::new(opts).await?;
             conn.exec_drop("INSERT INTO load_rows VALUES (?, 0)", (i,)).await?;
             let mut n = 0i64;
@@ -521,8 +511,8 @@ async fn scripted_sessions_get_the_same_results_through_the_proxy_as_from_the_se
                 anyhow::ensure!(got == Some(n), "load client {i} read {got:?}, wrote {n}");
             }
             conn.disconnect().await?;
-            anyhow::Ok(n)
-        }));
+            anyhow::Ok(n.unsigned_abs())
+        });
     }
 
     let mut mismatches = Vec::new();
@@ -539,11 +529,7 @@ async fn scripted_sessions_get_the_same_results_through_the_proxy_as_from_the_se
         clean(&mut admin).await?;
         compare(&format!("{} (PyMySQL)", script.name), user, &expected, &got, &mut mismatches);
     }
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        let rounds = task.await??;
-        assert!(rounds > 0, "a load client never ran");
-    }
+    load.finish().await?;
     assert!(mismatches.is_empty(), "results differ:\n{}", mismatches.join("\n"));
     Ok(())
 }

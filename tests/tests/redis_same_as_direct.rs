@@ -3,14 +3,13 @@
 //! directly and once through the proxy, whose small pool is kept busy by other clients; the
 //! replies must match byte for byte.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
 use dormouse_proxy::control::RouteLimits;
-use dormouse_tests::Cluster;
 use dormouse_tests::resp::RawRedis;
+use dormouse_tests::{Background, Cluster, first_difference};
 use redis::AsyncCommands;
 
 /// One step of a scripted session.
@@ -287,12 +286,10 @@ async fn scripted_sessions_get_the_same_bytes_through_the_proxy_as_from_the_serv
     let mut admin = direct.client(false).await?;
 
     // Other clients keep the shared connections busy while the scripts run through the proxy.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
+    let mut load = Background::default();
     for i in 0..16 {
         let url = cluster.redis_url("cache", &token);
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
+        load.spawn(|stop| async move {
             let mut con = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
             let key = format!("load:{i}");
             let mut n = 0u64;
@@ -303,7 +300,7 @@ async fn scripted_sessions_get_the_same_bytes_through_the_proxy_as_from_the_serv
                 anyhow::ensure!(got == n, "load client {i} read {got}, wrote {n}");
             }
             anyhow::Ok(n)
-        }));
+        });
     }
     let mut started = false;
     for _ in 0..1000 {
@@ -325,21 +322,9 @@ async fn scripted_sessions_get_the_same_bytes_through_the_proxy_as_from_the_serv
         for key in script_keys(script) {
             admin.call(&["DEL", key]).await?;
         }
-        if got != expected {
-            let at = expected.iter().zip(&got).take_while(|(e, g)| e == g).count();
-            mismatches.push(format!(
-                "{}, first difference:\n  server: {:?}\n  proxy:  {:?}",
-                script.name,
-                expected.get(at),
-                got.get(at)
-            ));
-        }
+        mismatches.extend(first_difference(script.name, &expected, &got));
     }
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        let rounds = task.await??;
-        assert!(rounds > 0, "a load client never ran");
-    }
+    load.finish().await?;
     assert!(mismatches.is_empty(), "replies differ:\n{}", mismatches.join("\n"));
     Ok(())
 }

@@ -122,28 +122,45 @@ impl std::fmt::Display for MyError {
     }
 }
 
-/// A server's ERR payload with the internal user's account (`'dormouse'@'localhost'`) named
-/// as the client's (`'shop'@'%'`), or `None` when it names none: the internal user's name
-/// never reaches the client, and the client knows itself by the database's name.
+/// `message` with every account of the internal user (`'dormouse'@'localhost'`) named as the
+/// client's (`'shop'@'%'`), or `None` when it names none: the internal user's name never
+/// reaches the client, which knows itself by the database's name.
+fn named_for_client(message: &[u8], internal: &str, client: &str) -> Option<Vec<u8>> {
+    let needle = format!("'{internal}'@'");
+    let mut rest = message;
+    let mut out = Vec::with_capacity(message.len());
+    let mut found = false;
+    while let Some(at) = rest.windows(needle.len()).position(|w| w == needle.as_bytes()) {
+        let host = at + needle.len();
+        let Some(close) = rest[host..].iter().position(|&b| b == b'\'') else { break };
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(format!("'{client}'@'%'").as_bytes());
+        rest = &rest[host + close + 1..];
+        found = true;
+    }
+    out.extend_from_slice(rest);
+    found.then_some(out)
+}
+
+/// A server's ERR payload in the client's terms (see [`named_for_client`]), or `None` when it
+/// needs no change: for errors relayed as they came.
 pub fn err_in_clients_terms(payload: &[u8], internal: &str, client: &str) -> Option<Vec<u8>> {
     if payload.first() != Some(&0xff) {
         return None;
     }
     let start = if payload.get(3) == Some(&b'#') { 9 } else { 3 };
-    let mut message = payload.get(start..)?;
-    let needle = format!("'{internal}'@'");
-    let mut out = payload[..start].to_vec();
-    let mut found = false;
-    while let Some(at) = message.windows(needle.len()).position(|w| w == needle.as_bytes()) {
-        let host = at + needle.len();
-        let Some(close) = message[host..].iter().position(|&b| b == b'\'') else { break };
-        out.extend_from_slice(&message[..at]);
-        out.extend_from_slice(format!("'{client}'@'%'").as_bytes());
-        message = &message[host + close + 1..];
-        found = true;
+    let message = named_for_client(payload.get(start..)?, internal, client)?;
+    Some([&payload[..start], &message].concat())
+}
+
+impl MyError {
+    /// This error in the client's terms (see [`named_for_client`]).
+    pub fn in_clients_terms(self, internal: &str, client: &str) -> Self {
+        match named_for_client(self.message.as_bytes(), internal, client) {
+            Some(m) => Self { message: String::from_utf8_lossy(&m).into_owned(), ..self },
+            None => self,
+        }
     }
-    out.extend_from_slice(message);
-    found.then_some(out)
 }
 
 /// An OK payload with no rows affected. With `CLIENT_SESSION_TRACK` the info string is
@@ -184,6 +201,15 @@ mod tests {
         // The read-only user's name starts with the read-write one's: only whole names match.
         let ro = MyError::new(1, "HY000", "user 'dormouse_ro'@'localhost'");
         assert_eq!(err_in_clients_terms(&ro.payload(), "dormouse", "shop"), None);
+        let denied = MyError::new(
+            1044,
+            "42000",
+            "Access denied for user 'dormouse'@'localhost' to database 'x'",
+        );
+        assert_eq!(
+            denied.in_clients_terms("dormouse", "shop").message,
+            "Access denied for user 'shop'@'%' to database 'x'"
+        );
     }
 
     #[test]

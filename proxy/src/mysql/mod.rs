@@ -232,7 +232,7 @@ impl MysqlFrontend {
             Ok(()) => Ok(lease),
             Err(BackendError::Refused(e)) => {
                 lease.give_back(Return::Reset, home);
-                Err(in_clients_terms(e, identity, vars))
+                Err(e.in_clients_terms(&flavour.user, &identity.database))
             }
             Err(e) => {
                 tracing::debug!(db = %identity.database, error = %e, "restoring a session failed");
@@ -323,22 +323,6 @@ impl MysqlFrontend {
         session.run(&shutdown).await;
         login.client.shutdown().await;
     }
-}
-
-/// A server refusal to restore a session, in the client's terms: the internal user's name
-/// never reaches the client.
-fn in_clients_terms(error: MyError, identity: &Identity, vars: &SessionVars) -> MyError {
-    if error.code == 1044 {
-        return MyError::new(
-            1044,
-            error.state,
-            format!(
-                "Access denied for user '{}'@'%' to database '{}'",
-                identity.database, vars.schema
-            ),
-        );
-    }
-    error
 }
 
 #[async_trait]

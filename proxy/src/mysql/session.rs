@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::MysqlFrontend;
 use super::backend::BackendError;
 use super::command::{Command, classify, kill_refusal};
-use super::errors::{MyError, err_in_clients_terms, ok_payload};
+use super::errors::{MyError, ok_payload};
 use super::packet::{Packet, PacketStream};
 use super::pool::{Flavour, Lease, Return};
 use super::relay::{ClientView, End, Relayed, lost, relay};
@@ -283,14 +283,23 @@ impl Session<'_> {
         };
         match conn.prepare(&stmt.sql, &stmt.schema).await {
             Ok(id) => Ok(id),
-            Err(BackendError::Refused(e)) => {
+            Err(e) => Err(self.backend_failed(e, seq, "preparing a statement").await),
+        }
+    }
+
+    /// Answers a command whose groundwork on the held connection failed: with the server's
+    /// refusal, or as a lost connection, which ends the session.
+    async fn backend_failed(&mut self, error: BackendError, seq: u8, doing: &str) -> Stop {
+        match error {
+            BackendError::Refused(e) => {
+                let e = e.in_clients_terms(&self.flavour.user, &self.identity.database);
                 self.refuse(e, seq).await;
-                Err(Stop::Answered)
+                Stop::Answered
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "preparing a statement on a backend failed");
-                self.fail(lost(), seq).await?;
-                Err(End::BackendLost.into())
+            e => {
+                tracing::debug!(error = %e, "{doing} on a backend failed");
+                self.refuse(lost(), seq).await;
+                Stop::End(End::BackendLost)
             }
         }
     }
@@ -416,19 +425,10 @@ impl Session<'_> {
     async fn borrow(&mut self, insert_id: bool, seq: u8) -> Result<(), Stop> {
         if let Some(lease) = self.lease.as_mut() {
             // Pinned since after its last insert, which may have run on another connection.
-            if insert_id {
-                let id = self.state.vars.last_insert_id;
-                match lease.conn().sync_insert_id(id).await {
-                    Ok(()) => {}
-                    Err(BackendError::Refused(e)) => {
-                        self.refuse(e, seq).await;
-                        return Err(Stop::Answered);
-                    }
-                    Err(_) => {
-                        self.fail(lost(), seq).await?;
-                        return Err(End::BackendLost.into());
-                    }
-                }
+            if insert_id
+                && let Err(e) = lease.conn().sync_insert_id(self.state.vars.last_insert_id).await
+            {
+                return Err(self.backend_failed(e, seq, "restoring the insert id").await);
             }
             return Ok(());
         }
@@ -513,9 +513,7 @@ impl Session<'_> {
     }
 
     async fn refuse(&mut self, error: MyError, seq: u8) {
-        let payload = error.payload();
-        let named = err_in_clients_terms(&payload, &self.flavour.user, &self.identity.database);
-        let _ = self.client.send(seq, named.as_deref().unwrap_or(&payload)).await;
+        let _ = self.client.send(seq, &error.payload()).await;
     }
 
     /// All chunks of one command, bounded by the packet limit.
