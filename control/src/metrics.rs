@@ -168,6 +168,11 @@ impl Collector for PoolCollector {
                 "Clients that waited for a backend connection in vain",
                 &stats.timeouts,
             ),
+            (
+                "backend_pool_taken_aside",
+                "MySQL connections set aside for a client's warnings, taken by a waiting client",
+                &stats.taken_aside,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value.load(Ordering::Relaxed));

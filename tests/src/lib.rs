@@ -14,6 +14,7 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 pub mod resp;
+pub mod scripted;
 
 /// A running Dormouse in a temporary directory; everything stops when it is dropped.
 pub struct Cluster {

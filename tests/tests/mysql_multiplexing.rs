@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use dormouse_proxy::control::RouteLimits;
 use dormouse_proxy::mysql::state::PinReason;
-use dormouse_tests::{Cluster, stdout};
+use dormouse_tests::scripted::{MYSQLI_STEPS, run_job};
+use dormouse_tests::{Cluster, eventually, stdout};
 use mysql_async::prelude::*;
 
 /// A cluster whose databases get at most `max_backend` backend connections and a short pool
@@ -296,6 +297,50 @@ async fn prepared_statements_run_on_whichever_connection_is_free() -> anyhow::Re
 }
 
 #[tokio::test]
+async fn parameter_data_that_cannot_reach_a_server_fails_its_execute_in_step() -> anyhow::Result<()>
+{
+    // COM_STMT_SEND_LONG_DATA has no reply: when no connection is free for the data, the
+    // statement's execute must carry the error, and the client must stay in step.
+    let (cluster, token) = setup(1).await?;
+    let mut admin = connect(&cluster, &token).await?;
+    admin.query_drop("CREATE TABLE docs (id INT PRIMARY KEY, body BLOB)").await?;
+    let put = "INSERT INTO docs VALUES (?, ?)";
+    let steps = serde_json::json!([
+        ["prepare", 0, "put", put, 0],
+        ["query", 1, "BEGIN"],
+        ["query", 1, "SELECT COUNT(*) FROM docs"],
+        ["bind", 0, "put", "ib", [1, null]],
+        ["long", 0, "put", 1, "first"],
+        ["execute", 0, "put", "", []],
+        ["query", 1, "COMMIT"],
+        ["long", 0, "put", 1, "second"],
+        ["execute", 0, "put", "", []],
+        ["query", 0, "SELECT id, body FROM docs"],
+    ]);
+    let job = serde_json::json!({
+        "host": "127.0.0.1", "port": cluster.mysql_port(), "user": "shop", "password": token,
+        "database": "shop", "clients": 2, "steps": steps,
+    });
+    let got = run_job("php", &[MYSQLI_STEPS], &job).await?;
+    let want = [
+        "0 c0 params 2 fields 0",
+        "4 c0 sent",
+        "5 c0 ERR 1040 08004 ",
+        "7 c0 sent",
+        "8 c0 affected 1 id 0 warnings 0 info null",
+        "9 c0 fields [[\"id\",3],[\"body\",252]] rows [[\"1\",\"second\"]]",
+    ];
+    for line in want {
+        assert!(got.iter().any(|l| l.starts_with(line)), "no {line:?} in {got:#?}");
+    }
+    let busy = got.iter().find(|l| l.starts_with("5 c0")).map_or("", String::as_str);
+    assert!(busy.contains("stayed busy"), "{busy}");
+    admin.disconnect().await?;
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn insert_ids_found_rows_and_warnings_belong_to_their_client() -> anyhow::Result<()> {
     let (cluster, token) = setup(1).await?;
     let mut a = connect(&cluster, &token).await?;
@@ -320,6 +365,45 @@ async fn insert_ids_found_rows_and_warnings_belong_to_their_client() -> anyhow::
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert_eq!(warnings[0].1, 1365, "division by zero");
     assert_eq!(pins(&cluster, PinReason::Transaction), 0);
+    a.disconnect().await?;
+    b.disconnect().await?;
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn warnings_stay_readable_without_making_other_clients_wait() -> anyhow::Result<()> {
+    let (cluster, token) = setup(1).await?;
+    let mut a = connect(&cluster, &token).await?;
+    let mut b = connect(&cluster, &token).await?;
+    a.query_drop("SELECT 1/0").await?;
+    // The server keeps warnings across statements that use no table.
+    a.query_drop("SELECT 1").await?;
+    a.query_drop("COMMIT").await?;
+    let warnings: Vec<(String, u32, String)> = a.query("SHOW WARNINGS").await?;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].1, 1365, "division by zero");
+
+    // Idle a moment, a sets its connection aside; no one else wanted it, so a gets it back,
+    // warnings and all.
+    let pool = || cluster.running().mysql_pool.clone();
+    let idle = || pool().map(|p| p.idle_count()).unwrap_or_default();
+    let aside = || pool().map(|p| p.stats.taken_aside.load(Ordering::Relaxed)).unwrap_or_default();
+    a.query_drop("SELECT 1/0").await?;
+    eventually(Duration::from_secs(5), "a to set its connection aside", || async {
+        (idle() == 1).then_some(())
+    })
+    .await?;
+    let warnings: Vec<(String, u32, String)> = a.query("SHOW WARNINGS").await?;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+
+    // Set aside, not held: b takes it rather than wait out the pool.
+    a.query_drop("SELECT 1/0").await?;
+    b.query_drop("SELECT 1").await?;
+    assert_eq!(aside(), 1, "b took the connection a had set aside");
+    let one: Option<i32> = a.query_first("SELECT 1").await?;
+    assert_eq!(one, Some(1), "a borrows again as usual");
+    assert!(pins(&cluster, PinReason::Diagnostics) >= 2);
     a.disconnect().await?;
     b.disconnect().await?;
     cluster.stop().await;

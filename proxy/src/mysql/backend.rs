@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use mysql_common::constants::CapabilityFlags;
 use mysql_common::io::ParseBuf;
@@ -16,6 +14,7 @@ use mysql_common::scramble::scramble_native;
 
 use super::errors::MyError;
 use super::packet::{BACKEND_CHUNK, Packet, PacketStream};
+use super::prepared::Prepared;
 use super::response::{Response, Role, Shape};
 use super::state::{SessionVars, SyncPlan};
 use crate::control::Route;
@@ -106,61 +105,17 @@ pub struct BackendConn {
     pub state: BackendState,
 }
 
-/// Statements kept prepared per connection; the least recently used one is closed beyond
-/// this, so connections never pile up toward the server's `max_prepared_stmt_count`.
-const MAX_STATEMENTS: usize = 256;
-
 /// What a backend session holds: the replayable session state, and the statements prepared
-/// on it, by SQL text.
+/// on it.
 #[derive(Debug, Default)]
 pub struct BackendState {
     pub vars: SessionVars,
-    statements: HashMap<Bytes, BackendStmt>,
-    clock: u64,
-}
-
-#[derive(Debug)]
-struct BackendStmt {
-    schema: String,
-    id: u32,
-    used: u64,
+    pub prepared: Prepared,
 }
 
 impl BackendState {
     pub fn new(schema: &str) -> Self {
         Self { vars: SessionVars::new(schema), ..Self::default() }
-    }
-
-    /// The id of `sql` prepared against `schema` on this connection, if it is.
-    pub fn statement(&mut self, sql: &[u8], schema: &str) -> Option<u32> {
-        self.clock += 1;
-        let stmt = self.statements.get_mut(sql).filter(|s| s.schema == schema)?;
-        stmt.used = self.clock;
-        Some(stmt.id)
-    }
-
-    /// Records a statement prepared on this connection; returns the ids of statements to
-    /// close (one it replaces, or the least recently used one over the limit).
-    pub fn remember(&mut self, sql: Bytes, schema: &str, id: u32) -> Vec<u32> {
-        self.clock += 1;
-        let mut close = Vec::new();
-        let stmt = BackendStmt { schema: schema.to_owned(), id, used: self.clock };
-        if let Some(old) = self.statements.insert(sql, stmt) {
-            close.push(old.id);
-        }
-        if self.statements.len() > MAX_STATEMENTS
-            && let Some(oldest) =
-                self.statements.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| k.clone())
-            && let Some(old) = self.statements.remove(&oldest)
-        {
-            close.push(old.id);
-        }
-        close
-    }
-
-    /// Forgets a statement closed on the server.
-    pub fn forget(&mut self, id: u32) {
-        self.statements.retain(|_, s| s.id != id);
     }
 }
 
@@ -370,10 +325,15 @@ impl BackendConn {
 
     /// The id of `sql` prepared against `schema` on this connection, preparing it first if
     /// it is not (in `schema`, switching the session there and back when it is elsewhere).
+    /// A statement for `sql` against `schema` that no client statement holds a cursor or
+    /// parameter data on: the cached one, else one prepared now, cached, or kept apart when
+    /// the cached one is held.
     pub async fn prepare(&mut self, sql: &Bytes, schema: &str) -> Result<u32, BackendError> {
-        if let Some(id) = self.state.statement(sql, schema) {
-            return Ok(id);
-        }
+        let cache = match self.state.prepared.lookup(sql, schema) {
+            Some(id) if !self.state.prepared.is_held(id) => return Ok(id),
+            Some(_) => false,
+            None => true,
+        };
         let current = self.state.vars.schema.clone();
         if current != schema {
             self.init_db(schema).await?;
@@ -383,11 +343,19 @@ impl BackendConn {
             self.init_db(&current).await?;
         }
         let id = prepared?;
-        for old in self.state.remember(sql.clone(), schema, id) {
-            // No reply comes; it goes out with the next command.
-            self.stream.queue(0, &command(0x19, &old.to_le_bytes()));
+        if !cache {
+            self.state.prepared.detach(id);
+            return Ok(id);
+        }
+        for old in self.state.prepared.remember(sql.clone(), schema, id) {
+            self.close_statement(old);
         }
         Ok(id)
+    }
+
+    /// Closes a backend statement. No reply comes; it goes out with the next command.
+    pub fn close_statement(&mut self, id: u32) {
+        self.stream.queue(0, &command(0x19, &id.to_le_bytes()));
     }
 
     async fn prepare_here(&mut self, sql: &[u8]) -> Result<u32, BackendError> {

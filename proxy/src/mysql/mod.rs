@@ -17,6 +17,7 @@
 //! `backend` (server-side connections), `pool` (leases, limits, waits), `response` (where
 //! responses end), `ok` (OK packets and session tracking), `sql` (statement inspection),
 //! `state` (what a client's session holds, pins), `statements` (proxy statement ids),
+//! `prepared` (statements prepared on a backend connection),
 //! `command` (what a command is), `relay` (one response), `session` (the command loop).
 
 pub mod backend;
@@ -27,6 +28,7 @@ pub mod login;
 pub mod ok;
 pub mod packet;
 pub mod pool;
+pub mod prepared;
 pub mod relay;
 pub mod response;
 pub mod rsa;
@@ -57,7 +59,7 @@ use errors::MyError;
 use fastauth::FastAuth;
 use login::Login;
 use mysql_common::constants::CapabilityFlags;
-use pool::{DbKey, Flavour, Lease, Pool, PoolError, Return};
+use pool::{DbKey, Flavour, Lease, Pool, PoolError, Reservation, Return};
 use rsa::RsaKey;
 use session::Session;
 use state::{ClientState, SessionVars};
@@ -180,6 +182,7 @@ impl MysqlFrontend {
         flavour: &Flavour,
         vars: &SessionVars,
         insert_id: bool,
+        aside: Option<Reservation>,
     ) -> Result<Lease, MyError> {
         let key = DbKey {
             tenant: identity.tenant.clone(),
@@ -214,7 +217,7 @@ impl MysqlFrontend {
             conn
         };
         let wanted = |state: &BackendState| state.vars == *vars;
-        let acquired = self.pool.acquire(&key, flavour, limit, &wanted, open).await;
+        let acquired = self.pool.acquire(&key, flavour, limit, &wanted, aside, open).await;
         if let Some(fresh) = refreshed.into_inner().unwrap_or_else(|e| e.into_inner()) {
             *route = fresh;
         }
@@ -300,7 +303,8 @@ impl MysqlFrontend {
         }
         // The first command's connection, borrowed now: it wakes the database and checks the
         // schema the client named before the login succeeds.
-        let lease = match self.borrow(&identity, &mut route, &flavour, &state.vars, false).await {
+        let borrowed = self.borrow(&identity, &mut route, &flavour, &state.vars, false, None);
+        let lease = match borrowed.await {
             Ok(lease) => lease,
             Err(e) => return login.fail(&e).await,
         };
@@ -319,6 +323,7 @@ impl MysqlFrontend {
             state,
             stmts: Statements::default(),
             lease: Some(lease),
+            aside: None,
         };
         session.run(&shutdown).await;
         login.client.shutdown().await;

@@ -3,6 +3,8 @@
 //! long as they are pinned, and wait in a bounded queue with a timeout when every slot is
 //! taken. New connections open one at a time per database, so a burst of clients does not
 //! become a burst of handshakes. A `Lease` closes its connection on drop unless it is given back.
+//! A client idle with its warnings or `FOUND_ROWS()` still to be read sets its connection aside
+//! after a moment: idle, and its again if still there, but taken by a client that would wait.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,6 +44,11 @@ pub struct PoolConfig {
     pub wait: Duration,
     /// Clients that may wait at once per database; more are refused at once.
     pub max_waiting: usize,
+    /// How long a client idle with only warnings or `FOUND_ROWS()` left to read keeps its
+    /// connection before setting it aside for any client that would otherwise wait. Reads
+    /// that follow at once (as drivers do) find them on any busy pool; later ones, unless the
+    /// pool is short of connections.
+    pub set_aside_after: Duration,
 }
 
 impl Default for PoolConfig {
@@ -50,6 +57,7 @@ impl Default for PoolConfig {
             idle_timeout: Duration::from_secs(300),
             wait: Duration::from_secs(5),
             max_waiting: 10_000,
+            set_aside_after: Duration::from_millis(100),
         }
     }
 }
@@ -71,6 +79,8 @@ pub struct PoolStats {
     pub waits: AtomicU64,
     /// Clients that waited in vain and got an error.
     pub timeouts: AtomicU64,
+    /// Connections set aside by one client and taken by another that would have waited.
+    pub taken_aside: AtomicU64,
     /// Times a client session was pinned to its connection, by reason.
     pub pins: [AtomicU64; PinReason::ALL.len()],
 }
@@ -89,6 +99,8 @@ struct Idle {
     since: Instant,
     conn: BackendConn,
     permit: OwnedSemaphorePermit,
+    /// Set aside for the client holding this [`Reservation`].
+    reserved: Option<u64>,
 }
 
 /// One database's slots and idle connections.
@@ -126,11 +138,13 @@ impl DbPool {
     }
 
     /// A live idle connection of `flavour`, preferably one whose state is already `wanted`;
-    /// otherwise the most recently returned one.
+    /// otherwise the most recently returned one. Connections set aside for a client are taken
+    /// only when `steal`ing.
     fn take(
         &self,
         flavour: &Flavour,
         wanted: &(dyn Fn(&BackendState) -> bool + Sync),
+        steal: bool,
         timeout: Duration,
         stats: &PoolStats,
     ) -> Option<Idle> {
@@ -138,7 +152,7 @@ impl DbPool {
         loop {
             let mut best = None;
             for (i, entry) in idle.iter().enumerate().rev() {
-                if entry.flavour != *flavour {
+                if entry.flavour != *flavour || (entry.reserved.is_some() && !steal) {
                     continue;
                 }
                 if wanted(&entry.conn.state) {
@@ -153,6 +167,24 @@ impl DbPool {
             }
             stats.expired.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The connection set aside for reservation `id`, if no one took it and it is still good.
+    fn reclaim(
+        &self,
+        id: u64,
+        flavour: &Flavour,
+        timeout: Duration,
+        stats: &PoolStats,
+    ) -> Option<Idle> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let i = idle.iter().position(|e| e.reserved == Some(id) && e.flavour == *flavour)?;
+        let entry = idle.swap_remove(i);
+        if entry.since.elapsed() < timeout && entry.conn.is_alive() {
+            return Some(entry);
+        }
+        stats.expired.fetch_add(1, Ordering::Relaxed);
+        None
     }
 
     /// Closes the oldest idle connection of another flavour, freeing its slot.
@@ -172,7 +204,24 @@ impl DbPool {
 pub struct Pool {
     config: PoolConfig,
     dbs: DashMap<DbKey, Arc<DbPool>>,
+    next_reservation: AtomicU64,
     pub stats: PoolStats,
+}
+
+/// A client's claim on the connection it set aside ([`Lease::set_aside`]); dropping it makes
+/// the connection an ordinary idle one.
+pub struct Reservation {
+    db: Arc<DbPool>,
+    id: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut idle = self.db.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = idle.iter_mut().find(|e| e.reserved == Some(self.id)) {
+            entry.reserved = None;
+        }
+    }
 }
 
 /// Counts a waiting client for as long as it waits.
@@ -186,7 +235,12 @@ impl Drop for Waiting<'_> {
 
 impl Pool {
     pub fn new(config: PoolConfig) -> Self {
-        Self { config, dbs: DashMap::new(), stats: PoolStats::default() }
+        Self {
+            config,
+            dbs: DashMap::new(),
+            next_reservation: AtomicU64::new(1),
+            stats: PoolStats::default(),
+        }
     }
 
     fn db(&self, key: &DbKey, limit: usize) -> Arc<DbPool> {
@@ -200,14 +254,17 @@ impl Pool {
 
     /// A connection of `flavour` to the database at `key`: an idle one (preferring one whose
     /// state is `wanted`), or a new one from `open` while the database has fewer than `limit`.
-    /// When every slot is taken, idle connections of other flavours are closed to make room,
-    /// and then the caller waits, at most the configured time.
+    /// The connection the caller set aside comes first, if it is still there. When every slot
+    /// is taken, idle connections of other flavours are closed to make room, then connections
+    /// set aside by other clients are taken, and then the caller waits, at most the configured
+    /// time.
     pub async fn acquire<E, F, Fut>(
         self: &Arc<Self>,
         key: &DbKey,
         flavour: &Flavour,
         limit: usize,
         wanted: &(dyn Fn(&BackendState) -> bool + Sync),
+        reserved: Option<Reservation>,
         open: F,
     ) -> Result<Lease, PoolError<E>>
     where
@@ -215,6 +272,13 @@ impl Pool {
         Fut: std::future::Future<Output = Result<BackendConn, E>>,
     {
         let db = self.db(key, limit.max(1));
+        if let Some(reservation) = reserved
+            && Arc::ptr_eq(&reservation.db, &db)
+            && let Some(idle) =
+                db.reclaim(reservation.id, flavour, self.config.idle_timeout, &self.stats)
+        {
+            return Ok(self.lease(&db, flavour, idle.conn, idle.permit));
+        }
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.config.wait;
         let mut waiting = None;
@@ -222,7 +286,7 @@ impl Pool {
             let returned = db.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if let Some(idle) = self.take(&db, flavour, wanted) {
+            if let Some(idle) = self.take(&db, flavour, wanted, false) {
                 return Ok(self.lease(&db, flavour, idle.conn, idle.permit));
             }
             if let Ok(permit) = db.slots.clone().try_acquire_owned() {
@@ -231,6 +295,10 @@ impl Pool {
             if db.evict_other(flavour) {
                 self.stats.discarded.fetch_add(1, Ordering::Relaxed);
                 continue;
+            }
+            if let Some(idle) = self.take(&db, flavour, wanted, true) {
+                self.stats.taken_aside.fetch_add(1, Ordering::Relaxed);
+                return Ok(self.lease(&db, flavour, idle.conn, idle.permit));
             }
             if waiting.is_none() {
                 if db.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_waiting {
@@ -262,8 +330,9 @@ impl Pool {
         db: &DbPool,
         flavour: &Flavour,
         wanted: &(dyn Fn(&BackendState) -> bool + Sync),
+        steal: bool,
     ) -> Option<Idle> {
-        db.take(flavour, wanted, self.config.idle_timeout, &self.stats)
+        db.take(flavour, wanted, steal, self.config.idle_timeout, &self.stats)
     }
 
     /// Opens a connection in the slot `permit`, one at a time per database; a connection
@@ -281,7 +350,7 @@ impl Pool {
         Fut: std::future::Future<Output = Result<BackendConn, E>>,
     {
         let _turn = db.opening.lock().await;
-        if let Some(idle) = self.take(db, flavour, wanted) {
+        if let Some(idle) = self.take(db, flavour, wanted, false) {
             drop(permit);
             return Ok(self.lease(db, flavour, idle.conn, idle.permit));
         }
@@ -413,10 +482,31 @@ impl Lease {
         }
     }
 
+    /// Ends the lease but sets the connection aside for its client, which may take it back
+    /// with the returned reservation while no one else has needed it. A connection with
+    /// unread input is closed instead.
+    pub fn set_aside(mut self) -> Option<Reservation> {
+        let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else {
+            return None;
+        };
+        if conn.stream.has_buffered_input() {
+            self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let id = self.pool.next_reservation.fetch_add(1, Ordering::Relaxed);
+        self.keep_for(conn, permit, Some(id));
+        Some(Reservation { db: self.db.clone(), id })
+    }
+
     fn keep(&self, conn: BackendConn, permit: OwnedSemaphorePermit) {
+        self.keep_for(conn, permit, None);
+    }
+
+    fn keep_for(&self, conn: BackendConn, permit: OwnedSemaphorePermit, reserved: Option<u64>) {
         {
             let mut idle = self.db.idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.push(Idle { flavour: self.flavour.clone(), since: Instant::now(), conn, permit });
+            let flavour = self.flavour.clone();
+            idle.push(Idle { flavour, since: Instant::now(), conn, permit, reserved });
         }
         self.pool.stats.returned.fetch_add(1, Ordering::Relaxed);
         self.db.returned.notify_waiters();

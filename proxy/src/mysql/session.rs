@@ -14,11 +14,13 @@ use super::backend::BackendError;
 use super::command::{Command, classify, kill_refusal};
 use super::errors::{MyError, ok_payload};
 use super::packet::{Packet, PacketStream};
-use super::pool::{Flavour, Lease, Return};
+use super::pool::{Flavour, Lease, Reservation, Return};
 use super::relay::{ClientView, End, Relayed, lost, relay};
 use super::response::{SERVER_STATUS_CURSOR_EXISTS, SERVER_STATUS_LAST_ROW_SENT, Shape};
 use super::sql::{Traits, inspect};
-use super::state::{COLLATION_QUERY, ClientState, PinReason, collation_unreported, locks_query};
+use super::state::{
+    COLLATION_QUERY, ClientState, DIAGNOSTICS_QUERY, PinReason, collation_unreported, locks_query,
+};
 use super::statements::{ClientStmt, Statements, rewrite_execute, with_id};
 use crate::auth::Identity;
 use crate::control::Route;
@@ -36,6 +38,9 @@ pub struct Session<'a> {
     pub stmts: Statements,
     /// The connection the client holds while it is pinned (or mid-command).
     pub lease: Option<Lease>,
+    /// The connection it set aside while only its warnings or `FOUND_ROWS()` were left to
+    /// read, to take back for its next command unless another client needed it.
+    pub aside: Option<Reservation>,
 }
 
 /// A command answered with an error already: the session goes on.
@@ -87,12 +92,26 @@ impl Session<'_> {
     async fn commands(&mut self, shutdown: &CancellationToken) -> End {
         loop {
             self.release_if_free();
+            let gives_way = self.lease.is_some() && self.state.pin().is_some_and(|p| p.gives_way());
+            let grace = self.front.config.pool.set_aside_after;
+            // No timer at all for the usual idle client, which holds nothing.
+            let aside_due = async move {
+                if gives_way {
+                    tokio::time::sleep(grace).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
             let first = tokio::select! {
                 read = self.client.read() => match read {
                     Ok(Some(p)) => p,
                     _ => return End::ClientLeft,
                 },
                 () = shutdown.cancelled() => return End::Shutdown,
+                () = aside_due => {
+                    self.set_aside();
+                    continue;
+                }
             };
             if first.seq() != 0 {
                 self.refuse(MyError::bad_handshake(), first.seq()).await;
@@ -106,8 +125,14 @@ impl Session<'_> {
             let payload = joined_payload(&chunks);
             self.state.start_command();
             match self.command(&chunks, &payload, reply_seq).await {
-                Ok(()) | Err(Stop::Answered) => {}
+                Ok(()) => {}
+                Err(Stop::Answered) => continue,
                 Err(Stop::End(end)) => return end,
+            }
+            if self.state.diagnostics_unknown()
+                && let Err(Stop::End(end)) = self.check_diagnostics().await
+            {
+                return end;
             }
         }
     }
@@ -118,6 +143,14 @@ impl Session<'_> {
             && let Some(lease) = self.lease.take()
         {
             lease.give_back(Return::Keep, &self.identity.database);
+        }
+    }
+
+    /// Sets the connection aside: the client keeps a claim on it, but a client that would
+    /// wait for a connection takes it first.
+    fn set_aside(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.aside = lease.set_aside();
         }
     }
 
@@ -133,7 +166,7 @@ impl Session<'_> {
             Command::SetOption => self.set_option(chunks, payload, seq).await,
             Command::Prepare => self.prepare(chunks, &payload[1..], seq).await,
             Command::Execute(id) => self.execute(payload, id, seq).await,
-            Command::SendLongData(id) => self.send_long_data(payload, id, seq).await,
+            Command::SendLongData(id) => self.send_long_data(payload, id).await,
             Command::CloseStmt(id) => self.close_statement(id).await,
             Command::ResetStmt(id) => self.reset_statement(payload, id, seq).await,
             Command::Fetch(id) => self.fetch(payload, id, seq).await,
@@ -188,6 +221,21 @@ impl Session<'_> {
             }
             Ok(None) => {}
             Err(BackendError::Refused(e)) => tracing::debug!(error = %e, "collation check refused"),
+            Err(_) => return Err(End::BackendLost.into()),
+        }
+        Ok(())
+    }
+
+    /// Asks the server whether it still holds the diagnostics the client was pinned for, so
+    /// they stay readable (`SHOW WARNINGS`) until a statement clears them.
+    async fn check_diagnostics(&mut self) -> Result<(), Stop> {
+        let Some(conn) = self.lease.as_mut().map(Lease::conn) else { return Ok(()) };
+        match conn.query_value(DIAGNOSTICS_QUERY).await {
+            Ok(Some(count)) if count != b"0" => self.state.keep_diagnostics(),
+            Ok(_) => {}
+            Err(BackendError::Refused(e)) => {
+                tracing::debug!(error = %e, "diagnostics check refused")
+            }
             Err(_) => return Err(End::BackendLost.into()),
         }
         Ok(())
@@ -261,8 +309,8 @@ impl Session<'_> {
         let schema = self.state.vars.schema.clone();
         if let Some(lease) = self.lease.as_mut() {
             let conn = lease.conn();
-            for old in conn.state.remember(sql.clone(), &schema, prepared.backend_id) {
-                conn.stream.queue(0, &with_id(b"\x19\0\0\0\0", old));
+            for old in conn.state.prepared.remember(sql.clone(), &schema, prepared.backend_id) {
+                conn.close_statement(old);
             }
         }
         let traits = inspect(&sql);
@@ -276,14 +324,34 @@ impl Session<'_> {
         self.stmts.get(id).cloned().ok_or_else(|| unknown_statement(id, command))
     }
 
-    /// The backend id of `stmt` on the held connection, preparing it there if need be.
-    async fn backend_statement(&mut self, stmt: &ClientStmt, seq: u8) -> Result<u32, Stop> {
+    /// The backend statement holding client statement `id`'s cursor or parameter data, if it
+    /// has either.
+    fn held(&self, id: u32) -> Option<u32> {
+        self.state.cursors.get(&id).or_else(|| self.state.long_data.get(&id)).copied()
+    }
+
+    /// The backend statement client statement `id` runs on in the held connection: the one
+    /// holding its cursor or parameter data, else one that holds none of another statement's
+    /// (two client statements of the same text must not share a cursor).
+    async fn backend_statement(&mut self, id: u32, stmt: &ClientStmt) -> Result<u32, BackendError> {
+        if let Some(backend_id) = self.held(id) {
+            return Ok(backend_id);
+        }
         let Some(conn) = self.lease.as_mut().map(Lease::conn) else {
-            return Err(End::Broken.into());
+            return Err(BackendError::Protocol("no connection held".into()));
         };
-        match conn.prepare(&stmt.sql, &stmt.schema).await {
-            Ok(id) => Ok(id),
-            Err(e) => Err(self.backend_failed(e, seq, "preparing a statement").await),
+        conn.prepare(&stmt.sql, &stmt.schema).await
+    }
+
+    /// After a command on client statement `id` (run on `backend_id`): the backend statement
+    /// stays held while the client statement has a cursor or parameter data on it, and is let
+    /// go (closed, if it was its own) once it has neither.
+    fn settle(&mut self, id: u32, backend_id: u32) {
+        let Some(conn) = self.lease.as_mut().map(Lease::conn) else { return };
+        if self.state.cursors.contains_key(&id) || self.state.long_data.contains_key(&id) {
+            conn.state.prepared.hold(backend_id);
+        } else if let Some(own) = conn.state.prepared.let_go(backend_id) {
+            conn.close_statement(own);
         }
     }
 
@@ -310,9 +378,16 @@ impl Session<'_> {
             Ok(stmt) => stmt,
             Err(e) => return self.fail(e, seq).await,
         };
+        if let Some(e) = self.state.lost_long_data.remove(&id) {
+            return self.fail(e, seq).await;
+        }
         self.borrow(stmt.traits.reads_last_insert_id, seq).await?;
-        let backend_id = self.backend_statement(&stmt, seq).await?;
+        let backend_id = match self.backend_statement(id, &stmt).await {
+            Ok(backend_id) => backend_id,
+            Err(e) => return Err(self.backend_failed(e, seq, "preparing a statement").await),
+        };
         let Some(rewritten) = rewrite_execute(payload, backend_id, &mut stmt) else {
+            self.settle(id, backend_id);
             return self.fail(MyError::malformed(), seq).await;
         };
         if let Some(kept) = self.stmts.get_mut(id) {
@@ -326,24 +401,42 @@ impl Session<'_> {
             if self.state.cursors.is_empty() {
                 self.front.pool.record_pin(PinReason::Cursor);
             }
-            self.state.cursors.insert(id);
+            self.state.cursors.insert(id, backend_id);
         } else {
             self.state.cursors.remove(&id);
         }
+        self.settle(id, backend_id);
         self.apply(Some(&stmt.traits), &relayed);
         Ok(())
     }
 
-    async fn send_long_data(&mut self, payload: &[u8], id: u32, seq: u8) -> Result<(), Stop> {
+    /// COM_STMT_SEND_LONG_DATA has no reply: what goes wrong here is answered at the
+    /// statement's execute, as the server would.
+    async fn send_long_data(&mut self, payload: &[u8], id: u32) -> Result<(), Stop> {
         let id = self.stmts.resolve(id);
         // Unknown statements get no reply here; the server would report it at execute.
         let Ok(stmt) = self.statement(id, "mysqld_stmt_send_long_data") else { return Ok(()) };
-        self.borrow(false, seq).await?;
-        let backend_id = self.backend_statement(&stmt, seq).await?;
+        let held = match self.hold_connection(false).await {
+            Ok(()) => self.backend_statement(id, &stmt).await,
+            Err(e) => Err(e),
+        };
+        let backend_id = match held {
+            Ok(backend_id) => backend_id,
+            Err(BackendError::Refused(e)) => {
+                let e = e.in_clients_terms(&self.flavour.user, &self.identity.database);
+                self.state.lost_long_data.insert(id, e);
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "sending parameter data to a backend failed");
+                return Err(End::BackendLost.into());
+            }
+        };
         if self.state.long_data.is_empty() {
             self.front.pool.record_pin(PinReason::LongData);
         }
-        self.state.long_data.insert(id);
+        self.state.long_data.insert(id, backend_id);
+        self.settle(id, backend_id);
         let Some(conn) = self.lease.as_mut().map(Lease::conn) else { return Ok(()) };
         conn.stream.queue(0, &with_id(payload, backend_id));
         if conn.stream.flush().await.is_err() {
@@ -354,16 +447,20 @@ impl Session<'_> {
 
     async fn close_statement(&mut self, id: u32) -> Result<(), Stop> {
         let id = self.stmts.resolve(id);
-        let Some(stmt) = self.stmts.remove(id) else { return Ok(()) };
-        let open = self.state.cursors.remove(&id) | self.state.long_data.remove(&id);
+        if self.stmts.remove(id).is_none() {
+            return Ok(());
+        }
+        self.state.lost_long_data.remove(&id);
+        let held = self.held(id);
+        self.state.cursors.remove(&id);
+        self.state.long_data.remove(&id);
         // A backend statement with a cursor or parameter data of this client is closed, not
         // kept for reuse: that is what the client asked the server to forget.
-        if open
+        if let Some(backend_id) = held
             && let Some(conn) = self.lease.as_mut().map(Lease::conn)
-            && let Some(backend_id) = conn.state.statement(&stmt.sql, &stmt.schema)
         {
-            conn.state.forget(backend_id);
-            conn.stream.queue(0, &with_id(b"\x19\0\0\0\0", backend_id));
+            conn.state.prepared.forget(backend_id);
+            conn.close_statement(backend_id);
             if conn.stream.flush().await.is_err() {
                 return Err(End::BackendLost.into());
             }
@@ -373,39 +470,30 @@ impl Session<'_> {
 
     async fn reset_statement(&mut self, payload: &[u8], id: u32, seq: u8) -> Result<(), Stop> {
         let id = self.stmts.resolve(id);
-        let stmt = match self.statement(id, "mysqld_stmt_reset") {
-            Ok(stmt) => stmt,
-            Err(e) => return self.fail(e, seq).await,
-        };
-        let open = self.state.cursors.contains(&id) || self.state.long_data.contains(&id);
-        let backend_id = match self.lease.as_mut().map(Lease::conn) {
-            Some(conn) if open => conn.state.statement(&stmt.sql, &stmt.schema),
-            _ => None,
-        };
+        if let Err(e) = self.statement(id, "mysqld_stmt_reset") {
+            return self.fail(e, seq).await;
+        }
+        self.state.lost_long_data.remove(&id);
+        let held = self.held(id);
         self.state.cursors.remove(&id);
         self.state.long_data.remove(&id);
-        let Some(backend_id) = backend_id else {
+        let Some(backend_id) = held else {
             // Nothing of it lives on a server session: nothing to reset.
             return self.local_ok(seq).await;
         };
         self.send(&with_id(payload, backend_id)).await?;
-        self.relay(Shape::Single, None).await?;
+        let relayed = self.relay(Shape::Single, None).await?;
+        self.settle(id, backend_id);
+        self.apply(None, &relayed);
         Ok(())
     }
 
     async fn fetch(&mut self, payload: &[u8], id: u32, seq: u8) -> Result<(), Stop> {
         let id = self.stmts.resolve(id);
-        let stmt = match self.statement(id, "mysqld_stmt_fetch") {
-            Ok(stmt) => stmt,
-            Err(e) => return self.fail(e, seq).await,
-        };
-        let backend_id = match self.lease.as_mut().map(Lease::conn) {
-            Some(conn) if self.state.cursors.contains(&id) => {
-                conn.state.statement(&stmt.sql, &stmt.schema)
-            }
-            _ => None,
-        };
-        let Some(backend_id) = backend_id else {
+        if let Err(e) = self.statement(id, "mysqld_stmt_fetch") {
+            return self.fail(e, seq).await;
+        }
+        let Some(&backend_id) = self.state.cursors.get(&id) else {
             let e =
                 MyError::new(1421, "HY000", format!("The statement ({id}) has no open cursor."));
             return self.fail(e, seq).await;
@@ -415,7 +503,9 @@ impl Session<'_> {
         let done = relayed.outcome.status.is_none_or(|s| s & SERVER_STATUS_LAST_ROW_SENT != 0);
         if done || relayed.outcome.error {
             self.state.cursors.remove(&id);
+            self.settle(id, backend_id);
         }
+        self.apply(None, &relayed);
         Ok(())
     }
 
@@ -423,26 +513,35 @@ impl Session<'_> {
     /// to, or one borrowed from the pool and brought to its state. On failure the client has
     /// its error and the command goes no further.
     async fn borrow(&mut self, insert_id: bool, seq: u8) -> Result<(), Stop> {
+        match self.hold_connection(insert_id).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.backend_failed(e, seq, "borrowing a connection").await),
+        }
+    }
+
+    /// [`Self::borrow`] without answering the client; a pool that cannot lend is `Refused`.
+    async fn hold_connection(&mut self, insert_id: bool) -> Result<(), BackendError> {
         if let Some(lease) = self.lease.as_mut() {
             // Pinned since after its last insert, which may have run on another connection.
-            if insert_id
-                && let Err(e) = lease.conn().sync_insert_id(self.state.vars.last_insert_id).await
-            {
-                return Err(self.backend_failed(e, seq, "restoring the insert id").await);
+            if insert_id {
+                lease.conn().sync_insert_id(self.state.vars.last_insert_id).await?;
             }
             return Ok(());
         }
-        let borrowed = self
+        let lease = self
             .front
-            .borrow(self.identity, &mut self.route, &self.flavour, &self.state.vars, insert_id)
-            .await;
-        match borrowed {
-            Ok(lease) => {
-                self.lease = Some(lease);
-                Ok(())
-            }
-            Err(e) => self.fail(e, seq).await,
-        }
+            .borrow(
+                self.identity,
+                &mut self.route,
+                &self.flavour,
+                &self.state.vars,
+                insert_id,
+                self.aside.take(),
+            )
+            .await
+            .map_err(BackendError::Refused)?;
+        self.lease = Some(lease);
+        Ok(())
     }
 
     /// Sends the command's chunks to the held connection as they came.

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
+use super::errors::MyError;
 use super::ok::StateChanges;
 use super::response::SERVER_STATUS_IN_TRANS;
 use super::sql::Traits;
@@ -79,7 +80,14 @@ impl PinReason {
     /// Whether the state stays on the server session when the client leaves, so the
     /// connection must be reset before anyone else uses it.
     pub fn leaves_state(self) -> bool {
-        !matches!(self, PinReason::FoundRows | PinReason::Diagnostics)
+        !self.gives_way()
+    }
+
+    /// Whether the pin only keeps something readable (warnings, `FOUND_ROWS()`), so a client
+    /// that would otherwise wait for a connection may take it: the reader then sees what any
+    /// new server session shows.
+    pub fn gives_way(self) -> bool {
+        matches!(self, PinReason::FoundRows | PinReason::Diagnostics)
     }
 }
 
@@ -259,8 +267,12 @@ pub struct ClientState {
     next: Option<PinReason>,
     /// The command running had the diagnostics pin: the previous one left warnings or errors.
     had_diagnostics: bool,
-    pub cursors: BTreeSet<u32>,
-    pub long_data: BTreeSet<u32>,
+    /// Client statements with a cursor open, and the backend statement that holds it.
+    pub cursors: BTreeMap<u32, u32>,
+    /// Client statements with parameter data sent, and the backend statement that holds it.
+    pub long_data: BTreeMap<u32, u32>,
+    /// Client statements whose parameter data could not be sent: their execute fails so.
+    pub lost_long_data: BTreeMap<u32, MyError>,
 }
 
 impl ClientState {
@@ -298,6 +310,18 @@ impl ClientState {
     /// Consumes a pin meant for one more command.
     pub fn start_command(&mut self) {
         self.had_diagnostics = self.next.take() == Some(PinReason::Diagnostics);
+    }
+
+    /// Whether the command that just ran had the diagnostics pin and raised nothing new. The
+    /// server may still hold the earlier warnings then: a statement that uses no table (`SELECT
+    /// 1`, `COMMIT`, `SET`, a cursor fetch) leaves them, so the proxy must ask.
+    pub fn diagnostics_unknown(&self) -> bool {
+        self.had_diagnostics && self.next.is_none()
+    }
+
+    /// The server still holds diagnostics: they stay readable on this connection.
+    pub fn keep_diagnostics(&mut self) {
+        self.next = Some(PinReason::Diagnostics);
     }
 
     /// COM_RESET_CONNECTION: the server forgets everything but the schema.
@@ -391,14 +415,15 @@ impl ClientState {
                 self.locks.clear();
             }
             self.locks.extend(t.lock_names.iter().cloned());
-            if t.calc_found_rows {
-                self.next = Some(PinReason::FoundRows);
-            } else if outcome.warnings > 0
-                || outcome.error
-                || (t.reads_diagnostics && self.had_diagnostics)
-            {
-                self.next = Some(PinReason::Diagnostics);
-            }
+        }
+        // Any command's warnings or error stay readable with SHOW WARNINGS, statement or not.
+        if traits.is_some_and(|t| t.calc_found_rows) {
+            self.next = Some(PinReason::FoundRows);
+        } else if outcome.warnings > 0
+            || outcome.error
+            || (traits.is_some_and(|t| t.reads_diagnostics) && self.had_diagnostics)
+        {
+            self.next = Some(PinReason::Diagnostics);
         }
         if let Some(now) = self.pin()
             && before != Some(now)
@@ -444,6 +469,10 @@ pub fn collation_unreported(traits: Option<&Traits>, outcome: &Outcome) -> bool 
 
 /// The query that reads the collation [`collation_unreported`] asks about.
 pub const COLLATION_QUERY: &str = "SELECT @@SESSION.collation_connection";
+
+/// How many warnings and errors the server holds for the session; uses no table, so it
+/// clears none of them.
+pub const DIAGNOSTICS_QUERY: &str = "SELECT @@warning_count";
 
 /// The query that says whether this session still holds any of the advisory locks `names`:
 /// one row, `1` if it does.
