@@ -80,19 +80,31 @@ foreach ($job["steps"] as $n => $step) {
         }
         if ($kind == "bind") { $out[] = "bound"; break; }
         if (!$s->execute()) { $out[] = err($s); break; }
-        $out[] = status($m);
-        $meta = $s->result_metadata();
-        if ($meta) {
-            $out[] = "fields " . fields($meta);
-            $rows[$name] = array_fill(0, $s->field_count, null);
-            $refs = [];
-            foreach ($rows[$name] as $k => $_) $refs[] = &$rows[$name][$k];
-            $s->bind_result(...$refs);
-            if (!$cursor[$name]) $out = array_merge($out, fetch_rows($s, $rows[$name], PHP_INT_MAX));
+        while (true) {
+            $out[] = status($m);
+            $meta = $s->result_metadata();
+            if ($meta) {
+                $out[] = "fields " . fields($meta);
+                $rows[$name] = array_fill(0, $s->field_count, null);
+                $refs = [];
+                foreach ($rows[$name] as $k => $_) $refs[] = &$rows[$name][$k];
+                $s->bind_result(...$refs);
+                if ($cursor[$name]) break;
+                $out = array_merge($out, fetch_rows($s, $rows[$name], PHP_INT_MAX));
+            }
+            // A procedure's result sets, then its status.
+            if (!$s->more_results()) break;
+            if (!$s->next_result()) { $out[] = err($s); break; }
         }
         break;
     case "fetch": // name, rows
         $out = fetch_rows($stmts[$name], $rows[$name], $step[3]);
+        break;
+    case "select_db": // schema, by COM_INIT_DB
+        $out[] = $m->select_db($step[2]) ? "selected" : err($m);
+        break;
+    case "ping":
+        $out[] = $m->ping() ? "pong" : err($m);
         break;
     case "long": // name, parameter, data
         $out[] = $stmts[$name]->send_long_data($step[3], $step[4]) ? "sent" : err($stmts[$name]);

@@ -475,6 +475,9 @@ enum M {
     Long(usize, &'static str, u32, &'static str),
     Reset(usize, &'static str),
     Close(usize, &'static str),
+    /// COM_INIT_DB.
+    SelectDb(usize, &'static str),
+    Ping(usize),
 }
 
 const ROWS: &str = "INSERT INTO t (v, d) WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 \
@@ -573,6 +576,42 @@ const MYSQLI_SCRIPTS: &[(&str, &[M])] = &[
             M::Query(0, "SELECT v, b FROM t WHERE v LIKE 'w%' ORDER BY id"),
         ],
     ),
+    (
+        "schemas, pings and procedures",
+        &[
+            M::Query(0, CREATE),
+            M::Query(0, ROWS),
+            M::SelectDb(0, "nosuch"),
+            M::Query(0, "SHOW ERRORS"),
+            M::SelectDb(0, "information_schema"),
+            M::Query(1, "SELECT DATABASE()"),
+            M::Query(0, "SELECT DATABASE()"),
+            M::Ping(0),
+            M::SelectDb(0, "shop"),
+            M::Prepare(0, "n", "SELECT COUNT(*) FROM t", 0),
+            M::SelectDb(0, "information_schema"),
+            M::Query(1, "SELECT 1"),
+            M::Execute(0, "n", "", &[]),
+            M::SelectDb(0, "shop"),
+            M::Query(
+                0,
+                "CREATE PROCEDURE p (IN a INT, OUT b INT) BEGIN SELECT a; SELECT v FROM t WHERE id <= a ORDER BY id; SET b = a * 10; END",
+            ),
+            M::Prepare(1, "call", "CALL p(?, @out)", 0),
+            M::Execute(1, "call", "i", &[P::Int(3)]),
+            M::Query(1, "SELECT @out"),
+            M::Ping(1),
+            M::Execute(1, "call", "i", &[P::Int(1)]),
+            M::Prepare(1, "cur", "SELECT id FROM t WHERE id > ? ORDER BY id", 3),
+            M::Execute(1, "cur", "i", &[P::Int(6)]),
+            M::Ping(1),
+            M::Query(0, "DROP TABLE nosuch"),
+            M::Query(0, "SELECT 1"),
+            M::Ping(0),
+            M::Query(0, "SHOW WARNINGS"),
+            M::Fetch(1, "cur", 10),
+        ],
+    ),
 ];
 
 /// Runs a mysqli script through PHP, logged in as `user` with `password` at `port`.
@@ -596,6 +635,8 @@ async fn run_mysqli(
             M::Long(c, name, param, data) => serde_json::json!(["long", c, name, param, data]),
             M::Reset(c, name) => serde_json::json!(["reset", c, name]),
             M::Close(c, name) => serde_json::json!(["close", c, name]),
+            M::SelectDb(c, schema) => serde_json::json!(["select_db", c, schema]),
+            M::Ping(c) => serde_json::json!(["ping", c]),
         })
         .collect();
     let clients = steps.iter().filter_map(|s| s[1].as_u64()).max().map_or(0, |c| c + 1);

@@ -153,6 +153,32 @@ pub fn err_in_clients_terms(payload: &[u8], internal: &str, client: &str) -> Opt
     Some([&payload[..start], &message].concat())
 }
 
+/// A text-protocol row in the client's terms (see [`named_for_client`]), or `None` when it
+/// needs no change: the messages `SHOW WARNINGS` and `SHOW ERRORS` list are errors' messages.
+pub fn row_in_clients_terms(payload: &[u8], internal: &str, client: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    let (mut pos, mut changed) = (0, false);
+    while pos < payload.len() {
+        if payload[pos] == 0xfb {
+            // NULL
+            out.push(0xfb);
+            pos += 1;
+            continue;
+        }
+        let start = pos;
+        let value = super::ok::lenenc_bytes(payload, &mut pos)?;
+        match named_for_client(value, internal, client) {
+            Some(named) => {
+                super::ok::put_lenenc(&mut out, named.len() as u64);
+                out.extend_from_slice(&named);
+                changed = true;
+            }
+            None => out.extend_from_slice(&payload[start..pos]),
+        }
+    }
+    changed.then_some(out)
+}
+
 impl MyError {
     /// This error in the client's terms (see [`named_for_client`]).
     pub fn in_clients_terms(self, internal: &str, client: &str) -> Self {
@@ -210,6 +236,24 @@ mod tests {
             denied.in_clients_terms("dormouse", "shop").message,
             "Access denied for user 'shop'@'%' to database 'x'"
         );
+    }
+
+    #[test]
+    fn diagnostics_rows_name_the_client() {
+        let mut row = b"\x05Error\x041044".to_vec();
+        let message = "Access denied for user 'dormouse'@'localhost' to database 'x'";
+        row.push(message.len() as u8);
+        row.extend_from_slice(message.as_bytes());
+        row.push(0xfb);
+        let out = row_in_clients_terms(&row, "dormouse", "shop").expect("rewritten");
+        let mut want = b"\x05Error\x041044".to_vec();
+        let named = "Access denied for user 'shop'@'%' to database 'x'";
+        want.push(named.len() as u8);
+        want.extend_from_slice(named.as_bytes());
+        want.push(0xfb);
+        assert_eq!(out, want);
+        assert_eq!(row_in_clients_terms(b"\x07Warning\x041365", "dormouse", "shop"), None);
+        assert_eq!(row_in_clients_terms(b"\x09cut", "dormouse", "shop"), None, "malformed");
     }
 
     #[test]

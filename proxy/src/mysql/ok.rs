@@ -31,7 +31,7 @@ pub struct Ok {
     pub changes: StateChanges,
 }
 
-fn lenenc(buf: &[u8], pos: &mut usize) -> Option<u64> {
+pub(super) fn lenenc(buf: &[u8], pos: &mut usize) -> Option<u64> {
     let first = *buf.get(*pos)?;
     let width = match first {
         0xfc => 2,
@@ -50,14 +50,14 @@ fn lenenc(buf: &[u8], pos: &mut usize) -> Option<u64> {
     Some(u64::from_le_bytes(v))
 }
 
-fn lenenc_bytes<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
+pub(super) fn lenenc_bytes<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     let len = usize::try_from(lenenc(buf, pos)?).ok()?;
     let bytes = buf.get(*pos..*pos + len)?;
     *pos += len;
     Some(bytes)
 }
 
-fn put_lenenc(out: &mut Vec<u8>, v: u64) {
+pub(super) fn put_lenenc(out: &mut Vec<u8>, v: u64) {
     match v {
         0..=250 => out.push(v as u8),
         251..=0xffff => {

@@ -1,9 +1,10 @@
 //! Relays one server response to the client packet by packet as it arrives: unchanged, except
 //! OK packets (their session state read, and rewritten for clients that did not ask for
-//! session tracking) and COM_STMT_PREPARE replies (the proxy's statement id put in).
+//! session tracking), COM_STMT_PREPARE replies (the proxy's statement id put in), and errors
+//! and diagnostics rows that name the internal account (the client's named instead).
 
 use super::backend::BackendConn;
-use super::errors::{MyError, err_in_clients_terms};
+use super::errors::{MyError, err_in_clients_terms, row_in_clients_terms};
 use super::ok;
 use super::packet::PacketStream;
 use super::response::{Response, Role, Shape};
@@ -52,6 +53,8 @@ pub struct ClientView<'a> {
     /// errors that name the first name the second.
     pub internal_user: &'a str,
     pub user: &'a str,
+    /// The rows are diagnostics (`SHOW WARNINGS`): their messages get the same renaming.
+    pub diagnostics: bool,
 }
 
 /// Relays the response to the command just sent on `backend`. `client_stmt` is the id the
@@ -105,6 +108,14 @@ pub async fn relay(
                 }
                 _ if payload.first() == Some(&0xff) && !continuing => {
                     match err_in_clients_terms(payload, view.internal_user, view.user) {
+                        Some(rewritten) => {
+                            client.queue(packet.seq(), &rewritten);
+                        }
+                        None => client.queue_raw(&packet),
+                    }
+                }
+                Role::Row if view.diagnostics && !continuing => {
+                    match row_in_clients_terms(payload, view.internal_user, view.user) {
                         Some(rewritten) => {
                             client.queue(packet.seq(), &rewritten);
                         }

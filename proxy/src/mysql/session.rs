@@ -199,7 +199,7 @@ impl Session<'_> {
         let traits = inspect(sql);
         self.borrow(traits.reads_last_insert_id, seq).await?;
         self.forward(chunks).await?;
-        let relayed = self.relay(Shape::Results, None).await?;
+        let relayed = self.relay_rows(Shape::Results, traits.reads_diagnostics).await?;
         self.apply(Some(&traits), &relayed);
         if traits.releases_lock {
             self.check_locks().await?;
@@ -576,6 +576,20 @@ impl Session<'_> {
     }
 
     async fn relay(&mut self, shape: Shape, client_stmt: Option<u32>) -> Result<Relayed, Stop> {
+        self.relay_as(shape, client_stmt, false).await
+    }
+
+    /// Relays a statement's results; `diagnostics` when they list warnings or errors.
+    async fn relay_rows(&mut self, shape: Shape, diagnostics: bool) -> Result<Relayed, Stop> {
+        self.relay_as(shape, None, diagnostics).await
+    }
+
+    async fn relay_as(
+        &mut self,
+        shape: Shape,
+        client_stmt: Option<u32>,
+        diagnostics: bool,
+    ) -> Result<Relayed, Stop> {
         let Some(conn) = self.lease.as_mut().map(Lease::conn) else {
             return Err(End::Broken.into());
         };
@@ -583,6 +597,7 @@ impl Session<'_> {
             session_track: self.session_track,
             internal_user: &self.flavour.user,
             user: &self.identity.database,
+            diagnostics,
         };
         Ok(relay(self.client, conn, shape, &view, client_stmt).await?)
     }
