@@ -42,8 +42,10 @@ enum Step {
     Q(usize, &'static str),
     /// Client `.0` prepares `.1` and executes it with `.2`.
     X(usize, &'static str, &'static [P]),
+    /// Client `.0` resets its session (COM_RESET_CONNECTION).
+    R(usize),
 }
-use Step::{Q, X};
+use Step::{Q, R, X};
 
 struct Script {
     name: &'static str,
@@ -302,6 +304,41 @@ const SCRIPTS: &[Script] = &[
             Q(0, "SELECT IS_FREE_LOCK('g')"),
         ],
     },
+    Script {
+        name: "resets",
+        clients: 2,
+        steps: &[
+            Q(0, CREATE),
+            Q(0, "SET @u = 1, time_zone = '+02:00', sql_mode = 'ANSI_QUOTES'"),
+            Q(0, "CREATE TEMPORARY TABLE tmp (x INT)"),
+            Q(0, "BEGIN"),
+            Q(0, "INSERT INTO t (v) VALUES ('gone')"),
+            Q(0, "SELECT GET_LOCK('r', 0)"),
+            R(0),
+            Q(0, "SELECT @u, @@time_zone, @@sql_mode, @@in_transaction"),
+            Q(0, "SELECT * FROM tmp"),
+            Q(1, "SELECT COUNT(*), IS_FREE_LOCK('r') FROM t"),
+            Q(0, "SELECT 1/0"),
+            R(0),
+            Q(0, "SHOW WARNINGS"),
+            Q(0, "SET NAMES latin1"),
+            Q(0, "SET autocommit = 0"),
+            R(0),
+            Q(1, "SELECT 1"),
+            Q(0, "SELECT @@character_set_client, @@autocommit"),
+            Q(0, "USE information_schema"),
+            R(0),
+            Q(0, "SELECT DATABASE()"),
+            X(0, "SELECT ? + 1", &[P::Int(1)]),
+            R(0),
+            X(0, "SELECT ? + 1", &[P::Int(2)]),
+            Q(0, "INSERT INTO t (v) VALUES ('kept')"),
+            R(0),
+            Q(0, "SELECT LAST_INSERT_ID()"),
+            R(1),
+            Q(1, "SELECT v FROM t"),
+        ],
+    },
 ];
 
 /// Everything a client can see of one statement's outcome.
@@ -386,6 +423,11 @@ async fn run(script: &Script, opts: &Opts) -> anyhow::Result<Vec<String>> {
                 Ok(result) => (c, render(result).await),
                 Err(e) => (c, vec![error(&e)]),
             },
+            R(c) => match clients[c].reset().await {
+                // `true`: by COM_RESET_CONNECTION, not by reconnecting.
+                Ok(by_command) => (c, vec![format!("reset {by_command}")]),
+                Err(e) => (c, vec![error(&e)]),
+            },
             X(c, sql, params) => {
                 let params: Vec<Value> = params.iter().map(|&p| p.into()).collect();
                 match clients[c].exec_iter(sql, params).await {
@@ -415,6 +457,12 @@ conns = [pymysql.connect(host=job["host"], port=job["port"], user=job["user"],
 def param(p):
     return datetime.datetime(*p) if isinstance(p, list) else p
 for n, (c, sql, params) in enumerate(job["steps"]):
+    if sql is None:
+        # COM_RESET_CONNECTION, which PyMySQL has no call for.
+        conns[c]._execute_command(31, b"")
+        conns[c]._read_ok_packet()
+        print(n, "c%d" % c, "reset True")
+        continue
     cur = conns[c].cursor()
     try:
         if params is None:
@@ -446,6 +494,7 @@ async fn run_pymysql(
         .iter()
         .map(|step| match *step {
             Q(c, sql) => serde_json::json!([c, sql, null]),
+            R(c) => serde_json::json!([c, null, null]),
             X(c, sql, params) => {
                 let params: Vec<serde_json::Value> =
                     params.iter().map(|&p| json_param(p)).collect();
