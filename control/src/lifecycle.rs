@@ -19,7 +19,7 @@ use dashmap::DashMap;
 use dormouse_engines::{AgentError, HostAgent, InstanceId, InstanceSpec, Started};
 
 use crate::names;
-use crate::store::{Database, DatabaseStatus, Store, StoreError};
+use crate::store::{Database, DatabaseStatus, StartFailure, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -31,8 +31,28 @@ pub enum LifecycleError {
     Agent(#[from] AgentError),
     #[error("the server did not become ready in time")]
     Timeout,
+    /// Its last start failed too recently to try again on a client's behalf.
+    #[error("{}: not started again for {retry_in} s", failure.reason)]
+    Cooling { failure: StartFailure, retry_in: i64 },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Whether a start may run soon after the database's last one failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Asked for by its owner (create, resume): start now.
+    Now,
+    /// On a client's behalf, or the reconciler's: not before the failure's retry time, so a
+    /// server that cannot start is not restarted for every connection that finds it down.
+    WhenDue,
+}
+
+/// Seconds after a failed start before clients' connections try again: 5, doubling with each
+/// failure in a row, at most 5 minutes.
+pub fn retry_after(failure: &StartFailure) -> i64 {
+    let doublings = failure.attempts.saturating_sub(1).min(6);
+    (5_i64 << doublings).min(300)
 }
 
 /// A start that happened (or found the server running), with its costs.
@@ -64,6 +84,35 @@ fn allowed(from: DatabaseStatus, to: DatabaseStatus) -> bool {
             | (Suspended, Running | Suspended | Deleting)
             | (Deleting, Deleting)
     )
+}
+
+/// Why a start failed, for the tenant: the first errors the server logged during that start,
+/// without timestamps, or the failure itself when the server said nothing.
+pub fn failure_reason(error: &LifecycleError) -> String {
+    let text = error.to_string();
+    let said = |marker: &str| -> Vec<&str> {
+        text.lines()
+            .filter_map(|line| line.split_once(marker).map(|(_, said)| said.trim()))
+            .filter(|said| !said.is_empty() && *said != "Aborting")
+            .collect()
+    };
+    // MariaDB: "2026-11-24 20:01:32 0 [ERROR] What went wrong". Its first errors name the
+    // cause; the rest are consequences.
+    let errors = said("[ERROR] ");
+    // Redis: "1234:M 24 Nov 2026 20:01:32.123 # What went wrong". Its startup banner is at
+    // the same level; it logs what stops it last.
+    let warnings = said(" # ");
+    let reason = if !errors.is_empty() {
+        errors[..errors.len().min(3)].join("; ")
+    } else if !warnings.is_empty() {
+        warnings[warnings.len().saturating_sub(2)..].join("; ")
+    } else {
+        text.lines().next().unwrap_or_default().trim_end_matches([':', ' ']).to_owned()
+    };
+    match reason.char_indices().nth(400) {
+        Some((cut, _)) => format!("{}…", &reason[..cut]),
+        None => reason,
+    }
 }
 
 /// What the agent needs to run a database's instance.
@@ -120,7 +169,7 @@ impl Lifecycle {
     /// Starts the database's instance (provisioning it on first start) and waits until it is
     /// ready; records `running` with its port. A failed start leaves a suspended database
     /// suspended (the next client tries again) and marks any other `failed`.
-    pub async fn start(&self, db: &Database) -> Result<Start, LifecycleError> {
+    pub async fn start(&self, db: &Database, attempt: Attempt) -> Result<Start, LifecycleError> {
         let queued_at = Instant::now();
         let lock = self.lock(&db.id);
         let _guard = lock.lock().await;
@@ -129,10 +178,22 @@ impl Lifecycle {
         if db.status == DatabaseStatus::Deleting {
             return Err(LifecycleError::Gone(db.id));
         }
+        if attempt == Attempt::WhenDue
+            && db.status != DatabaseStatus::Running
+            && let Some(failure) = &db.start_failure
+        {
+            let retry_in = failure.at + retry_after(failure) - crate::service::now();
+            if retry_in > 0 {
+                return Err(LifecycleError::Cooling { failure: failure.clone(), retry_in });
+            }
+        }
         let attempt = tokio::time::timeout(self.start_deadline, self.agent.start(&spec(&db))).await;
         match attempt {
             Ok(Ok(started)) => {
                 self.transition(&db, DatabaseStatus::Running, Some(started.endpoint.port)).await?;
+                if db.start_failure.is_some() {
+                    self.store.record_start(&db.id, None).await?;
+                }
                 Ok(Start { started, queued, was: db.status })
             }
             failure => {
@@ -144,6 +205,8 @@ impl Lifecycle {
                     }
                 };
                 tracing::warn!(db = %db.name, instance = %db.id, %error, "database failed to start");
+                let reason = failure_reason(&error);
+                self.store.record_start(&db.id, Some((&reason, crate::service::now()))).await?;
                 if db.status != DatabaseStatus::Suspended {
                     self.transition(&db, DatabaseStatus::Failed, None).await?;
                 }
@@ -246,5 +309,40 @@ mod tests {
         assert!(allowed(Running, Suspended));
         assert!(!allowed(Suspended, Failed), "a failed wake leaves it suspended");
         assert!(!allowed(Running, Creating));
+    }
+
+    fn failed(text: &str) -> LifecycleError {
+        LifecycleError::Agent(AgentError::Engine(dormouse_engines::EngineError::Failed(
+            text.into(),
+        )))
+    }
+
+    #[test]
+    fn failure_reasons_are_the_servers_own_errors() {
+        let mariadb = failed(
+            "server exited during start (exit status: 1): 2026-11-24 20:01:32 0 [Note] Plugin \
+             'FEEDBACK' is disabled.\n2026-11-24 20:01:32 0 [ERROR] Unknown/unsupported \
+             storage engine: InnoDB\n2026-11-24 20:01:32 0 [ERROR] Aborting\n",
+        );
+        assert_eq!(failure_reason(&mariadb), "Unknown/unsupported storage engine: InnoDB");
+        let redis = failed(
+            "server exited during start (exit status: 1): 7:C 24 Nov 2026 20:01:32.100 # \
+             oO0OoO0OoO0Oo Redis is starting\n7:C 24 Nov 2026 20:01:32.100 # Configuration \
+             loaded\n7:M 24 Nov 2026 20:01:32.110 * Running mode=standalone\n7:M 24 Nov 2026 \
+             20:01:32.123 # Bad file format reading the append only file\n7:M 24 Nov 2026 \
+             20:01:32.123 # Exiting.",
+        );
+        assert_eq!(
+            failure_reason(&redis),
+            "Bad file format reading the append only file; Exiting."
+        );
+        let silent = failed("server exited during start (signal: 9): \nsomething");
+        assert_eq!(failure_reason(&silent), "server exited during start (signal: 9)");
+        assert_eq!(
+            failure_reason(&LifecycleError::Timeout),
+            "the server did not become ready in time"
+        );
+        let long = failed(&format!("x [ERROR] {}", "é".repeat(500)));
+        assert_eq!(failure_reason(&long).chars().count(), 401, "cut, with an ellipsis");
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use dormouse_engines::InstanceState;
 use tokio_util::sync::CancellationToken;
 
+use crate::lifecycle::{Attempt, LifecycleError};
 use crate::service::ControlService;
 use crate::store::{Database, DatabaseStatus};
 
@@ -41,7 +42,10 @@ async fn reconcile(service: &ControlService, db: &Database) {
                 | InstanceState::Starting
                 | InstanceState::Restarting { .. } => Ok(()),
                 InstanceState::Stopped | InstanceState::Failed { .. } => {
-                    let started = lifecycle.start(db).await.map(|_| ());
+                    let started = match lifecycle.start(db, Attempt::WhenDue).await {
+                        Ok(_) | Err(LifecycleError::Cooling { .. }) => Ok(()),
+                        Err(e) => Err(e),
+                    };
                     service.activity().touch(&db.tenant_id, &db.name);
                     started
                 }

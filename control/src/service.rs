@@ -14,14 +14,27 @@ use rand::RngCore;
 
 use crate::activity::ActivityBook;
 use crate::keys::{KeyError, KeyRing};
-use crate::lifecycle::{Lifecycle, LifecycleError, Start};
+use crate::lifecycle::{Attempt, Lifecycle, LifecycleError, Start, failure_reason, retry_after};
 use crate::metrics::Metrics;
 use crate::names;
-use crate::store::{Database, DatabaseStatus, Store, StoreError, Tenant, TokenRecord};
+use crate::store::{
+    Database, DatabaseStatus, StartFailure, Store, StoreError, Tenant, TokenRecord,
+};
 
 /// Seconds since the epoch.
 pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What a client is told about a database whose starts fail: the server's reason, and when
+/// the next connection will try again.
+fn start_failure_message(name: &str, failure: &StartFailure, retry_in: i64) -> String {
+    let starts = if failure.attempts == 1 { "start" } else { "starts" };
+    format!(
+        "{} ({} failed {starts} in a row; connections try again in {retry_in} s, \
+         `dormouse db resume {name}` at once)",
+        failure.reason, failure.attempts
+    )
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -286,6 +299,7 @@ impl ControlService {
             created_at: now(),
             idle_timeout_seconds,
             last_wake_ms: None,
+            start_failure: None,
         };
         match self.store.insert_database(&db).await {
             Err(StoreError::Conflict) => {
@@ -298,7 +312,7 @@ impl ControlService {
         let outcome = if req.lazy {
             self.lifecycle.defer(&db).await.map(|()| None)
         } else {
-            self.lifecycle.start(&db).await.map(Some)
+            self.lifecycle.start(&db, Attempt::Now).await.map(Some)
         };
         match outcome {
             Ok(Some(start)) => {
@@ -314,9 +328,10 @@ impl ControlService {
                 return Err(match e {
                     LifecycleError::Agent(_) | LifecycleError::Timeout => {
                         tracing::error!(db = %db.name, error = %e, "database failed to start");
-                        ServiceError::Unavailable(
-                            "the database server failed to start; try again".into(),
-                        )
+                        ServiceError::Unavailable(format!(
+                            "the database server failed to start: {}",
+                            failure_reason(&e)
+                        ))
                     }
                     other => ServiceError::Internal(other.to_string()),
                 });
@@ -437,9 +452,20 @@ impl ControlService {
     /// Starts a sleeping database for a client, once however many ask at the same time, and
     /// returns its route. Records the wake's parts in the log, the metrics and the database.
     pub async fn wake(&self, tenant: &str, name: &str) -> Result<Option<Route>, ControlError> {
+        self.wake_with(tenant, name, Attempt::WhenDue).await
+    }
+
+    /// [`Self::wake`], or with [`Attempt::Now`] a start its owner asked for, even right after
+    /// one failed.
+    pub async fn wake_with(
+        &self,
+        tenant: &str,
+        name: &str,
+        attempt: Attempt,
+    ) -> Result<Option<Route>, ControlError> {
         let Some(db) = self.database_for_proxy(tenant, name).await? else { return Ok(None) };
         let requested = Instant::now();
-        match self.lifecycle.start(&db).await {
+        match self.lifecycle.start(&db, attempt).await {
             Ok(start) => {
                 if !start.started.timing.already_running {
                     self.record_wake(&db, &start, requested.elapsed()).await;
@@ -447,13 +473,23 @@ impl ControlService {
                 self.activity.touch(tenant, name);
             }
             Err(LifecycleError::Gone(_)) => return Ok(None),
+            Err(LifecycleError::Cooling { failure, retry_in }) => {
+                return Err(ControlError::WakeFailed {
+                    message: start_failure_message(&db.name, &failure, retry_in),
+                    retryable: false,
+                });
+            }
             Err(e) => {
                 self.metrics.wake_failed(db.engine);
                 tracing::warn!(db = %db.name, engine = %db.engine, error = %e, "wake failed");
                 let retryable = matches!(e, LifecycleError::Store(_));
                 let message = match e {
                     LifecycleError::Agent(_) | LifecycleError::Timeout => {
-                        "the database server failed to start".into()
+                        let failure = self.store.database(tenant, name).await.ok().flatten();
+                        match failure.and_then(|db| db.start_failure) {
+                            Some(f) => start_failure_message(&db.name, &f, retry_after(&f)),
+                            None => failure_reason(&e),
+                        }
                     }
                     other => other.to_string(),
                 };

@@ -94,9 +94,21 @@ fn set_parent_death_signal(cmd: &mut Command) {
 
 /// The last `max` bytes of a log file, for error messages about failed starts.
 pub fn log_tail(log: &Path, max: usize) -> String {
+    log_since(log, 0, max)
+}
+
+/// The log's length now: where what a process started next writes begins.
+pub fn log_end(log: &Path) -> u64 {
+    std::fs::metadata(log).map_or(0, |m| m.len())
+}
+
+/// The last `max` bytes of what was written to a log from `from` (see [`log_end`]) on: one
+/// start's own words, not an earlier one's. A log that shrank meanwhile is read whole.
+pub fn log_since(log: &Path, from: u64, max: usize) -> String {
     match std::fs::read(log) {
         Ok(bytes) => {
-            let start = bytes.len().saturating_sub(max);
+            let from = usize::try_from(from).ok().filter(|&f| f <= bytes.len()).unwrap_or(0);
+            let start = bytes.len().saturating_sub(max).max(from);
             String::from_utf8_lossy(&bytes[start..]).trim().to_owned()
         }
         Err(_) => String::new(),
@@ -138,12 +150,16 @@ mod tests {
     }
 
     #[test]
-    fn log_tail_keeps_the_end() -> std::io::Result<()> {
+    fn logs_are_read_to_their_end_from_the_start_asked_for() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("log");
         std::fs::write(&log, "first line\nlast line\n")?;
         assert_eq!(log_tail(&log, 10), "last line");
         assert_eq!(log_tail(&dir.path().join("missing"), 10), "");
+        let from = log_end(&log);
+        std::fs::write(&log, format!("{}next start\n", std::fs::read_to_string(&log)?))?;
+        assert_eq!(log_since(&log, from, 1000), "next start");
+        assert_eq!(log_since(&log, 1 << 40, 1000).lines().last(), Some("next start"));
         Ok(())
     }
 }

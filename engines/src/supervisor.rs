@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, EngineError, Instance};
 use crate::ports;
-use crate::process::{ManagedProcess, log_tail};
+use crate::process::{ManagedProcess, log_end, log_since, log_tail};
 use crate::spec::{Endpoint, InstanceSpec};
 
 /// How long after spawning readiness is probed at a fine interval.
@@ -228,6 +228,9 @@ async fn supervise(
     }
 }
 
+/// How much of a failed start's log its error carries.
+const START_LOG: usize = 2000;
+
 /// Launches the server and polls its readiness until the engine's start deadline.
 async fn start_once(
     engine: &dyn Engine,
@@ -236,6 +239,8 @@ async fn start_once(
     stop: &CancellationToken,
 ) -> Result<ManagedProcess, StartError> {
     let launch = engine.launch(instance).await.map_err(|e| StartError::Failed(e.to_string()))?;
+    // What this start writes to the log explains its failure, earlier starts' lines do not.
+    let from = log_end(log);
     let mut process = ManagedProcess::spawn(&launch, log)
         .map_err(|e| StartError::Failed(format!("spawning {}: {e}", launch.program.display())))?;
     let deadline = Instant::now() + engine.start_timeout();
@@ -258,7 +263,7 @@ async fn start_once(
             return Err(StartError::Failed(format!(
                 "not ready after {:?} (last probe: {last}): {}",
                 engine.start_timeout(),
-                log_tail(log, 300)
+                log_since(log, from, START_LOG)
             )));
         }
         tokio::select! {
@@ -267,7 +272,7 @@ async fn start_once(
                 let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                 return Err(StartError::Failed(format!(
                     "server exited during start ({status}): {}",
-                    log_tail(log, 300)
+                    log_since(log, from, START_LOG)
                 )));
             }
             () = stop.cancelled() => {

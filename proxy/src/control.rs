@@ -96,6 +96,18 @@ pub enum ControlError {
 }
 
 impl ControlError {
+    /// What a client is told when it cannot reach `database` for this reason, in words that
+    /// fit a MySQL error message or a Redis `-ERR` line.
+    pub fn for_client(&self, database: &str) -> String {
+        match self {
+            // Retrying at once would not help: control says when it tries again.
+            ControlError::WakeFailed { message, retryable: false } => {
+                format!("Dormouse: database '{database}' could not be started: {message}")
+            }
+            other => format!("Dormouse: database '{database}' is unavailable ({other}); try again"),
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             ControlError::Unavailable(_) => true,

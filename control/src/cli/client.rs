@@ -157,6 +157,17 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
                 if let Some(ms) = body["last_wake_ms"].as_u64() {
                     println!("{:<11} {ms} ms", "last wake");
                 }
+                let failure = &body["last_error"];
+                if failure.is_object() {
+                    let starts = failure["failed_starts"].as_u64().unwrap_or_default();
+                    println!(
+                        "{:<11} {} (at {}; {starts} failed {} in a row)",
+                        "last error",
+                        text(failure, "reason"),
+                        text(failure, "at"),
+                        if starts == 1 { "start" } else { "starts" },
+                    );
+                }
                 println!("{:<11} {}", "connect", text(&body["connection"], "command"));
                 println!("{:<11} {}", "uri", text(&body["connection"], "uri"));
             }

@@ -95,6 +95,18 @@ pub struct Database {
     pub idle_timeout_seconds: u32,
     /// How long the last wake took, from request to ready.
     pub last_wake_ms: Option<u32>,
+    /// Set while its starts fail, cleared by the next start that succeeds.
+    pub start_failure: Option<StartFailure>,
+}
+
+/// Why a database's last start failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    /// The server's own words where it gave any.
+    pub reason: String,
+    pub at: i64,
+    /// Starts that failed in a row, this one included.
+    pub attempts: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +142,12 @@ pub trait Store: Send + Sync {
     async fn delete_database(&self, id: &InstanceId) -> Result<(), StoreError>;
     async fn set_idle_timeout(&self, id: &InstanceId, seconds: u32) -> Result<(), StoreError>;
     async fn set_last_wake(&self, id: &InstanceId, ms: u32) -> Result<(), StoreError>;
+    /// Records a failed start (`Some(reason, at)`, counting it) or a successful one (`None`).
+    async fn record_start(
+        &self,
+        id: &InstanceId,
+        failure: Option<(&str, i64)>,
+    ) -> Result<(), StoreError>;
 
     async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;

@@ -9,7 +9,7 @@ use dormouse_engines::{EngineKind, InstanceId, Secret};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{Database, DatabaseStatus, Store, StoreError, Tenant, TokenRecord};
+use super::{Database, DatabaseStatus, StartFailure, Store, StoreError, Tenant, TokenRecord};
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -71,6 +71,14 @@ fn database_row(row: sqlx::sqlite::SqliteRow) -> Result<Database, StoreError> {
         last_wake_ms: row
             .try_get::<Option<i64>, _>("last_wake_ms")?
             .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX)),
+        start_failure: match row.try_get::<Option<String>, _>("last_error")? {
+            Some(reason) => Some(StartFailure {
+                reason,
+                at: row.try_get::<Option<i64>, _>("last_error_at")?.unwrap_or_default(),
+                attempts: u32::try_from(row.try_get::<i64, _>("failed_starts")?).unwrap_or(1),
+            }),
+            None => None,
+        },
     })
 }
 
@@ -90,7 +98,7 @@ fn token_row(row: sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
 macro_rules! database_columns {
     () => {
         "id, tenant_id, name, engine, plan, status, port, password, created_at, \
-         idle_timeout_seconds, last_wake_ms"
+         idle_timeout_seconds, last_wake_ms, last_error, last_error_at, failed_starts"
     };
 }
 
@@ -229,6 +237,27 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn record_start(
+        &self,
+        id: &InstanceId,
+        failure: Option<(&str, i64)>,
+    ) -> Result<(), StoreError> {
+        let query = match failure {
+            Some((reason, at)) => sqlx::query(
+                "UPDATE databases SET last_error = ?, last_error_at = ?, \
+                 failed_starts = failed_starts + 1 WHERE id = ?",
+            )
+            .bind(reason)
+            .bind(at),
+            None => sqlx::query(
+                "UPDATE databases SET last_error = NULL, last_error_at = NULL, failed_starts = 0 \
+                 WHERE id = ?",
+            ),
+        };
+        query.bind(id.as_str()).execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO tokens (id, tenant_id, database, role, expires_at, revoked_at, created_at) \
@@ -324,6 +353,7 @@ mod tests {
             created_at: 2,
             idle_timeout_seconds: 300,
             last_wake_ms: None,
+            start_failure: None,
         }
     }
 
@@ -352,6 +382,15 @@ mod tests {
         s.set_last_wake(&d.id, 42).await?;
         let got = s.database(&t.id, "cache").await?.expect("stored");
         assert_eq!((got.idle_timeout_seconds, got.last_wake_ms), (0, Some(42)));
+        assert_eq!(got.start_failure, None);
+        s.record_start(&d.id, Some(("disk full", 10))).await?;
+        s.record_start(&d.id, Some(("still full", 20))).await?;
+        let got = s.database(&t.id, "cache").await?.expect("stored");
+        let failure = StartFailure { reason: "still full".into(), at: 20, attempts: 2 };
+        assert_eq!(got.start_failure, Some(failure));
+        s.record_start(&d.id, None).await?;
+        let got = s.database(&t.id, "cache").await?.expect("stored");
+        assert_eq!(got.start_failure, None, "a start that succeeded clears it");
         assert_eq!(s.list_databases(&t.id).await?.len(), 1);
         s.delete_database(&d.id).await?;
         assert!(s.database(&t.id, "cache").await?.is_none());

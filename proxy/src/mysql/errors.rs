@@ -95,15 +95,6 @@ impl MyError {
         )
     }
 
-    /// 1105: the database cannot be reached, and why.
-    pub fn unavailable_because(database: &str, why: &str) -> Self {
-        Self::new(
-            1105,
-            "HY000",
-            format!("Dormouse: database '{database}' is unavailable ({why}); try again"),
-        )
-    }
-
     /// The ERR payload: `FF`, code, `#`, SQLSTATE, message.
     pub fn payload(&self) -> Vec<u8> {
         let mut p = Vec::with_capacity(9 + self.message.len());

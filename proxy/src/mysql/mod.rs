@@ -161,7 +161,7 @@ impl MysqlFrontend {
                 }
                 Err(e) => {
                     tracing::warn!(db = %identity.database, error = %e, "no route");
-                    Err(MyError::unavailable_because(&identity.database, &e.to_string()))
+                    Err(MyError::new(1105, "HY000", e.for_client(&identity.database)))
                 }
             };
         }

@@ -11,6 +11,7 @@ use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::{Json, Path, tenant_of};
 use crate::api::routes::timestamp;
+use crate::lifecycle::Attempt;
 use crate::service::{Caller, ControlService, NewDatabase, PublicEndpoints};
 use crate::store::{Database, DatabaseStatus};
 
@@ -69,6 +70,11 @@ fn view(service: &ControlService, db: &Database, token: Option<&str>) -> Value {
         "created_at": timestamp(db.created_at),
         "idle_timeout_seconds": db.idle_timeout_seconds,
         "last_wake_ms": db.last_wake_ms,
+        "last_error": db.start_failure.as_ref().map(|f| json!({
+            "reason": f.reason,
+            "at": timestamp(f.at),
+            "failed_starts": f.attempts,
+        })),
         "connection": connection(&service.endpoints(), db, token),
     })
 }
@@ -184,7 +190,7 @@ pub async fn resume(
 ) -> Result<JsonResponse<Value>, ApiError> {
     let tenant = tenant_of(&caller, true)?;
     state.service.database(tenant, &name).await?;
-    match state.service.wake(&tenant.id, &name).await {
+    match state.service.wake_with(&tenant.id, &name, Attempt::Now).await {
         Ok(Some(_)) => {}
         Ok(None) => return Err(ApiError::not_found(format!("no database named {name:?}"))),
         Err(e) => {

@@ -231,9 +231,7 @@ impl Session {
             }
             LoginError::Unavailable { database, error } => {
                 tracing::warn!(peer = %self.peer, db = %database, %error, "redis login: database unavailable");
-                let msg = format!(
-                    "-ERR Dormouse: database '{database}' is unavailable ({error}); try again\r\n"
-                );
+                let msg = format!("-ERR {}\r\n", error.for_client(&database));
                 self.reply(msg.as_bytes());
             }
         }
