@@ -86,6 +86,9 @@ fn allowed(from: DatabaseStatus, to: DatabaseStatus) -> bool {
     )
 }
 
+/// The longest start-failure reason kept, in characters.
+const REASON_CHARS: usize = 300;
+
 /// Why a start failed, for the tenant: the first errors the server logged during that start,
 /// without timestamps, or the failure itself when the server said nothing.
 pub fn failure_reason(error: &LifecycleError) -> String {
@@ -109,7 +112,9 @@ pub fn failure_reason(error: &LifecycleError) -> String {
     } else {
         text.lines().next().unwrap_or_default().trim_end_matches([':', ' ']).to_owned()
     };
-    match reason.char_indices().nth(400) {
+    // Clients built on libmysqlclient show at most 512 bytes of an error message, and the
+    // reason comes after "Dormouse: database '…' could not be started: ".
+    match reason.char_indices().nth(REASON_CHARS) {
         Some((cut, _)) => format!("{}…", &reason[..cut]),
         None => reason,
     }
@@ -343,6 +348,10 @@ mod tests {
             "the server did not become ready in time"
         );
         let long = failed(&format!("x [ERROR] {}", "é".repeat(500)));
-        assert_eq!(failure_reason(&long).chars().count(), 401, "cut, with an ellipsis");
+        assert_eq!(
+            failure_reason(&long).chars().count(),
+            REASON_CHARS + 1,
+            "cut, with an ellipsis"
+        );
     }
 }

@@ -94,7 +94,8 @@ fn set_parent_death_signal(cmd: &mut Command) {
 
 /// The last `max` bytes of a log file, for error messages about failed starts.
 pub fn log_tail(log: &Path, max: usize) -> String {
-    log_since(log, 0, max)
+    let bytes = std::fs::read(log).unwrap_or_default();
+    text(&bytes[bytes.len().saturating_sub(max)..])
 }
 
 /// The log's length now: where what a process started next writes begins.
@@ -102,17 +103,27 @@ pub fn log_end(log: &Path) -> u64 {
     std::fs::metadata(log).map_or(0, |m| m.len())
 }
 
-/// The last `max` bytes of what was written to a log from `from` (see [`log_end`]) on: one
-/// start's own words, not an earlier one's. A log that shrank meanwhile is read whole.
+/// What was written to a log from `from` (see [`log_end`]) on: one start's own words, not an
+/// earlier one's. A log that shrank meanwhile is read whole. Longer than `max` bytes, it is
+/// cut in the middle: a server says what went wrong first and what it did about it last.
 pub fn log_since(log: &Path, from: u64, max: usize) -> String {
-    match std::fs::read(log) {
-        Ok(bytes) => {
-            let from = usize::try_from(from).ok().filter(|&f| f <= bytes.len()).unwrap_or(0);
-            let start = bytes.len().saturating_sub(max).max(from);
-            String::from_utf8_lossy(&bytes[start..]).trim().to_owned()
-        }
-        Err(_) => String::new(),
+    let bytes = std::fs::read(log).unwrap_or_default();
+    let from = usize::try_from(from).ok().filter(|&f| f <= bytes.len()).unwrap_or(0);
+    let said = &bytes[from..];
+    if said.len() <= max {
+        return text(said);
     }
+    let half = max / 2;
+    // Whole lines on both sides of the cut where there are any.
+    let head = &said[..half];
+    let head = head.iter().rposition(|&b| b == b'\n').map_or(head, |end| &head[..end]);
+    let tail = &said[said.len() - half..];
+    let tail = tail.iter().position(|&b| b == b'\n').map_or(tail, |start| &tail[start + 1..]);
+    format!("{}\n…\n{}", text(head), text(tail))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_owned()
 }
 
 #[cfg(test)]
@@ -160,6 +171,12 @@ mod tests {
         std::fs::write(&log, format!("{}next start\n", std::fs::read_to_string(&log)?))?;
         assert_eq!(log_since(&log, from, 1000), "next start");
         assert_eq!(log_since(&log, 1 << 40, 1000).lines().last(), Some("next start"));
+        let long = format!("[ERROR] the cause\n{}[ERROR] Aborting\n", "[Note] noise\n".repeat(50));
+        std::fs::write(&log, &long)?;
+        let cut = log_since(&log, 0, 60);
+        assert_eq!(cut.lines().next(), Some("[ERROR] the cause"), "{cut}");
+        assert_eq!(cut.lines().last(), Some("[ERROR] Aborting"), "{cut}");
+        assert!(cut.contains('…') && cut.len() < 80, "{cut}");
         Ok(())
     }
 }

@@ -311,8 +311,12 @@ async fn parameter_data_that_cannot_reach_a_server_fails_its_execute_in_step() -
         ["query", 1, "SELECT COUNT(*) FROM docs"],
         ["bind", 0, "put", "ib", [1, null]],
         ["long", 0, "put", 1, "first"],
-        ["execute", 0, "put", "", []],
+        // Waits, as the data did, for the connection c1 holds.
+        ["query", 0, "SELECT 1"],
+        // The connection is free again, but the data must not arrive without its start.
         ["query", 1, "COMMIT"],
+        ["long", 0, "put", 1, "more"],
+        ["execute", 0, "put", "", []],
         ["long", 0, "put", 1, "second"],
         ["execute", 0, "put", "", []],
         ["query", 0, "SELECT id, body FROM docs"],
@@ -327,13 +331,15 @@ async fn parameter_data_that_cannot_reach_a_server_fails_its_execute_in_step() -
         "4 c0 sent",
         "5 c0 ERR 1040 08004 ",
         "7 c0 sent",
-        "8 c0 affected 1 id 0 warnings 0 info null",
-        "9 c0 fields [[\"id\",3],[\"body\",252]] rows [[\"1\",\"second\"]]",
+        "8 c0 ERR 1040 08004 ",
+        "9 c0 sent",
+        "10 c0 affected 1 id 0 warnings 0 info null",
+        "11 c0 fields [[\"id\",3],[\"body\",252]] rows [[\"1\",\"second\"]]",
     ];
     for line in want {
         assert!(got.iter().any(|l| l.starts_with(line)), "no {line:?} in {got:#?}");
     }
-    let busy = got.iter().find(|l| l.starts_with("5 c0")).map_or("", String::as_str);
+    let busy = got.iter().find(|l| l.starts_with("8 c0")).map_or("", String::as_str);
     assert!(busy.contains("stayed busy"), "{busy}");
     admin.disconnect().await?;
     cluster.stop().await;
@@ -401,10 +407,22 @@ async fn warnings_stay_readable_without_making_other_clients_wait() -> anyhow::R
     a.query_drop("SELECT 1/0").await?;
     b.query_drop("SELECT 1").await?;
     assert_eq!(aside(), 1, "b took the connection a had set aside");
+    // a's warnings were on it, and `SELECT 1` would have left them; b never sees them.
+    let seen: Vec<(String, u32, String)> = b.query("SHOW WARNINGS").await?;
+    assert!(seen.is_empty(), "b saw a's warnings: {seen:?}");
     let one: Option<i32> = a.query_first("SELECT 1").await?;
     assert_eq!(one, Some(1), "a borrows again as usual");
     assert!(pins(&cluster, PinReason::Diagnostics) >= 2);
     a.disconnect().await?;
+
+    // Nor do the warnings of a client that left reach the next one on its connection.
+    let mut c = connect(&cluster, &token).await?;
+    c.query_drop("SELECT 1/0").await?;
+    c.disconnect().await?;
+    let seen: Vec<(String, u32, String)> = b.query("SHOW WARNINGS").await?;
+    assert!(seen.is_empty(), "b saw c's warnings: {seen:?}");
+    let count: Option<u32> = b.query_first("SELECT @@warning_count").await?;
+    assert_eq!(count, Some(0));
     b.disconnect().await?;
     cluster.stop().await;
     Ok(())

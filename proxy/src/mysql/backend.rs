@@ -16,7 +16,7 @@ use super::errors::MyError;
 use super::packet::{BACKEND_CHUNK, Packet, PacketStream};
 use super::prepared::Prepared;
 use super::response::{Response, Role, Shape};
-use super::state::{SessionVars, SyncPlan};
+use super::state::{CLEAR_DIAGNOSTICS, SessionVars, SyncPlan};
 use crate::control::Route;
 use crate::upstream::{self, Upstream};
 
@@ -111,6 +111,9 @@ pub struct BackendConn {
 pub struct BackendState {
     pub vars: SessionVars,
     pub prepared: Prepared,
+    /// The server may hold warnings or an error of the last client: cleared before the
+    /// connection serves another, so that `SHOW WARNINGS` never shows them someone else.
+    pub diagnostics: bool,
 }
 
 impl BackendState {
@@ -281,6 +284,11 @@ impl BackendConn {
             self.stream.queue(0, &command(0x03, set.as_bytes()));
             replies += 1;
         }
+        // Last, so that no warning of the replay is left either.
+        if plan.clear_diagnostics {
+            self.stream.queue(0, &command(0x03, CLEAR_DIAGNOSTICS.as_bytes()));
+            replies += 1;
+        }
         self.stream.flush().await.map_err(io_err)?;
         let mut refused = None;
         for _ in 0..replies {
@@ -290,6 +298,9 @@ impl BackendConn {
         }
         if plan.reset {
             self.state = BackendState::new(home);
+        }
+        if plan.clear_diagnostics && refused.is_none() {
+            self.state.diagnostics = false;
         }
         if let Some(e) = refused {
             return Err(BackendError::Refused(e));

@@ -229,8 +229,10 @@ impl MysqlFrontend {
             }
         };
         let home = &identity.database;
+        let reclaimed = lease.reclaimed();
         let conn = lease.conn();
-        let plan = state::plan(&conn.state.vars, vars, home, insert_id);
+        let mut plan = state::plan(&conn.state.vars, vars, home, insert_id);
+        plan.clear_diagnostics = conn.state.diagnostics && !reclaimed;
         match conn.sync(&plan, home, vars).await {
             Ok(()) => Ok(lease),
             Err(BackendError::Refused(e)) => {

@@ -277,7 +277,9 @@ impl Pool {
             && let Some(idle) =
                 db.reclaim(reservation.id, flavour, self.config.idle_timeout, &self.stats)
         {
-            return Ok(self.lease(&db, flavour, idle.conn, idle.permit));
+            let mut lease = self.lease(&db, flavour, idle.conn, idle.permit);
+            lease.reclaimed = true;
+            return Ok(lease);
         }
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.config.wait;
@@ -362,6 +364,7 @@ impl Pool {
             flavour: flavour.clone(),
             conn: Some(conn),
             permit: Some(permit),
+            reclaimed: false,
         })
     }
 
@@ -379,6 +382,7 @@ impl Pool {
             flavour: flavour.clone(),
             conn: Some(conn),
             permit: Some(permit),
+            reclaimed: false,
         }
     }
 
@@ -398,7 +402,14 @@ impl Pool {
     /// Closes every idle connection of one database (when it is suspended, deleted or moved).
     /// Lent connections close when their leases end.
     pub fn forget(&self, tenant: &str, database: &str) {
-        self.dbs.retain(|k, _| !(k.tenant == tenant && k.database == database));
+        self.dbs.retain(|k, db| {
+            let keep = !(k.tenant == tenant && k.database == database);
+            if !keep {
+                // A client's reservation may still hold the pool; its connections go now.
+                db.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
+            keep
+        });
     }
 
     pub fn idle_count(&self) -> usize {
@@ -436,9 +447,16 @@ pub struct Lease {
     flavour: Flavour,
     conn: Option<BackendConn>,
     permit: Option<OwnedSemaphorePermit>,
+    /// The connection is the one its client set aside, back with what it left on it.
+    reclaimed: bool,
 }
 
 impl Lease {
+    /// Whether the client got back the connection it set aside.
+    pub fn reclaimed(&self) -> bool {
+        self.reclaimed
+    }
+
     pub fn conn(&mut self) -> &mut BackendConn {
         // Present until the lease is given back, which consumes it.
         self.conn.as_mut().expect("a lease holds its connection until it ends")

@@ -129,7 +129,7 @@ impl Session<'_> {
                 Err(Stop::Answered) => continue,
                 Err(Stop::End(end)) => return end,
             }
-            if self.state.diagnostics_unknown()
+            if self.state.must_ask_diagnostics()
                 && let Err(Stop::End(end)) = self.check_diagnostics().await
             {
                 return end;
@@ -199,7 +199,7 @@ impl Session<'_> {
         let traits = inspect(sql);
         self.borrow(traits.reads_last_insert_id, seq).await?;
         self.forward(chunks).await?;
-        let relayed = self.relay_rows(Shape::Results, traits.reads_diagnostics).await?;
+        let relayed = self.relay_rows(Shape::Results, traits.shows_diagnostics).await?;
         self.apply(Some(&traits), &relayed);
         if traits.releases_lock {
             self.check_locks().await?;
@@ -232,7 +232,7 @@ impl Session<'_> {
         let Some(conn) = self.lease.as_mut().map(Lease::conn) else { return Ok(()) };
         match conn.query_value(DIAGNOSTICS_QUERY).await {
             Ok(Some(count)) if count != b"0" => self.state.keep_diagnostics(),
-            Ok(_) => {}
+            Ok(_) => conn.state.diagnostics = false,
             Err(BackendError::Refused(e)) => {
                 tracing::debug!(error = %e, "diagnostics check refused")
             }
@@ -272,6 +272,8 @@ impl Session<'_> {
         } else {
             self.local_ok(seq).await?;
         }
+        // What it set aside held only warnings, which a reset clears.
+        self.aside = None;
         self.state.reset();
         self.stmts.clear();
         Ok(())
@@ -416,6 +418,10 @@ impl Session<'_> {
         let id = self.stmts.resolve(id);
         // Unknown statements get no reply here; the server would report it at execute.
         let Ok(stmt) = self.statement(id, "mysqld_stmt_send_long_data") else { return Ok(()) };
+        // Earlier data of this execute was lost: the rest must not arrive without it.
+        if self.state.lost_long_data.contains_key(&id) {
+            return Ok(());
+        }
         let held = match self.hold_connection(false).await {
             Ok(()) => self.backend_statement(id, &stmt).await,
             Err(e) => Err(e),
@@ -599,7 +605,11 @@ impl Session<'_> {
             user: &self.identity.database,
             diagnostics,
         };
-        Ok(relay(self.client, conn, shape, &view, client_stmt).await?)
+        let relayed = relay(self.client, conn, shape, &view, client_stmt).await?;
+        if relayed.outcome.warnings > 0 || relayed.outcome.error {
+            conn.state.diagnostics = true;
+        }
+        Ok(relayed)
     }
 
     /// Takes in what a command did to the session, on the client and its connection.

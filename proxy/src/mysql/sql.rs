@@ -220,6 +220,8 @@ pub struct Traits {
     /// Reads the previous statement's warnings or errors (`SHOW WARNINGS`, `GET DIAGNOSTICS`,
     /// `@@warning_count`) and, like the server, leaves them for the next statement.
     pub reads_diagnostics: bool,
+    /// `SHOW WARNINGS` or `SHOW ERRORS`: rows of messages, which may name the internal account.
+    pub shows_diagnostics: bool,
 }
 
 /// Reads `sql` for the session effects in [`Traits`].
@@ -285,6 +287,7 @@ pub fn inspect(sql: &[u8]) -> Traits {
             };
             if diagnostics.iter().any(|k| is(w, k)) {
                 t.reads_diagnostics = true;
+                t.shows_diagnostics = is(first, "SHOW") && !is(w, "COUNT");
             }
         }
         if w[0] == b'@' {
@@ -375,6 +378,9 @@ mod tests {
         }
         assert!(inspect(b"SELECT @@warning_count, @@error_count").reads_diagnostics);
         assert!(!inspect(b"SHOW TABLES").reads_diagnostics);
+        assert!(inspect(b"show errors limit 1").shows_diagnostics);
+        assert!(!inspect(b"SHOW COUNT(*) WARNINGS").shows_diagnostics);
+        assert!(!inspect(b"GET DIAGNOSTICS @n = NUMBER").shows_diagnostics);
         let t = inspect(b"SELECT LAST_INSERT_ID()");
         assert!(t.reads_last_insert_id && !t.sets_last_insert_id);
         assert!(inspect(b"UPDATE seq SET id = LAST_INSERT_ID(id + 1)").sets_last_insert_id);

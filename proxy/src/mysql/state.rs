@@ -84,8 +84,8 @@ impl PinReason {
     }
 
     /// Whether the pin only keeps something readable (warnings, `FOUND_ROWS()`), so a client
-    /// that would otherwise wait for a connection may take it: the reader then sees what any
-    /// new server session shows.
+    /// that would otherwise wait for a connection may take it. The taker never sees them (the
+    /// proxy clears warnings first); the reader then finds them gone, as in a new session.
     pub fn gives_way(self) -> bool {
         matches!(self, PinReason::FoundRows | PinReason::Diagnostics)
     }
@@ -188,13 +188,19 @@ pub struct SyncPlan {
     pub set: Option<String>,
     /// The `SET` includes the last insert id.
     pub insert_id: bool,
+    /// Clear the warnings or error the last client left (see [`CLEAR_DIAGNOSTICS`]).
+    pub clear_diagnostics: bool,
 }
 
 impl SyncPlan {
     pub fn is_empty(&self) -> bool {
-        !self.reset && self.schema.is_none() && self.set.is_none()
+        !self.reset && self.schema.is_none() && self.set.is_none() && !self.clear_diagnostics
     }
 }
+
+/// A statement that returns nothing and, since it reads a (derived) table, empties the
+/// server's diagnostics area.
+pub const CLEAR_DIAGNOSTICS: &str = "DO (SELECT 1 FROM (SELECT 1) AS t)";
 
 /// The plan that turns `conn` into `client`. `home` is the schema a reset leaves;
 /// `insert_id` says whether the statement reads `LAST_INSERT_ID()`.
@@ -234,6 +240,7 @@ pub fn plan(conn: &SessionVars, client: &SessionVars, home: &str, insert_id: boo
         schema: (from.schema != client.schema).then(|| client.schema.clone()),
         set: (!set.is_empty()).then_some(set),
         insert_id,
+        clear_diagnostics: false,
     }
 }
 
@@ -312,11 +319,20 @@ impl ClientState {
         self.had_diagnostics = self.next.take() == Some(PinReason::Diagnostics);
     }
 
-    /// Whether the command that just ran had the diagnostics pin and raised nothing new. The
-    /// server may still hold the earlier warnings then: a statement that uses no table (`SELECT
-    /// 1`, `COMMIT`, `SET`, a cursor fetch) leaves them, so the proxy must ask.
-    pub fn diagnostics_unknown(&self) -> bool {
-        self.had_diagnostics && self.next.is_none()
+    /// Whether the proxy must ask the server if it still holds the client's diagnostics: the
+    /// command that just ran had the diagnostics pin and raised nothing new, yet a statement
+    /// that uses no table (`SELECT 1`, `COMMIT`, `SET`, a cursor fetch) leaves them. When
+    /// another pin keeps the connection anyway, the pin stays without asking: the question is
+    /// a statement of its own, which would change `ROW_COUNT()` and `FOUND_ROWS()`.
+    pub fn must_ask_diagnostics(&mut self) -> bool {
+        if !self.had_diagnostics || self.next.is_some() {
+            return false;
+        }
+        if self.pin().is_some() {
+            self.keep_diagnostics();
+            return false;
+        }
+        true
     }
 
     /// The server still holds diagnostics: they stay readable on this connection.
