@@ -103,6 +103,9 @@ foreach ($job["steps"] as $n => $step) {
     case "select_db": // schema, by COM_INIT_DB
         $out[] = $m->select_db($step[2]) ? "selected" : err($m);
         break;
+    case "change_user": // schema; the job's user and password
+        $out[] = $m->change_user($job["user"], $job["password"], $step[2]) ? "changed" : err($m);
+        break;
     case "ping":
         $out[] = $m->ping() ? "pong" : err($m);
         break;

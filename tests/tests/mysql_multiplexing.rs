@@ -12,6 +12,7 @@ use dormouse_proxy::control::RouteLimits;
 use dormouse_proxy::mysql::state::PinReason;
 use dormouse_tests::scripted::{MYSQLI_STEPS, run_job};
 use dormouse_tests::{Cluster, eventually, stdout};
+use mysql_async::ChangeUserOpts;
 use mysql_async::prelude::*;
 
 /// A cluster whose databases get at most `max_backend` backend connections and a short pool
@@ -424,6 +425,49 @@ async fn warnings_stay_readable_without_making_other_clients_wait() -> anyhow::R
     let count: Option<u32> = b.query_first("SELECT @@warning_count").await?;
     assert_eq!(count, Some(0));
     b.disconnect().await?;
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn change_user_starts_afresh_on_the_same_connection() -> anyhow::Result<()> {
+    let (cluster, token) = setup(1).await?;
+    let admin = cluster.tenant("other-tenant").await?;
+    let elsewhere = cluster.database(&admin, "elsewhere", "mysql").await?;
+    let elsewhere = elsewhere["token"]["token"].as_str().unwrap_or_default().to_owned();
+    let same = |pass: &str| ChangeUserOpts::default().with_pass(Some(pass.to_owned()));
+    let mut a = connect(&cluster, &token).await?;
+    a.query_drop("CREATE TABLE kv (k INT)").await?;
+    a.query_drop("SET @mark = 7, time_zone = '+03:00'").await?;
+    a.query_drop("BEGIN").await?;
+    a.query_drop("INSERT INTO kv VALUES (1)").await?;
+    // The session holds the only connection; the change must give it up, not wait for it.
+    a.change_user(same(&token)).await?;
+
+    // A wrong token is refused, and that connection ends.
+    let mut b = connect(&cluster, &token).await?;
+    let err = b.change_user(same("not-a-token")).await.expect_err("refused");
+    assert_eq!(server_code(&err), Some(1045), "{err}");
+    assert!(b.query_drop("SELECT 1").await.is_err(), "the connection ended");
+
+    // A token of another database cannot take this connection there.
+    let other = ChangeUserOpts::default()
+        .with_user(Some("elsewhere".into()))
+        .with_pass(Some(elsewhere))
+        .with_db_name(Some("elsewhere".into()));
+    let mut c = connect(&cluster, &token).await?;
+    let err = c.change_user(other).await.expect_err("refused");
+    assert_eq!(server_code(&err), Some(1044), "{err}");
+    assert!(err.to_string().contains("connect anew"), "{err}");
+
+    // Last, as reading a user variable pins a client to its connection.
+    let rows: Option<i64> = a.query_first("SELECT COUNT(*) FROM kv").await?;
+    assert_eq!(rows, Some(0), "the open transaction was rolled back");
+    let fresh: Option<(Option<i64>, String, u8)> =
+        a.query_first("SELECT @mark, @@time_zone, @@in_transaction").await?;
+    assert_eq!(fresh, Some((None, "SYSTEM".into(), 0)));
+    a.query_drop("INSERT INTO kv VALUES (2)").await?;
+    a.disconnect().await?;
     cluster.stop().await;
     Ok(())
 }

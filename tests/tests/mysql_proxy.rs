@@ -530,6 +530,14 @@ async fn a_readonly_token_can_read_but_not_write() -> anyhow::Result<()> {
     // A read-write session right after still writes (pools are kept apart by user).
     let mut rw = mysql_async::Conn::new(cluster.mysql_opts("shop", &token, false)).await?;
     rw.query_drop("INSERT INTO t VALUES (3)").await?;
+    // COM_CHANGE_USER to the read-only token on the same connection: read-only from then on,
+    // and back.
+    let to = |pass: &str| mysql_async::ChangeUserOpts::default().with_pass(Some(pass.into()));
+    rw.change_user(to(&readonly)).await?;
+    let err = rw.query_drop("INSERT INTO t VALUES (4)").await.expect_err("read-only");
+    assert_eq!(server_code(&err), Some(1142), "{err}");
+    rw.change_user(to(&token)).await?;
+    rw.query_drop("INSERT INTO t VALUES (5)").await?;
     rw.disconnect().await?;
     cluster.stop().await;
     Ok(())

@@ -535,6 +535,8 @@ enum M {
     /// COM_INIT_DB.
     SelectDb(usize, &'static str),
     Ping(usize),
+    /// COM_CHANGE_USER to the job's user and password, and this schema.
+    ChangeUser(usize, &'static str),
 }
 
 const ROWS: &str = "INSERT INTO t (v, d) WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 \
@@ -667,6 +669,16 @@ const MYSQLI_SCRIPTS: &[(&str, &[M])] = &[
             M::Ping(0),
             M::Query(0, "SHOW WARNINGS"),
             M::Fetch(1, "cur", 10),
+            // COM_CHANGE_USER (PHP's persistent connections send it on reuse) starts afresh.
+            M::Query(1, "SET @mark = 7, time_zone = '+03:00'"),
+            M::Query(1, "BEGIN"),
+            M::Query(1, "INSERT INTO t (v) VALUES ('gone')"),
+            M::Query(1, "SELECT 1/0"),
+            M::ChangeUser(1, "information_schema"),
+            M::Query(1, "SELECT @mark, @@time_zone, DATABASE(), @@in_transaction"),
+            M::Query(1, "SHOW WARNINGS"),
+            M::Query(0, "SELECT COUNT(*) FROM t WHERE v = 'gone'"),
+            M::ChangeUser(1, "nosuch"),
         ],
     ),
 ];
@@ -694,6 +706,7 @@ async fn run_mysqli(
             M::Close(c, name) => serde_json::json!(["close", c, name]),
             M::SelectDb(c, schema) => serde_json::json!(["select_db", c, schema]),
             M::Ping(c) => serde_json::json!(["ping", c]),
+            M::ChangeUser(c, schema) => serde_json::json!(["change_user", c, schema]),
         })
         .collect();
     let clients = steps.iter().filter_map(|s| s[1].as_u64()).max().map_or(0, |c| c + 1);

@@ -23,6 +23,8 @@ pub enum Command {
     Fetch(u32),
     /// COM_PROCESS_KILL of a connection id.
     Kill(u32),
+    /// COM_CHANGE_USER: a new login on the same connection.
+    ChangeUser(ChangeUser),
     /// Forwarded as it is (statistics, field lists, ...), with its response's shape.
     Other(Shape),
     Refuse(MyError),
@@ -74,14 +76,52 @@ pub fn classify(payload: &[u8]) -> Command {
         COM_FIELD_LIST => Command::Other(Shape::FieldList),
         COM_PROCESS_INFO => Command::Other(Shape::Results),
         COM_REFRESH | COM_STATISTICS | COM_DEBUG => Command::Other(Shape::Single),
-        COM_CHANGE_USER => {
-            Command::Refuse(MyError::not_supported("COM_CHANGE_USER; reconnect instead"))
-        }
+        COM_CHANGE_USER => match ChangeUser::parse(payload) {
+            Some(change) => Command::ChangeUser(change),
+            None => Command::Refuse(MyError::malformed()),
+        },
         0x12 | 0x13 | 0x15 | 0x1e => {
             Command::Refuse(MyError::not_supported("replication commands"))
         }
         0x08 => Command::Refuse(MyError::not_supported("COM_SHUTDOWN")),
         _ => Command::Refuse(MyError::unknown_command()),
+    }
+}
+
+/// What a COM_CHANGE_USER carries (clients that speak protocol 4.1 with secure connection,
+/// the only ones the proxy admits): `11` user`00` auth-length auth-data schema`00`, then
+/// optionally the collation (2 bytes), the auth plugin`00` and connection attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeUser {
+    pub user: String,
+    pub scramble: Vec<u8>,
+    pub schema: Option<String>,
+    pub collation: Option<u16>,
+    /// The auth plugin the scramble was made for; MySQL's old default when not named.
+    pub plugin: Vec<u8>,
+}
+
+impl ChangeUser {
+    fn parse(payload: &[u8]) -> Option<Self> {
+        fn until_nul(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+            let end = rest.iter().position(|&b| b == 0)?;
+            Some((&rest[..end], &rest[end + 1..]))
+        }
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let (user, rest) = until_nul(payload.get(1..)?)?;
+        let (&len, rest) = rest.split_first()?;
+        let scramble = rest.get(..usize::from(len))?;
+        let (schema, rest) = until_nul(&rest[usize::from(len)..]).unwrap_or((&[], &[]));
+        let collation = rest.get(..2).map(|c| u16::from_le_bytes([c[0], c[1]]));
+        let plugin =
+            rest.get(2..).and_then(until_nul).map_or(&b"mysql_native_password"[..], |p| p.0);
+        Some(Self {
+            user: text(user),
+            scramble: scramble.to_vec(),
+            schema: (!schema.is_empty()).then(|| text(schema)),
+            collation,
+            plugin: plugin.to_vec(),
+        })
     }
 }
 
@@ -129,8 +169,23 @@ mod tests {
     }
 
     #[test]
+    fn change_user_is_read_with_or_without_its_optional_parts() {
+        let full = b"\x11shop\x00\x03abcshop\x00\x2d\x00caching_sha2_password\x00\x00";
+        let Command::ChangeUser(c) = classify(full) else { panic!("not read") };
+        assert_eq!((c.user.as_str(), c.scramble.as_slice()), ("shop", &b"abc"[..]));
+        assert_eq!((c.schema.as_deref(), c.collation), (Some("shop"), Some(45)));
+        assert_eq!(c.plugin, b"caching_sha2_password");
+        let Command::ChangeUser(c) = classify(b"\x11u\x00\x00\x00") else { panic!("not read") };
+        assert_eq!(
+            (c.schema, c.collation, c.plugin),
+            (None, None, b"mysql_native_password".to_vec())
+        );
+        assert!(matches!(classify(b"\x11u\x00\x09ab"), Command::Refuse(e) if e.code == 1835));
+    }
+
+    #[test]
     fn replication_and_unknown_commands_are_refused() {
-        for cmd in [&b"\x12"[..], b"\x1e", b"\x15", b"\x08", b"\x11", b"\xfa", b"\x20", b""] {
+        for cmd in [&b"\x12"[..], b"\x1e", b"\x15", b"\x08", b"\x11u", b"\xfa", b"\x20", b""] {
             assert!(matches!(classify(cmd), Command::Refuse(_)), "{cmd:?}");
         }
     }

@@ -4,6 +4,7 @@
 //! over its token in cleartext inside TLS (or when it deems the channel secure), RSA-encrypted
 //! otherwise. Clients that open with `mysql_clear_password` send it
 //! directly; any other plugin is switched to `caching_sha2_password` with a fresh nonce.
+//! COM_CHANGE_USER runs the same exchange in the command phase.
 
 use std::net::SocketAddr;
 
@@ -64,6 +65,8 @@ pub struct Login {
     /// The password as sent; two readings when it came RSA-encrypted (see `rsa.rs`).
     pub passwords: Vec<Vec<u8>>,
     pub tls: bool,
+    /// The greeting's nonce: a COM_CHANGE_USER's scramble is computed from it.
+    pub nonce: [u8; 20],
 }
 
 impl Login {
@@ -159,7 +162,7 @@ pub async fn accept(front: &MysqlFrontend, mut tcp: TcpStream, peer: SocketAddr)
         && u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]])
             & CapabilityFlags::CLIENT_SSL.bits()
             != 0;
-    let conn = if ssl_request {
+    let (mut stream, seq, payload, tls) = if ssl_request {
         let Some(acceptor) = front.tls.clone() else {
             send_raw(&mut tcp, seq.wrapping_add(1), &MyError::bad_handshake().payload()).await;
             return None;
@@ -168,15 +171,12 @@ pub async fn accept(front: &MysqlFrontend, mut tcp: TcpStream, peer: SocketAddr)
             Ok(Ok(tls)) => tls,
             _ => return None,
         };
-        let mut conn = Conn {
-            stream: PacketStream::new(ClientStream::Tls(Box::new(tls)), CLIENT_CHUNK),
-            seq: 0,
-            deadline,
-        };
+        let mut stream = PacketStream::new(ClientStream::Tls(Box::new(tls)), CLIENT_CHUNK);
+        let mut conn = Conn { stream: &mut stream, seq: 0, deadline };
         match conn.read().await {
             Ok(response) => {
-                let payload = response.payload().to_vec();
-                return conn.finish(front, peer, &nonce, payload, true).await;
+                let (seq, payload) = (conn.seq, response.payload().to_vec());
+                (stream, seq, payload, true)
             }
             Err(e) => {
                 conn.fail(&e).await;
@@ -184,23 +184,62 @@ pub async fn accept(front: &MysqlFrontend, mut tcp: TcpStream, peer: SocketAddr)
             }
         }
     } else {
-        Conn {
-            stream: PacketStream::new(ClientStream::Plain(tcp), CLIENT_CHUNK),
-            seq: seq.wrapping_add(1),
-            deadline,
-        }
+        let stream = PacketStream::new(ClientStream::Plain(tcp), CLIENT_CHUNK);
+        (stream, seq.wrapping_add(1), payload, false)
     };
-    conn.finish(front, peer, &nonce, payload, false).await
+    let mut conn = Conn { stream: &mut stream, seq, deadline };
+    match conn.credentials(front, peer, &nonce, &payload).await {
+        Ok((user, schema, caps, collation, passwords)) => {
+            let seq = conn.seq;
+            Some(Login {
+                client: stream,
+                seq,
+                peer,
+                user,
+                schema,
+                caps,
+                collation,
+                passwords,
+                tls,
+                nonce,
+            })
+        }
+        Err(e) => {
+            conn.fail(&e).await;
+            None
+        }
+    }
 }
 
-/// The client connection during login.
-struct Conn {
-    stream: PacketStream<ClientStream>,
+/// A COM_CHANGE_USER's authentication exchange, in the command phase: the client proves the
+/// token it now presents as at login. Returns the password readings, or the error to send,
+/// with the sequence id the final OK or ERR takes.
+#[allow(clippy::too_many_arguments)]
+pub async fn reauthenticate(
+    front: &MysqlFrontend,
+    client: &mut PacketStream<ClientStream>,
+    seq: u8,
+    peer: SocketAddr,
+    nonce: &[u8; 20],
+    user: &str,
+    plugin: &[u8],
+    scramble: &[u8],
+) -> (Result<Vec<Vec<u8>>, MyError>, u8) {
+    let deadline = Instant::now() + front.config.handshake_timeout;
+    let mut conn = Conn { stream: client, seq, deadline };
+    let plugin = AuthPlugin::from_bytes(plugin);
+    let passwords = conn.exchange(front, peer, nonce, user, Some(plugin), scramble).await;
+    (passwords, conn.seq)
+}
+
+/// The client connection during an authentication exchange.
+struct Conn<'s> {
+    stream: &'s mut PacketStream<ClientStream>,
     seq: u8,
     deadline: Instant,
 }
 
-impl Conn {
+impl Conn<'_> {
     async fn read(&mut self) -> Result<Packet, MyError> {
         match timeout_at(self.deadline, self.stream.read()).await {
             Ok(Ok(Some(p))) => {
@@ -217,36 +256,9 @@ impl Conn {
         Ok(())
     }
 
-    async fn fail(mut self, error: &MyError) {
+    async fn fail(self, error: &MyError) {
         let _ = self.stream.send(self.seq, &error.payload()).await;
         self.stream.shutdown().await;
-    }
-
-    async fn finish(
-        mut self,
-        front: &MysqlFrontend,
-        peer: SocketAddr,
-        nonce: &[u8; 20],
-        response: Vec<u8>,
-        tls: bool,
-    ) -> Option<Login> {
-        match self.credentials(front, peer, nonce, &response).await {
-            Ok((user, schema, caps, collation, passwords)) => Some(Login {
-                client: self.stream,
-                seq: self.seq,
-                peer,
-                user,
-                schema,
-                caps,
-                collation,
-                passwords,
-                tls,
-            }),
-            Err(e) => {
-                self.fail(&e).await;
-                None
-            }
-        }
     }
 
     /// Parses the handshake response and runs the authentication exchange.
@@ -269,17 +281,35 @@ impl Conn {
             .db_name()
             .filter(|d| !d.is_empty())
             .map(|d| String::from_utf8_lossy(d).into_owned());
-        let passwords = match hello.auth_plugin() {
-            Some(AuthPlugin::MysqlClearPassword) => vec![strip_nul(hello.scramble_buf()).to_vec()],
+        let passwords = self
+            .exchange(front, peer, nonce, &user, hello.auth_plugin().cloned(), hello.scramble_buf())
+            .await?;
+        Ok((user, schema, caps, hello.collation(), passwords))
+    }
+
+    /// Turns what the client sent for `plugin` into password readings, with what more it
+    /// takes: nothing for cleartext, the fast path for a remembered token, full authentication
+    /// otherwise (after a switch to `caching_sha2_password` for any other plugin).
+    async fn exchange(
+        &mut self,
+        front: &MysqlFrontend,
+        peer: SocketAddr,
+        nonce: &[u8; 20],
+        user: &str,
+        plugin: Option<AuthPlugin<'_>>,
+        scramble: &[u8],
+    ) -> Result<Vec<Vec<u8>>, MyError> {
+        match plugin {
+            Some(AuthPlugin::MysqlClearPassword) => Ok(vec![strip_nul(scramble).to_vec()]),
             Some(AuthPlugin::CachingSha2Password) => {
-                match front.fast_auth.find(&user, nonce, hello.scramble_buf()) {
+                match front.fast_auth.find(user, nonce, scramble) {
                     Some(token) => {
                         // "Fast auth success"; the OK (or an ERR, if the token no longer
                         // passes) follows once the token has been verified again.
                         self.send(&[0x01, 0x03]).await?;
-                        vec![token.as_bytes().to_vec()]
+                        Ok(vec![token.as_bytes().to_vec()])
                     }
-                    None => self.full_auth(front, peer, nonce).await?,
+                    None => self.full_auth(front, peer, nonce).await,
                 }
             }
             _ => {
@@ -289,10 +319,9 @@ impl Conn {
                 switch.push(0);
                 self.send(&switch).await?;
                 self.read().await?; // the client's scramble for the fresh nonce: useless here
-                self.full_auth(front, peer, &fresh).await?
+                self.full_auth(front, peer, &fresh).await
             }
-        };
-        Ok((user, schema, caps, hello.collation(), passwords))
+        }
     }
 
     /// "Perform full authentication": the client sends the password in cleartext, or asks for

@@ -123,27 +123,29 @@ impl MysqlFrontend {
     /// never suspends a database a client is about to use.
     async fn authenticate(
         &self,
-        login: &Login,
+        user: &str,
+        peer: SocketAddr,
+        passwords: &[Vec<u8>],
     ) -> Result<(Identity, Route, SessionGuard), MyError> {
-        let denied = MyError::access_denied(&login.user, &login.peer.ip().to_string());
-        for password in &login.passwords {
+        let denied = MyError::access_denied(user, &peer.ip().to_string());
+        for password in passwords {
             let Ok(token) = std::str::from_utf8(password) else { continue };
             let claims = match self.verifier.verify(token).await {
                 Ok(claims) => claims,
                 Err(AuthError::Control(e)) => {
                     tracing::warn!(error = %e, "cannot verify a MySQL login");
-                    return Err(MyError::unavailable(&login.user));
+                    return Err(MyError::unavailable(user));
                 }
                 Err(_) => {
-                    self.fast_auth.forget(&login.user, token);
+                    self.fast_auth.forget(user, token);
                     continue;
                 }
             };
-            let Ok(identity) = authorize(&claims, Some(&login.user)) else {
-                self.throttle.record_failure(login.peer.ip());
+            let Ok(identity) = authorize(&claims, Some(user)) else {
+                self.throttle.record_failure(peer.ip());
                 return Err(denied);
             };
-            self.fast_auth.remember(&login.user, token);
+            self.fast_auth.remember(user, token);
             let guard =
                 SessionGuard::new(self.control.clone(), &identity.tenant, &identity.database);
             return match self.routes.resolve(&identity.tenant, &identity.database).await {
@@ -156,7 +158,7 @@ impl MysqlFrontend {
                     format!("'{}' is not a MySQL database; use the Redis port", identity.database),
                 )),
                 Ok(None) => {
-                    self.throttle.record_failure(login.peer.ip());
+                    self.throttle.record_failure(peer.ip());
                     Err(denied)
                 }
                 Err(e) => {
@@ -165,8 +167,8 @@ impl MysqlFrontend {
                 }
             };
         }
-        tracing::debug!(peer = %login.peer, user = %login.user, "mysql login refused");
-        self.throttle.record_failure(login.peer.ip());
+        tracing::debug!(peer = %peer, user = %user, "mysql login refused");
+        self.throttle.record_failure(peer.ip());
         Err(denied)
     }
 
@@ -278,22 +280,18 @@ impl MysqlFrontend {
     }
 
     async fn session(&self, mut login: Login, shutdown: CancellationToken) {
-        let (identity, mut route, _activity) = match self.authenticate(&login).await {
-            Ok(found) => found,
-            Err(e) => return login.fail(&e).await,
-        };
+        let (identity, mut route, _activity) =
+            match self.authenticate(&login.user, login.peer, &login.passwords).await {
+                Ok(found) => found,
+                Err(e) => return login.fail(&e).await,
+            };
         let max_clients = route.limits.max_clients;
         let Some(_slot) = self.clients.admit(&identity.tenant, &identity.database, max_clients)
         else {
             let e = MyError::database_full(&identity.database, max_clients);
             return login.fail(&e).await;
         };
-        // Read-only tokens log in as the read-only internal user, so the server enforces it.
-        let user = match identity.role {
-            crate::claims::Role::Readonly => route.readonly_user.clone(),
-            _ => Some(route.user.clone()),
-        };
-        let Some(user) = user else {
+        let Some(user) = internal_user(&identity, &route) else {
             let e = MyError::access_denied(&login.user, &login.peer.ip().to_string());
             return login.fail(&e).await;
         };
@@ -318,7 +316,9 @@ impl MysqlFrontend {
         let session = Session {
             front: self,
             client: &mut login.client,
-            identity: &identity,
+            peer: login.peer,
+            nonce: login.nonce,
+            identity,
             route,
             flavour,
             session_track: login.caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK),
@@ -329,6 +329,15 @@ impl MysqlFrontend {
         };
         session.run(&shutdown).await;
         login.client.shutdown().await;
+    }
+}
+
+/// The internal account a client's sessions log in as: read-only tokens get the read-only
+/// one, so the server enforces it. `None` when the database has no such account.
+fn internal_user(identity: &Identity, route: &Route) -> Option<String> {
+    match identity.role {
+        crate::claims::Role::Readonly => route.readonly_user.clone(),
+        _ => Some(route.user.clone()),
     }
 }
 

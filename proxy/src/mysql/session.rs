@@ -4,6 +4,7 @@
 //! its prepared statements are prepared there on first use (see `statements`).
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use mysql_common::constants::CapabilityFlags;
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::MysqlFrontend;
 use super::backend::BackendError;
-use super::command::{Command, classify, kill_refusal};
+use super::command::{ChangeUser, Command, classify, kill_refusal};
 use super::errors::{MyError, ok_payload};
 use super::packet::{Packet, PacketStream};
 use super::pool::{Flavour, Lease, Reservation, Return};
@@ -30,7 +31,10 @@ use crate::tls::ClientStream;
 pub struct Session<'a> {
     pub front: &'a MysqlFrontend,
     pub client: &'a mut PacketStream<ClientStream>,
-    pub identity: &'a Identity,
+    pub peer: SocketAddr,
+    /// The login's nonce, which a COM_CHANGE_USER's scramble is made from.
+    pub nonce: [u8; 20],
+    pub identity: Identity,
     pub route: Route,
     pub flavour: Flavour,
     pub session_track: bool,
@@ -162,6 +166,7 @@ impl Session<'_> {
             Command::Ping | Command::InitDb => self.simple(chunks, Shape::Single, seq).await,
             Command::Other(shape) => self.simple(chunks, shape, seq).await,
             Command::ResetConnection => self.reset_connection(seq).await,
+            Command::ChangeUser(change) => self.change_user(change, seq).await,
             Command::Query => self.query(chunks, &payload[1..], seq).await,
             Command::SetOption => self.set_option(chunks, payload, seq).await,
             Command::Prepare => self.prepare(chunks, &payload[1..], seq).await,
@@ -277,6 +282,79 @@ impl Session<'_> {
         self.state.reset();
         self.stmts.clear();
         Ok(())
+    }
+
+    /// COM_CHANGE_USER, as PHP's persistent connections send it on reuse: a new login on the
+    /// same connection, to the same database (a token of another role is fine), which starts
+    /// the session afresh like COM_RESET_CONNECTION. Any failure ends the connection, as the
+    /// client cannot know what state it was left in.
+    async fn change_user(&mut self, change: ChangeUser, seq: u8) -> Result<(), Stop> {
+        let front = self.front;
+        let (passwords, seq) = super::login::reauthenticate(
+            front,
+            self.client,
+            seq,
+            self.peer,
+            &self.nonce,
+            &change.user,
+            &change.plugin,
+            &change.scramble,
+        )
+        .await;
+        let checked = match passwords {
+            Ok(passwords) => front.authenticate(&change.user, self.peer, &passwords).await,
+            Err(e) => Err(e),
+        };
+        let (identity, route) = match checked {
+            Ok((identity, route, _)) => (identity, route),
+            Err(e) => {
+                self.refuse(e, seq).await;
+                return Err(End::Broken.into());
+            }
+        };
+        if identity.tenant != self.identity.tenant || identity.database != self.identity.database {
+            let e = MyError::new(
+                1044,
+                "42000",
+                format!(
+                    "Dormouse: this connection belongs to database '{}'; connect anew to use '{}'",
+                    self.identity.database, identity.database
+                ),
+            );
+            self.refuse(e, seq).await;
+            return Err(End::Broken.into());
+        }
+        let Some(user) = super::internal_user(&identity, &route) else {
+            self.refuse(MyError::access_denied(&change.user, &self.peer.ip().to_string()), seq)
+                .await;
+            return Err(End::Broken.into());
+        };
+        if let Some(lease) = self.lease.take() {
+            let how = if self.state.leaves_state() { Return::Reset } else { Return::Keep };
+            lease.give_back(how, &self.identity.database);
+        }
+        self.aside = None;
+        self.stmts.clear();
+        self.state = ClientState::new(&identity.database);
+        if let Some(schema) = change.schema {
+            self.state.vars.schema = schema;
+        }
+        self.flavour.user = user;
+        if let Some(collation) = change.collation.and_then(|c| u8::try_from(c).ok()) {
+            self.flavour.collation = collation;
+        }
+        self.identity = identity;
+        self.route = route;
+        // Borrowed now, as at login: the schema the client named must exist.
+        if let Err(e) = self.hold_connection(false).await {
+            let e = match e {
+                BackendError::Refused(e) => e,
+                _ => lost(),
+            };
+            self.refuse(e, seq).await;
+            return Err(End::Broken.into());
+        }
+        self.local_ok(seq).await
     }
 
     async fn set_option(&mut self, chunks: &[Packet], payload: &[u8], seq: u8) -> Result<(), Stop> {
@@ -537,7 +615,7 @@ impl Session<'_> {
         let lease = self
             .front
             .borrow(
-                self.identity,
+                &self.identity,
                 &mut self.route,
                 &self.flavour,
                 &self.state.vars,
