@@ -334,11 +334,10 @@ impl BackendConn {
         Ok(())
     }
 
-    /// The id of `sql` prepared against `schema` on this connection, preparing it first if
-    /// it is not (in `schema`, switching the session there and back when it is elsewhere).
     /// A statement for `sql` against `schema` that no client statement holds a cursor or
-    /// parameter data on: the cached one, else one prepared now, cached, or kept apart when
-    /// the cached one is held.
+    /// parameter data on: the cached one, else one prepared now (in `schema`, switching the
+    /// session there and back when it is elsewhere), cached, or kept apart when the cached
+    /// one is held.
     pub async fn prepare(&mut self, sql: &Bytes, schema: &str) -> Result<u32, BackendError> {
         let cache = match self.state.prepared.lookup(sql, schema) {
             Some(id) if !self.state.prepared.is_held(id) => return Ok(id),

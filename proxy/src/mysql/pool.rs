@@ -4,7 +4,8 @@
 //! taken. New connections open one at a time per database, so a burst of clients does not
 //! become a burst of handshakes. A `Lease` closes its connection on drop unless it is given back.
 //! A client idle with its warnings or `FOUND_ROWS()` still to be read sets its connection aside
-//! after a moment: idle, and its again if still there, but taken by a client that would wait.
+//! after a moment: idle, and its client's again if still there, but taken by a client that
+//! would otherwise wait.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -162,10 +163,9 @@ impl DbPool {
                 best.get_or_insert(i);
             }
             let entry = idle.swap_remove(best?);
-            if entry.since.elapsed() < timeout && entry.conn.is_alive() {
+            if let Some(entry) = usable(entry, timeout, stats) {
                 return Some(entry);
             }
-            stats.expired.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -179,12 +179,7 @@ impl DbPool {
     ) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let i = idle.iter().position(|e| e.reserved == Some(id) && e.flavour == *flavour)?;
-        let entry = idle.swap_remove(i);
-        if entry.since.elapsed() < timeout && entry.conn.is_alive() {
-            return Some(entry);
-        }
-        stats.expired.fetch_add(1, Ordering::Relaxed);
-        None
+        usable(idle.swap_remove(i), timeout, stats)
     }
 
     /// Closes the oldest idle connection of another flavour, freeing its slot.
@@ -198,6 +193,16 @@ impl DbPool {
             .map(|(i, _)| i);
         oldest.map(|i| drop(idle.swap_remove(i))).is_some()
     }
+}
+
+/// An idle connection taken from the list, if it is neither too old nor dead; counted as
+/// expired (and closed) otherwise.
+fn usable(entry: Idle, timeout: Duration, stats: &PoolStats) -> Option<Idle> {
+    if entry.since.elapsed() < timeout && entry.conn.is_alive() {
+        return Some(entry);
+    }
+    stats.expired.fetch_add(1, Ordering::Relaxed);
+    None
 }
 
 /// Every database's connections.
@@ -277,9 +282,8 @@ impl Pool {
             && let Some(idle) =
                 db.reclaim(reservation.id, flavour, self.config.idle_timeout, &self.stats)
         {
-            let mut lease = self.lease(&db, flavour, idle.conn, idle.permit);
-            lease.reclaimed = true;
-            return Ok(lease);
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(self.lend(&db, flavour, idle.conn, idle.permit, true));
         }
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.config.wait;
@@ -358,14 +362,7 @@ impl Pool {
         }
         let conn = open().await.map_err(PoolError::Open)?;
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        Ok(Lease {
-            pool: self.clone(),
-            db: db.clone(),
-            flavour: flavour.clone(),
-            conn: Some(conn),
-            permit: Some(permit),
-            reclaimed: false,
-        })
+        Ok(self.lend(db, flavour, conn, permit, false))
     }
 
     fn lease(
@@ -376,13 +373,24 @@ impl Pool {
         permit: OwnedSemaphorePermit,
     ) -> Lease {
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        self.lend(db, flavour, conn, permit, false)
+    }
+
+    fn lend(
+        self: &Arc<Self>,
+        db: &Arc<DbPool>,
+        flavour: &Flavour,
+        conn: BackendConn,
+        permit: OwnedSemaphorePermit,
+        reclaimed: bool,
+    ) -> Lease {
         Lease {
             pool: self.clone(),
             db: db.clone(),
             flavour: flavour.clone(),
             conn: Some(conn),
             permit: Some(permit),
-            reclaimed: false,
+            reclaimed,
         }
     }
 

@@ -82,15 +82,20 @@ impl Session<'_> {
     /// connection back as its state allows.
     pub async fn run(mut self, shutdown: &CancellationToken) -> End {
         let end = self.commands(shutdown).await;
-        if let Some(lease) = self.lease.take() {
-            let how = match end {
-                End::ClientLeft if self.state.leaves_state() => Return::Reset,
-                End::ClientLeft => Return::Keep,
-                _ => Return::Close,
-            };
-            lease.give_back(how, &self.identity.database);
+        match end {
+            End::ClientLeft => self.give_back(),
+            _ => drop(self.lease.take()), // closes it
         }
         end
+    }
+
+    /// Gives the held connection back to the pool, to be reset first if the client left
+    /// state on it.
+    fn give_back(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            let how = if self.state.leaves_state() { Return::Reset } else { Return::Keep };
+            lease.give_back(how, &self.identity.database);
+        }
     }
 
     async fn commands(&mut self, shutdown: &CancellationToken) -> End {
@@ -289,6 +294,40 @@ impl Session<'_> {
     /// the session afresh like COM_RESET_CONNECTION. Any failure ends the connection, as the
     /// client cannot know what state it was left in.
     async fn change_user(&mut self, change: ChangeUser, seq: u8) -> Result<(), Stop> {
+        let (checked, seq) = self.login_again(&change, seq).await;
+        let (identity, route, user) = match checked {
+            Ok(login) => login,
+            Err(e) => return self.fail_and_end(e, seq).await,
+        };
+        self.give_back();
+        self.aside = None;
+        self.stmts.clear();
+        self.state = ClientState::new(&identity.database);
+        if let Some(schema) = change.schema {
+            self.state.vars.schema = schema;
+        }
+        self.flavour.user = user;
+        if let Some(collation) = change.collation.and_then(|c| u8::try_from(c).ok()) {
+            self.flavour.collation = collation;
+        }
+        self.identity = identity;
+        self.route = route;
+        // Borrowed now, as at login: the schema the client named must exist.
+        match self.hold_connection(false).await {
+            Ok(()) => self.local_ok(seq).await,
+            Err(BackendError::Refused(e)) => self.fail_and_end(e, seq).await,
+            Err(_) => self.fail_and_end(lost(), seq).await,
+        }
+    }
+
+    /// A COM_CHANGE_USER's login: its token checked as at login, for this same database.
+    /// Gives the identity, its route and the internal user it logs in as, or the error to
+    /// answer, with the sequence id of the answer.
+    async fn login_again(
+        &mut self,
+        change: &ChangeUser,
+        seq: u8,
+    ) -> (Result<(Identity, Route, String), MyError>, u8) {
         let front = self.front;
         let (passwords, seq) = super::login::reauthenticate(
             front,
@@ -305,56 +344,30 @@ impl Session<'_> {
             Ok(passwords) => front.authenticate(&change.user, self.peer, &passwords).await,
             Err(e) => Err(e),
         };
-        let (identity, route) = match checked {
-            Ok((identity, route, _)) => (identity, route),
-            Err(e) => {
-                self.refuse(e, seq).await;
-                return Err(End::Broken.into());
+        let login = checked.and_then(|(identity, route, _)| {
+            if identity.tenant != self.identity.tenant
+                || identity.database != self.identity.database
+            {
+                return Err(MyError::new(
+                    1044,
+                    "42000",
+                    format!(
+                        "Dormouse: this connection belongs to database '{}'; connect anew to use '{}'",
+                        self.identity.database, identity.database
+                    ),
+                ));
             }
-        };
-        if identity.tenant != self.identity.tenant || identity.database != self.identity.database {
-            let e = MyError::new(
-                1044,
-                "42000",
-                format!(
-                    "Dormouse: this connection belongs to database '{}'; connect anew to use '{}'",
-                    self.identity.database, identity.database
-                ),
-            );
-            self.refuse(e, seq).await;
-            return Err(End::Broken.into());
-        }
-        let Some(user) = super::internal_user(&identity, &route) else {
-            self.refuse(MyError::access_denied(&change.user, &self.peer.ip().to_string()), seq)
-                .await;
-            return Err(End::Broken.into());
-        };
-        if let Some(lease) = self.lease.take() {
-            let how = if self.state.leaves_state() { Return::Reset } else { Return::Keep };
-            lease.give_back(how, &self.identity.database);
-        }
-        self.aside = None;
-        self.stmts.clear();
-        self.state = ClientState::new(&identity.database);
-        if let Some(schema) = change.schema {
-            self.state.vars.schema = schema;
-        }
-        self.flavour.user = user;
-        if let Some(collation) = change.collation.and_then(|c| u8::try_from(c).ok()) {
-            self.flavour.collation = collation;
-        }
-        self.identity = identity;
-        self.route = route;
-        // Borrowed now, as at login: the schema the client named must exist.
-        if let Err(e) = self.hold_connection(false).await {
-            let e = match e {
-                BackendError::Refused(e) => e,
-                _ => lost(),
-            };
-            self.refuse(e, seq).await;
-            return Err(End::Broken.into());
-        }
-        self.local_ok(seq).await
+            let denied = || MyError::access_denied(&change.user, &self.peer.ip().to_string());
+            let user = super::internal_user(&identity, &route).ok_or_else(denied)?;
+            Ok((identity, route, user))
+        });
+        (login, seq)
+    }
+
+    /// Answers the command with `error` and ends the session.
+    async fn fail_and_end(&mut self, error: MyError, seq: u8) -> Result<(), Stop> {
+        self.refuse(error, seq).await;
+        Err(End::Broken.into())
     }
 
     async fn set_option(&mut self, chunks: &[Packet], payload: &[u8], seq: u8) -> Result<(), Stop> {
