@@ -61,7 +61,8 @@ impl Route {
     /// its TCP address.
     pub fn server(&self) -> String {
         match &self.socket {
-            Some(path) => path.display().to_string(),
+            // Not `display()`: this runs for every borrowed connection, and formatting costs.
+            Some(path) => path.to_string_lossy().into_owned(),
             None => format!("{}:{}", self.host, self.port),
         }
     }

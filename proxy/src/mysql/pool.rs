@@ -249,8 +249,11 @@ impl Pool {
     }
 
     fn db(&self, key: &DbKey, limit: usize) -> Arc<DbPool> {
-        let db =
-            self.dbs.entry(key.clone()).or_insert_with(|| Arc::new(DbPool::new(limit))).clone();
+        // A shared lookup first: every statement borrows, a database is added once.
+        let known = self.dbs.get(key).map(|db| db.clone());
+        let db = known.unwrap_or_else(|| {
+            self.dbs.entry(key.clone()).or_insert_with(|| Arc::new(DbPool::new(limit))).clone()
+        });
         if db.limit.load(Ordering::Acquire) != limit {
             db.set_limit(limit);
         }

@@ -117,20 +117,21 @@ pub fn take_request(
 }
 
 /// Reads requests across reads without rescanning: a request whose bytes arrive over many
-/// reads (32 MiB, a million arguments) is scanned once, from where the last read stopped.
+/// reads (32 MiB, a million arguments) is scanned once, from where the last read stopped. A
+/// whole multibulk request can be looked at in place (`scan`, `args`) and forwarded without
+/// being copied out of the buffer or allocated for.
 #[derive(Debug, Default)]
 pub struct RequestReader {
-    partial: Option<Partial>,
-}
-
-/// A multibulk request read part way.
-#[derive(Debug)]
-struct Partial {
+    /// Arguments the request being read declared; 0 while none is.
     count: usize,
-    /// Where the next argument starts.
+    /// Where its next argument starts.
     pos: usize,
+    /// Where each argument found so far lies. Kept from one request to the next.
     ranges: Vec<std::ops::Range<usize>>,
 }
+
+/// Argument places kept for the next request; a longer list is let go.
+const KEPT_RANGES: usize = 64;
 
 impl RequestReader {
     /// Takes one request off the front of `buf`, which may only have grown since the last call
@@ -140,50 +141,87 @@ impl RequestReader {
         buf: &mut BytesMut,
         limits: RequestLimits,
     ) -> Result<Option<Request>, ProtocolError> {
-        let result = match (buf.first(), self.partial.is_some()) {
-            (None, _) => Ok(None),
-            (Some(b'*'), _) | (_, true) => self.take_multibulk(buf, limits),
-            (Some(_), false) => take_inline(buf, limits),
-        };
-        if result.is_err() {
-            self.partial = None;
+        if buf.first() != Some(&b'*') && self.count == 0 {
+            return match buf.first() {
+                None => Ok(None),
+                Some(_) => take_inline(buf, limits),
+            };
         }
-        result
+        let Some(len) = self.scan(buf, limits)? else { return Ok(None) };
+        let wire = buf.split_to(len).freeze();
+        let request = if self.ranges.is_empty() {
+            // `*0` or a negative count: an empty request, ignored.
+            Request { wire: Bytes::new(), args: Vec::new() }
+        } else {
+            let args = self.ranges.iter().map(|r| wire.slice(r.clone())).collect();
+            Request { wire, args }
+        };
+        self.done();
+        Ok(Some(request))
     }
 
-    fn take_multibulk(
+    /// Scans the multibulk request at the front of `buf` without taking it: `Ok(Some(len))`
+    /// once its `len` bytes are all there, with each argument's place in
+    /// [`args`](Self::args) (none for `*0`); `Ok(None)` while more bytes are needed, or if
+    /// the buffer starts with an inline command, which only [`take`](Self::take) reads.
+    /// Scanning again before [`done`](Self::done) gives the same answer at once.
+    pub fn scan(
         &mut self,
-        buf: &mut BytesMut,
+        buf: &[u8],
         limits: RequestLimits,
-    ) -> Result<Option<Request>, ProtocolError> {
-        let partial = match &mut self.partial {
-            Some(partial) => partial,
-            None => {
-                let Some(end) = line_end(buf, 1) else {
-                    return if buf.len() > MAX_HEADER {
-                        Err(ProtocolError::MultibulkLength)
-                    } else {
-                        Ok(None)
-                    };
+    ) -> Result<Option<usize>, ProtocolError> {
+        if self.count == 0 && buf.first() != Some(&b'*') {
+            return Ok(None);
+        }
+        let scanned = self.scan_multibulk(buf, limits);
+        if scanned.is_err() {
+            self.done();
+        }
+        scanned
+    }
+
+    /// The places in the buffer of the arguments of the request [`scan`](Self::scan) found.
+    pub fn args(&self) -> &[std::ops::Range<usize>] {
+        &self.ranges
+    }
+
+    /// Forgets the scanned request, whose bytes the caller took off the buffer.
+    pub fn done(&mut self) {
+        self.count = 0;
+        self.pos = 0;
+        self.ranges.clear();
+        if self.ranges.capacity() > KEPT_RANGES {
+            self.ranges = Vec::new();
+        }
+    }
+
+    fn scan_multibulk(
+        &mut self,
+        buf: &[u8],
+        limits: RequestLimits,
+    ) -> Result<Option<usize>, ProtocolError> {
+        if self.count == 0 {
+            let Some(end) = line_end(buf, 1) else {
+                return if buf.len() > MAX_HEADER {
+                    Err(ProtocolError::MultibulkLength)
+                } else {
+                    Ok(None)
                 };
-                let count = parse_int(&buf[1..end]).ok_or(ProtocolError::MultibulkLength)?;
-                if count <= 0 {
-                    let _ = buf.split_to(end + 2);
-                    return Ok(Some(Request { wire: Bytes::new(), args: Vec::new() }));
-                }
-                let count = usize::try_from(count).map_err(|_| ProtocolError::MultibulkLength)?;
-                if count > limits.max_args {
-                    return Err(ProtocolError::TooManyArgs(limits.max_args));
-                }
-                self.partial.insert(Partial {
-                    count,
-                    pos: end + 2,
-                    ranges: Vec::with_capacity(count.min(64)),
-                })
+            };
+            let count = parse_int(&buf[1..end]).ok_or(ProtocolError::MultibulkLength)?;
+            if count <= 0 {
+                return Ok(Some(end + 2));
             }
-        };
-        while partial.ranges.len() < partial.count {
-            let pos = partial.pos;
+            let count = usize::try_from(count).map_err(|_| ProtocolError::MultibulkLength)?;
+            if count > limits.max_args {
+                return Err(ProtocolError::TooManyArgs(limits.max_args));
+            }
+            self.count = count;
+            self.pos = end + 2;
+            self.ranges.reserve(count.min(KEPT_RANGES));
+        }
+        while self.ranges.len() < self.count {
+            let pos = self.pos;
             let Some(&first) = buf.get(pos) else { return Ok(None) };
             if first != b'$' {
                 return Err(ProtocolError::ExpectedBulk(first as char));
@@ -208,13 +246,10 @@ impl RequestReader {
             if &buf[start + len..start + len + 2] != b"\r\n" {
                 return Err(ProtocolError::BulkLength);
             }
-            partial.ranges.push(start..start + len);
-            partial.pos = start + len + 2;
+            self.ranges.push(start..start + len);
+            self.pos = start + len + 2;
         }
-        let Some(partial) = self.partial.take() else { return Ok(None) };
-        let wire = buf.split_to(partial.pos).freeze();
-        let args = partial.ranges.into_iter().map(|r| wire.slice(r)).collect();
-        Ok(Some(Request { wire, args }))
+        Ok(Some(self.pos))
     }
 }
 
@@ -419,6 +454,8 @@ pub fn integer(frame: &[u8]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Buf;
+
     use super::*;
 
     const LIMITS: RequestLimits = RequestLimits { max_bytes: 1024, max_args: 16 };
@@ -447,6 +484,39 @@ mod tests {
             assert_eq!(take(&wire[..cut]), Ok(None), "cut at {cut}");
         }
         assert!(take(&wire).ok().flatten().is_some());
+    }
+
+    #[test]
+    fn requests_are_scanned_in_place_across_reads() {
+        let wire = Request::from_args(&["SET", "key", "value"]).wire;
+        let mut reader = RequestReader::default();
+        let mut buf = BytesMut::new();
+        for (i, byte) in wire.iter().enumerate() {
+            buf.extend_from_slice(&[*byte]);
+            let scanned = reader.scan(&buf, LIMITS);
+            assert_eq!(scanned, Ok((i + 1 == wire.len()).then_some(wire.len())), "byte {i}");
+        }
+        let args: Vec<&[u8]> = reader.args().iter().map(|r| &buf[r.clone()]).collect();
+        assert_eq!(args, [&b"SET"[..], b"key", b"value"]);
+        // Asked again, the same request; once done, the next one.
+        assert_eq!(reader.scan(&buf, LIMITS), Ok(Some(wire.len())));
+        buf.advance(wire.len());
+        reader.done();
+        buf.extend_from_slice(b"*0\r\nPING\r\n");
+        assert_eq!(reader.scan(&buf, LIMITS), Ok(Some(4)));
+        assert!(reader.args().is_empty());
+        buf.advance(4);
+        reader.done();
+        // An inline command is left to `take`.
+        assert_eq!(reader.scan(&buf, LIMITS), Ok(None));
+        let ping = reader.take(&mut buf, LIMITS).ok().flatten().expect("inline ping");
+        assert_eq!(ping.args, vec![Bytes::from_static(b"PING")]);
+        // After an error the reader starts afresh.
+        let mut bad = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n:1\r\n"[..]);
+        assert_eq!(reader.scan(&bad, LIMITS), Err(ProtocolError::ExpectedBulk(':')));
+        bad.clear();
+        bad.extend_from_slice(&wire);
+        assert_eq!(reader.take(&mut bad, LIMITS).ok().flatten().map(|r| r.wire), Some(wire));
     }
 
     #[test]

@@ -257,14 +257,14 @@ impl CommandTable {
     }
 
     /// How to treat `args` (a command with its arguments) from a client with `role`.
-    pub fn classify(&self, args: &[bytes::Bytes], role: Role) -> Action {
+    pub fn classify<A: AsRef<[u8]>>(&self, args: &[A], role: Role) -> Action {
         let mut buf = [0u8; MAX_NAME];
-        let Some(name) = args.first().and_then(|n| lower(n, &mut buf)) else {
+        let Some(name) = args.first().and_then(|n| lower(n.as_ref(), &mut buf)) else {
             return Action::Forward;
         };
         let mut entry = self.commands.get(name).copied().unwrap_or_default();
         // Container commands (CLIENT, CONFIG, ...) are classified by their subcommand.
-        if let Some(sub) = args.get(1).filter(|_| entry.container) {
+        if let Some(sub) = args.get(1).map(AsRef::as_ref).filter(|_| entry.container) {
             let mut full = [0u8; MAX_NAME];
             let len = name.len();
             if len + 1 + sub.len() <= MAX_NAME {
@@ -302,7 +302,7 @@ impl CommandTable {
             Some(Special::Discard) => Action::Discard,
             Some(Special::Blocking) => Action::Blocking,
             Some(Special::MaybeBlocking) => {
-                let block = args.iter().skip(1).any(|a| a.eq_ignore_ascii_case(b"block"));
+                let block = args.iter().skip(1).any(|a| a.as_ref().eq_ignore_ascii_case(b"block"));
                 if block { Action::Blocking } else { Action::Forward }
             }
             _ if flags.blocking => Action::Blocking,

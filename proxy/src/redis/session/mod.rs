@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::RedisFrontend;
 use super::codec::{FrameScanner, ProtocolError, Request, RequestLimits, RequestReader};
-use super::commands::CommandTable;
+use super::commands::{Action, CommandTable};
 use super::pool::{OwnSlot, RedisPool};
 use super::shared::{Job, Replies, ReplySink, SharedConn};
 use crate::auth::Identity;
@@ -37,6 +37,8 @@ use crate::upstream::{UpstreamReader, UpstreamWriter};
 const PRE_AUTH_LIMITS: RequestLimits = RequestLimits { max_bytes: 16 * 1024, max_args: 16 };
 /// Redis' own cap on arguments per command.
 const MAX_ARGS: usize = 1024 * 1024;
+/// Commands with more arguments than this take the general path.
+const PASS_MAX_ARGS: usize = 8;
 /// Stop reading new commands while this many replies are outstanding.
 const MAX_PENDING: usize = 16 * 1024;
 /// Stop reading from a side while the buffer towards the other side holds this much.
@@ -285,6 +287,9 @@ impl Session {
     /// connection's batch.
     async fn on_client_input(&mut self) {
         while !self.closing {
+            if self.deferred.is_none() && self.pass_through() {
+                continue;
+            }
             let limits = self.limits();
             let request = match self.deferred.take() {
                 Some(r) => r,
@@ -307,6 +312,43 @@ impl Session {
             }
         }
         self.flush_batch();
+    }
+
+    /// The common case, without making a [`Request`]: a whole command for the shared
+    /// connection that the proxy has nothing to do with is copied from the input into the
+    /// batch. False when the next command takes the general path (the scan is kept for it).
+    fn pass_through(&mut self) -> bool {
+        if self.own.is_some() || self.shared.is_none() || self.transaction.open {
+            return false;
+        }
+        let (Some(table), Some(identity)) = (self.table.as_deref(), self.identity.as_ref()) else {
+            return false;
+        };
+        let limits =
+            RequestLimits { max_bytes: self.front.config.max_request_bytes, max_args: MAX_ARGS };
+        let Ok(Some(len)) = self.requests.scan(&self.input, limits) else { return false };
+        let places = self.requests.args();
+        let mut args: [&[u8]; PASS_MAX_ARGS] = [&[]; PASS_MAX_ARGS];
+        if places.is_empty() || places.len() > PASS_MAX_ARGS {
+            return false;
+        }
+        for (arg, place) in args.iter_mut().zip(places) {
+            *arg = &self.input[place.clone()];
+        }
+        let args = &args[..places.len()];
+        // PING is the session's own only before authentication.
+        let own = |(name, own): &(&[u8], Own)| {
+            !matches!(own, Own::Ping) && args[0].eq_ignore_ascii_case(name)
+        };
+        if OWN.iter().any(own) || table.classify(args, identity.role) != Action::Forward {
+            return false;
+        }
+        self.batch.extend_from_slice(&self.input[..len]);
+        self.input.advance(len);
+        self.requests.done();
+        self.batch_replies += 1;
+        self.pending.push_back(Pending::Backend);
+        true
     }
 
     fn limits(&self) -> RequestLimits {
