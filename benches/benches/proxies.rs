@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use dormouse_benches::clients::{self, Engine};
 use dormouse_benches::peers;
-use dormouse_benches::procs::{cpu_seconds, have, rss_kib};
+use dormouse_benches::procs::{children_cpu_seconds, cpu_seconds, have, pid_listening_on, rss_kib};
 use dormouse_benches::serve::{self, SERVE_ENV};
 use dormouse_benches::tools::{self, Endpoint, redis_benchmark, sysbench};
 
@@ -155,27 +155,79 @@ impl Results {
     }
 }
 
-/// The endpoints of one engine, by target name, with the process of the proxy in between
-/// (none for the servers themselves), whose CPU time per request is measured too.
-struct Targets(Vec<(&'static str, Endpoint, Option<u32>)>);
+/// The endpoints of one engine.
+struct Targets(Vec<Target>);
 
-/// CPU time `pid` (if any) spends while `work` runs, in microseconds per request of
-/// `requests`, beside what `work` returns.
+/// Where a workload is sent, with the processes whose CPU time it is charged: the proxy in
+/// between (none for the servers themselves) and the server that answers.
+struct Target {
+    name: &'static str,
+    at: Endpoint,
+    proxy: Option<u32>,
+    server: u32,
+}
+
+/// CPU time per request of the processes that served a run, in microseconds.
+struct Cpu {
+    proxy: Option<f64>,
+    server: f64,
+    /// Proxy, server and load generator together: what the run cost the machine.
+    all: f64,
+}
+
+/// What `work` returns, and the CPU time spent on each of `requests(&out)` while it ran. The
+/// load generator is the only child process `work` waits for.
 fn with_cpu<T>(
-    pid: Option<u32>,
+    target: &Target,
     requests: impl FnOnce(&T) -> f64,
     work: impl FnOnce() -> anyhow::Result<T>,
-) -> anyhow::Result<(T, Option<f64>)> {
-    let before = pid.map(cpu_seconds).transpose()?;
+) -> anyhow::Result<(T, Option<Cpu>)> {
+    let proxy_before = target.proxy.map(cpu_seconds).transpose()?;
+    let server_before = cpu_seconds(target.server)?;
+    let generator_before = children_cpu_seconds()?;
     let out = work()?;
     let served = requests(&out);
-    let used = match (pid, before) {
-        (Some(pid), Some(before)) if served > 0.0 => {
-            Some((cpu_seconds(pid)? - before) * 1e6 / served)
-        }
+    if served <= 0.0 {
+        return Ok((out, None));
+    }
+    let per_request = |seconds: f64| seconds * 1e6 / served;
+    let proxy = match (target.proxy, proxy_before) {
+        (Some(pid), Some(before)) => Some(per_request(cpu_seconds(pid)? - before)),
         _ => None,
     };
-    Ok((out, used))
+    let server = per_request(cpu_seconds(target.server)? - server_before);
+    let generator = per_request(children_cpu_seconds()? - generator_before);
+    let all = proxy.unwrap_or(0.0) + server + generator;
+    Ok((out, Some(Cpu { proxy, server, all })))
+}
+
+/// CPU samples per target, by row.
+#[derive(Default)]
+struct CpuSamples {
+    proxy: BTreeMap<&'static str, Vec<f64>>,
+    server: BTreeMap<&'static str, Vec<f64>>,
+    all: BTreeMap<&'static str, Vec<f64>>,
+}
+
+impl CpuSamples {
+    fn push(&mut self, name: &'static str, cpu: Option<Cpu>) {
+        let Some(cpu) = cpu else { return };
+        if let Some(proxy) = cpu.proxy {
+            self.proxy.entry(name).or_default().push(proxy);
+        }
+        self.server.entry(name).or_default().push(cpu.server);
+        self.all.entry(name).or_default().push(cpu.all);
+    }
+
+    /// Adds the rows `<what>: proxy CPU per <unit>` and the like.
+    fn report(self, results: &mut Results, what: &str, per: &str) {
+        let rows = [("proxy", self.proxy), ("server", self.server), ("all processes'", self.all)];
+        for (whose, samples) in rows {
+            for (name, runs) in samples {
+                results.add(&format!("{what}: {whose} CPU per {per}"), "µs", name, &runs);
+            }
+        }
+    }
 }
 
 async fn redis_throughput(
@@ -184,39 +236,29 @@ async fn redis_throughput(
     targets: &Targets,
 ) -> anyhow::Result<()> {
     for (pipeline, requests) in [(1, sizes.redis_requests), (16, sizes.redis_pipelined_requests)] {
-        let mut samples: BTreeMap<(&str, String), Vec<f64>> = BTreeMap::new();
-        let mut cpu: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let mut samples: BTreeMap<(&'static str, String), Vec<f64>> = BTreeMap::new();
+        let mut cpu = CpuSamples::default();
         // Targets take turns within each repetition, so drift in the machine hits all alike.
         for _ in 0..sizes.reps {
-            for (name, at, pid) in &targets.0 {
+            for target in &targets.0 {
                 let (rates, used) = with_cpu(
-                    *pid,
+                    target,
                     |_| 2.0 * requests as f64,
-                    || redis_benchmark(at, "set,get", 50, requests, pipeline),
+                    || redis_benchmark(&target.at, "set,get", 50, requests, pipeline),
                 )?;
                 for (test, rps) in rates {
-                    samples.entry((name, test)).or_default().push(rps);
+                    samples.entry((target.name, test)).or_default().push(rps);
                 }
-                if let Some(used) = used {
-                    cpu.entry(name).or_default().push(used);
-                }
+                cpu.push(target.name, used);
             }
         }
         for ((name, test), runs) in samples {
             let workload = format!("Redis {test}, 50 clients, -P {pipeline}");
-            results.add(&workload, "req/s", targets_name(targets, name), &runs);
+            results.add(&workload, "req/s", name, &runs);
         }
-        for (name, runs) in cpu {
-            let workload = format!("Redis SET+GET -P {pipeline}: proxy CPU per request");
-            results.add(&workload, "µs", targets_name(targets, name), &runs);
-        }
+        cpu.report(results, &format!("Redis SET+GET -P {pipeline}"), "request");
     }
     Ok(())
-}
-
-/// The `'static` name of a target (the map above borrows it).
-fn targets_name(targets: &Targets, name: &str) -> &'static str {
-    targets.0.iter().map(|(n, _, _)| *n).find(|n| *n == name).unwrap_or("?")
 }
 
 fn mysql_throughput(
@@ -227,17 +269,16 @@ fn mysql_throughput(
 ) -> anyhow::Result<()> {
     for (test, per) in [("oltp_point_select", "queries"), ("oltp_read_write", "transactions")] {
         let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
-        let mut cpu: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+        let mut cpu = CpuSamples::default();
         for _ in 0..sizes.reps {
-            for (name, at, pid) in &targets.0 {
+            for target in &targets.0 {
+                let (name, at) = (target.name, &target.at);
                 let (rate, used) = with_cpu(
-                    *pid,
+                    target,
                     |r: &tools::SysbenchRate| r.queries * f64::from(sizes.sysbench_seconds),
                     || sysbench(at, db, test, "run", 16, sizes.sysbench_seconds, sizes.table_size),
                 )?;
-                if let Some(used) = used {
-                    cpu.entry(name).or_default().push(used);
-                }
+                cpu.push(name, used);
                 if rate.errors > 0 {
                     println!(
                         "  ({name}: {} deadlocks/lock waits retried by sysbench)",
@@ -252,9 +293,7 @@ fn mysql_throughput(
         for (name, runs) in samples {
             results.add(&format!("MySQL {test}, 16 threads"), unit, name, &runs);
         }
-        for (name, runs) in cpu {
-            results.add(&format!("MySQL {test}: proxy CPU per query"), "µs", name, &runs);
-        }
+        cpu.report(results, &format!("MySQL {test}"), "query");
     }
     Ok(())
 }
@@ -268,9 +307,9 @@ async fn churn(
 ) -> anyhow::Result<()> {
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for _ in 0..sizes.reps {
-        for (name, at, _) in &targets.0 {
-            let rate = clients::churn(engine, at, db, 8, sizes.churn).await?;
-            samples.entry(name).or_default().push(rate);
+        for target in &targets.0 {
+            let rate = clients::churn(engine, &target.at, db, 8, sizes.churn).await?;
+            samples.entry(target.name).or_default().push(rate);
         }
     }
     let workload = format!("{engine} connect+auth+query+close, 8 loops");
@@ -394,20 +433,24 @@ async fn run(sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
         password: d.backend_password.clone(),
     };
     let (haproxy, l4) = peers::haproxy(dir, &[rdb.backend_port, mdb.backend_port]).await?;
-    let (_twin, twin) = peers::twin_redis(dir, &rdb.backend_password).await?;
+    let (twin_server, twin) = peers::twin_redis(dir, &rdb.backend_password).await?;
     let (nutcracker, nut) = peers::nutcracker(dir, &twin).await?;
     let (ours, theirs) = (Some(dormouse.pid()), Some(haproxy.pid()));
+    // Dormouse's servers are its children: found by the ports they listen on.
+    let (redis_server, mariadb) =
+        (pid_listening_on(rdb.backend_port)?, pid_listening_on(mdb.backend_port)?);
+    let target = |name, at, proxy, server| Target { name, at, proxy, server };
     let redis = Targets(vec![
-        (DIRECT, direct(rdb, rdb.backend_port), None),
-        (DORMOUSE, proxy(rdb), ours),
-        (HAPROXY, direct(rdb, l4[0]), theirs),
-        (TWIN, twin, None),
-        (NUTCRACKER, nut, Some(nutcracker.pid())),
+        target(DIRECT, direct(rdb, rdb.backend_port), None, redis_server),
+        target(DORMOUSE, proxy(rdb), ours, redis_server),
+        target(HAPROXY, direct(rdb, l4[0]), theirs, redis_server),
+        target(TWIN, twin, None, twin_server.pid()),
+        target(NUTCRACKER, nut, Some(nutcracker.pid()), twin_server.pid()),
     ]);
     let mysql = Targets(vec![
-        (DIRECT, direct(mdb, mdb.backend_port), None),
-        (DORMOUSE, proxy(mdb), ours),
-        (HAPROXY, direct(mdb, l4[1]), theirs),
+        target(DIRECT, direct(mdb, mdb.backend_port), None, mariadb),
+        target(DORMOUSE, proxy(mdb), ours, mariadb),
+        target(HAPROXY, direct(mdb, l4[1]), theirs, mariadb),
     ]);
     let mut results = Results::default();
 
@@ -417,7 +460,7 @@ async fn run(sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
     }
     if phases("mysql") {
         println!("== MySQL throughput (sysbench)");
-        let at = &mysql.0[0].1;
+        let at = &mysql.0[0].at;
         sysbench(at, &mdb.name, "oltp_read_write", "prepare", 1, 0, sizes.table_size)?;
         mysql_throughput(&mut results, sizes, &mysql, &mdb.name)?;
     }

@@ -1,5 +1,6 @@
 //! Processes a benchmark starts (peers, servers, the Dormouse under test): free ports, readiness
-//! by connecting, cleanup on drop, and the resident memory of a process.
+//! by connecting, cleanup on drop, the resident memory and CPU time of a process, and which
+//! process listens on a port.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::Child;
@@ -103,4 +104,46 @@ pub fn program(name: &str) -> String {
         .map(|d| std::path::Path::new(d).join(name))
         .find(|p| p.is_file())
         .map_or_else(|| name.to_owned(), |p| p.display().to_string())
+}
+
+/// CPU time, user and system, of this process's children that have exited and been waited
+/// for (`RUSAGE_CHILDREN`), in seconds: a load generator's, read before and after running it.
+pub fn children_cpu_seconds() -> anyhow::Result<f64> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN)?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Ok(secs(usage.user_time()) + secs(usage.system_time()))
+}
+
+/// The process listening on TCP `port` of the loopback or any address: the server behind an
+/// endpoint, found through its listening socket's inode (`/proc/net/tcp*`, `/proc/*/fd`).
+pub fn pid_listening_on(port: u16) -> anyhow::Result<u32> {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .find_map(|line| {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit_once(':')?.1;
+            let listening = fields.get(3) == Some(&"0A");
+            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| fields.get(9).map(|i| (*i).to_owned()))
+                .flatten()
+        })
+        .with_context(|| format!("nothing listens on port {port}"))?;
+    let wanted = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        let owns = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted.as_str())
+        });
+        if owns {
+            return Ok(pid);
+        }
+    }
+    anyhow::bail!("no process holds the socket listening on port {port}")
 }

@@ -12,7 +12,9 @@ const MAX_STATEMENTS: usize = 256;
 
 #[derive(Debug, Default)]
 pub struct Prepared {
-    cached: HashMap<Bytes, Cached>,
+    /// Hashed with foldhash: every execute looks its SQL text up, and at most
+    /// `MAX_STATEMENTS` entries leave nothing for a flood of colliding texts to build on.
+    cached: HashMap<Bytes, Cached, foldhash::fast::RandomState>,
     clock: u64,
     /// Backend statements with a client statement's open cursor or long data on them.
     held: BTreeSet<u32>,
