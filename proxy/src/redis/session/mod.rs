@@ -77,6 +77,15 @@ const OWN: [(&[u8], Own); 5] = [
     (b"ping", Own::Ping),
 ];
 
+/// The command named `name` if the session answers it itself: PING only before
+/// authentication.
+fn own_command(name: &[u8], authed: bool) -> Option<Own> {
+    OWN.iter()
+        .find(|(own, _)| name.eq_ignore_ascii_case(own))
+        .map(|(_, own)| *own)
+        .filter(|own| !(authed && matches!(own, Own::Ping)))
+}
+
 /// What the next reply bytes towards the client are.
 #[derive(Debug)]
 enum Pending {
@@ -321,11 +330,10 @@ impl Session {
         if self.own.is_some() || self.shared.is_none() || self.transaction.open {
             return false;
         }
+        let limits = self.limits();
         let (Some(table), Some(identity)) = (self.table.as_deref(), self.identity.as_ref()) else {
             return false;
         };
-        let limits =
-            RequestLimits { max_bytes: self.front.config.max_request_bytes, max_args: MAX_ARGS };
         let Ok(Some(len)) = self.requests.scan(&self.input, limits) else { return false };
         let places = self.requests.args();
         let mut args: [&[u8]; PASS_MAX_ARGS] = [&[]; PASS_MAX_ARGS];
@@ -336,11 +344,9 @@ impl Session {
             *arg = &self.input[place.clone()];
         }
         let args = &args[..places.len()];
-        // PING is the session's own only before authentication.
-        let own = |(name, own): &(&[u8], Own)| {
-            !matches!(own, Own::Ping) && args[0].eq_ignore_ascii_case(name)
-        };
-        if OWN.iter().any(own) || table.classify(args, identity.role) != Action::Forward {
+        if own_command(args[0], true).is_some()
+            || table.classify(args, identity.role) != Action::Forward
+        {
             return false;
         }
         self.batch.extend_from_slice(&self.input[..len]);
@@ -363,11 +369,7 @@ impl Session {
     async fn dispatch(&mut self, request: Request) -> bool {
         let authed = self.identity.is_some();
         // Only a few names are the session's own; everything else is routed without a copy.
-        let own = OWN
-            .iter()
-            .find(|(name, _)| request.args[0].eq_ignore_ascii_case(name))
-            .map(|(_, own)| *own)
-            .filter(|own| !(authed && matches!(own, Own::Ping)));
+        let own = own_command(&request.args[0], authed);
         if matches!(own, Some(Own::Auth | Own::Hello | Own::Reset)) && !self.quiet() {
             self.deferred = Some(request);
             return false;
