@@ -297,3 +297,22 @@ async fn ensure_admin_token(
     tracing::info!(path = %path.display(), "wrote the operator's admin token");
     Ok((issued.token, path))
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    use super::server_runtime;
+
+    #[test]
+    fn one_worker_runs_on_the_current_thread_and_more_share_work() -> std::io::Result<()> {
+        let one = server_runtime(Some(1))?;
+        assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        // Tasks spawned on it run while `block_on` drives it.
+        assert_eq!(one.block_on(async { tokio::spawn(async { 7 }).await.ok() }), Some(7));
+        let two = server_runtime(Some(2))?;
+        assert_eq!(two.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(two.metrics().num_workers(), 2);
+        Ok(())
+    }
+}
