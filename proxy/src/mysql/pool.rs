@@ -285,8 +285,7 @@ impl Pool {
             && let Some(idle) =
                 db.reclaim(reservation.id, flavour, self.config.idle_timeout, &self.stats)
         {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(self.lend(&db, flavour, idle.conn, idle.permit, true));
+            return Ok(self.lease(&db, flavour, idle, true));
         }
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.config.wait;
@@ -296,7 +295,7 @@ impl Pool {
             tokio::pin!(returned);
             returned.as_mut().enable();
             if let Some(idle) = self.take(&db, flavour, wanted, false) {
-                return Ok(self.lease(&db, flavour, idle.conn, idle.permit));
+                return Ok(self.lease(&db, flavour, idle, false));
             }
             if let Ok(permit) = db.slots.clone().try_acquire_owned() {
                 return self.open(&db, flavour, wanted, permit, &open).await;
@@ -307,7 +306,7 @@ impl Pool {
             }
             if let Some(idle) = self.take(&db, flavour, wanted, true) {
                 self.stats.taken_aside.fetch_add(1, Ordering::Relaxed);
-                return Ok(self.lease(&db, flavour, idle.conn, idle.permit));
+                return Ok(self.lease(&db, flavour, idle, false));
             }
             if waiting.is_none() {
                 if db.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_waiting {
@@ -361,22 +360,23 @@ impl Pool {
         let _turn = db.opening.lock().await;
         if let Some(idle) = self.take(db, flavour, wanted, false) {
             drop(permit);
-            return Ok(self.lease(db, flavour, idle.conn, idle.permit));
+            return Ok(self.lease(db, flavour, idle, false));
         }
         let conn = open().await.map_err(PoolError::Open)?;
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         Ok(self.lend(db, flavour, conn, permit, false))
     }
 
+    /// Lends an idle connection (a pool hit); `reclaimed` when its client had set it aside.
     fn lease(
         self: &Arc<Self>,
         db: &Arc<DbPool>,
         flavour: &Flavour,
-        conn: BackendConn,
-        permit: OwnedSemaphorePermit,
+        idle: Idle,
+        reclaimed: bool,
     ) -> Lease {
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
-        self.lend(db, flavour, conn, permit, false)
+        self.lend(db, flavour, idle.conn, idle.permit, reclaimed)
     }
 
     fn lend(

@@ -336,10 +336,10 @@ impl Session {
         };
         let Ok(Some(len)) = self.requests.scan(&self.input, limits) else { return false };
         let places = self.requests.args();
-        let mut args: [&[u8]; PASS_MAX_ARGS] = [&[]; PASS_MAX_ARGS];
         if places.is_empty() || places.len() > PASS_MAX_ARGS {
             return false;
         }
+        let mut args: [&[u8]; PASS_MAX_ARGS] = [&[]; PASS_MAX_ARGS];
         for (arg, place) in args.iter_mut().zip(places) {
             *arg = &self.input[place.clone()];
         }
