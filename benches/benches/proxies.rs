@@ -9,13 +9,15 @@
 //! 16 threads; connect → log in → one query → disconnect loops; 5,000 idle logged-in clients
 //! per engine beside 50 active ones, with the proxy's resident memory read before and after
 //! (a fresh Dormouse process per engine). Each proxy's CPU time per request is read too.
-//! `PHASES=redis,mysql,churn,idle` picks phases.
+//! `PHASES=redis,mysql,churn,idle` picks phases; `LAYOUT=split` gives the proxies their own
+//! cores (see `cpus`) instead of sharing every core with the load generators and servers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use dormouse_benches::clients::{self, Engine};
+use dormouse_benches::cpus::Split;
 use dormouse_benches::peers;
 use dormouse_benches::procs::{children_cpu_seconds, cpu_seconds, have, pid_listening_on, rss_kib};
 use dormouse_benches::serve::{self, SERVE_ENV};
@@ -321,12 +323,20 @@ async fn churn(
 
 /// Opens many idle clients through Dormouse, reads its memory, and measures 50 active clients
 /// beside them.
-async fn idle(results: &mut Results, sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
+async fn idle(
+    results: &mut Results,
+    sizes: &Sizes,
+    dir: &Path,
+    split: Option<&Split>,
+) -> anyhow::Result<()> {
     for engine in [Engine::Redis, Engine::Mysql] {
         // A fresh process per engine: memory freed by earlier work would be reused by these
         // sessions and hide what they cost.
         let (mut dormouse, served) = serve::spawn(&dir.join(format!("idle-{engine}")))?;
         let pid = dormouse.pid();
+        if let Some(split) = split {
+            split.move_proxy(pid)?;
+        }
         let db = if engine == Engine::Redis { &served.redis } else { &served.mysql };
         let at = Endpoint {
             port: db.proxy_port,
@@ -420,6 +430,14 @@ async fn run(sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
     let phases = |name: &str| {
         std::env::var("PHASES").map_or(true, |p| p.split(',').any(|x| x.trim() == name))
     };
+    let split = layout()?;
+    if let Some(split) = &split {
+        println!(
+            "layout: proxies on CPUs {:?}; load generators and servers on CPUs {:?}",
+            split.proxies, split.near
+        );
+        split.enter_near()?;
+    }
     let (mut dormouse, served) = serve::spawn(&dir.join("dormouse"))?;
     let (rdb, mdb) = (&served.redis, &served.mysql);
     let proxy = |d: &serve::Database| Endpoint {
@@ -436,6 +454,11 @@ async fn run(sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
     let (twin_server, twin) = peers::twin_redis(dir, &rdb.backend_password).await?;
     let (nutcracker, nut) = peers::nutcracker(dir, &twin).await?;
     let (ours, theirs) = (Some(dormouse.pid()), Some(haproxy.pid()));
+    if let Some(split) = &split {
+        for pid in [dormouse.pid(), haproxy.pid(), nutcracker.pid()] {
+            split.move_proxy(pid)?;
+        }
+    }
     // Dormouse's servers are its children: found by the ports they listen on.
     let (redis_server, mariadb) =
         (pid_listening_on(rdb.backend_port)?, pid_listening_on(mdb.backend_port)?);
@@ -474,7 +497,7 @@ async fn run(sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
     drop(dormouse);
     if phases("idle") {
         println!("== Many clients");
-        idle(&mut results, sizes, dir).await?;
+        idle(&mut results, sizes, dir, split.as_ref()).await?;
     }
 
     println!("\n{}", results.markdown());
@@ -482,6 +505,15 @@ async fn run(sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
         println!("- {line}");
     }
     Ok(())
+}
+
+/// `LAYOUT`: `shared` (the default: every process may run on every core) or `split`.
+fn layout() -> anyhow::Result<Option<Split>> {
+    match std::env::var("LAYOUT").as_deref() {
+        Err(_) | Ok("shared") => Ok(None),
+        Ok("split") => Split::halves().map(Some),
+        Ok(other) => anyhow::bail!("LAYOUT={other}: expected shared or split"),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
