@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use dormouse_engines::EngineKind;
 
-use super::{Cli, ControlArgs, ProxyArgs, ProxyListenArgs, UpArgs};
+use super::{Cli, ControlArgs, ListenArgs, ProxyArgs, ProxyListenArgs, UpArgs};
 use crate::service::NewDatabase;
 use crate::up::{self, UpConfig};
 
@@ -30,6 +30,20 @@ fn proxy_config(cli: &Cli, args: &ProxyListenArgs) -> ProxyConfig {
         max_client_connections: args.max_client_connections,
         redis: RedisConfig { max_request_bytes: args.redis_max_request, ..RedisConfig::default() },
         ..ProxyConfig::ephemeral(keys_dir)
+    }
+}
+
+/// Control's settings, for `up` (with the proxy in the same process) and `control` (without).
+fn up_config(cli: &Cli, listen: &ListenArgs, proxy: Option<ProxyConfig>) -> UpConfig {
+    UpConfig {
+        data_dir: cli.data_dir.clone(),
+        api_listen: listen.api_listen,
+        proxy,
+        public_host: listen.public_host.clone(),
+        reconcile_every: Duration::from_secs(10),
+        templates_dir: cli.data_dir.join("templates"),
+        idle_check_every: Duration::from_secs(5),
+        warm_pool: listen.warm_pool,
     }
 }
 
@@ -54,16 +68,7 @@ fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
 
 pub async fn up(cli: &Cli, args: &UpArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal()?;
-    let config = UpConfig {
-        data_dir: cli.data_dir.clone(),
-        api_listen: args.listen.api_listen,
-        proxy: Some(proxy_config(cli, &args.proxy)),
-        public_host: args.listen.public_host.clone(),
-        reconcile_every: Duration::from_secs(10),
-        templates_dir: cli.data_dir.join("templates"),
-        idle_check_every: Duration::from_secs(5),
-        warm_pool: args.listen.warm_pool,
-    };
+    let config = up_config(cli, &args.listen, Some(proxy_config(cli, &args.proxy)));
     let running = up::start(config, shutdown).await?;
     println!("dormouse is up");
     println!("  API:    {}", running.api_url());
@@ -142,16 +147,7 @@ fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
 
 pub async fn control(cli: &Cli, args: &ControlArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal()?;
-    let config = UpConfig {
-        data_dir: cli.data_dir.clone(),
-        api_listen: args.listen.api_listen,
-        proxy: None,
-        public_host: args.listen.public_host.clone(),
-        reconcile_every: Duration::from_secs(10),
-        templates_dir: cli.data_dir.join("templates"),
-        idle_check_every: Duration::from_secs(5),
-        warm_pool: args.listen.warm_pool,
-    };
+    let config = up_config(cli, &args.listen, None);
     let running = up::start(config, shutdown).await?;
     println!("dormouse control is up");
     println!("  API:    {}", running.api_url());
