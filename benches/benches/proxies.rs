@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use dormouse_benches::clients::{self, Engine};
-use dormouse_benches::cpus::Split;
+use dormouse_benches::cpus::Layout;
 use dormouse_benches::peers;
 use dormouse_benches::procs::{children_cpu_seconds, cpu_seconds, have, pid_listening_on, rss_kib};
 use dormouse_benches::serve::{self, SERVE_ENV};
@@ -327,16 +327,14 @@ async fn idle(
     results: &mut Results,
     sizes: &Sizes,
     dir: &Path,
-    split: Option<&Split>,
+    layout: &Layout,
 ) -> anyhow::Result<()> {
     for engine in [Engine::Redis, Engine::Mysql] {
         // A fresh process per engine: memory freed by earlier work would be reused by these
         // sessions and hide what they cost.
         let (mut dormouse, served) = serve::spawn(&dir.join(format!("idle-{engine}")))?;
         let pid = dormouse.pid();
-        if let Some(split) = split {
-            split.move_proxy(pid)?;
-        }
+        layout.place_proxy(pid)?;
         let db = if engine == Engine::Redis { &served.redis } else { &served.mysql };
         let at = Endpoint {
             port: db.proxy_port,
@@ -430,14 +428,8 @@ async fn run(sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
     let phases = |name: &str| {
         std::env::var("PHASES").map_or(true, |p| p.split(',').any(|x| x.trim() == name))
     };
-    let split = layout()?;
-    if let Some(split) = &split {
-        println!(
-            "layout: proxies on CPUs {:?}; load generators and servers on CPUs {:?}",
-            split.proxies, split.near
-        );
-        split.enter_near()?;
-    }
+    let layout = Layout::from_env()?;
+    layout.enter_near()?;
     let (mut dormouse, served) = serve::spawn(&dir.join("dormouse"))?;
     let (rdb, mdb) = (&served.redis, &served.mysql);
     let proxy = |d: &serve::Database| Endpoint {
@@ -454,10 +446,8 @@ async fn run(sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
     let (twin_server, twin) = peers::twin_redis(dir, &rdb.backend_password).await?;
     let (nutcracker, nut) = peers::nutcracker(dir, &twin).await?;
     let (ours, theirs) = (Some(dormouse.pid()), Some(haproxy.pid()));
-    if let Some(split) = &split {
-        for pid in [dormouse.pid(), haproxy.pid(), nutcracker.pid()] {
-            split.move_proxy(pid)?;
-        }
+    for pid in [dormouse.pid(), haproxy.pid(), nutcracker.pid()] {
+        layout.place_proxy(pid)?;
     }
     // Dormouse's servers are its children: found by the ports they listen on.
     let (redis_server, mariadb) =
@@ -497,7 +487,7 @@ async fn run(sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
     drop(dormouse);
     if phases("idle") {
         println!("== Many clients");
-        idle(&mut results, sizes, dir, split.as_ref()).await?;
+        idle(&mut results, sizes, dir, &layout).await?;
     }
 
     println!("\n{}", results.markdown());
@@ -505,15 +495,6 @@ async fn run(sizes: &Sizes, dir: &Path) -> anyhow::Result<()> {
         println!("- {line}");
     }
     Ok(())
-}
-
-/// `LAYOUT`: `shared` (the default: every process may run on every core) or `split`.
-fn layout() -> anyhow::Result<Option<Split>> {
-    match std::env::var("LAYOUT").as_deref() {
-        Err(_) | Ok("shared") => Ok(None),
-        Ok("split") => Split::halves().map(Some),
-        Ok(other) => anyhow::bail!("LAYOUT={other}: expected shared or split"),
-    }
 }
 
 fn main() -> anyhow::Result<()> {

@@ -6,37 +6,57 @@ use anyhow::Context;
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
 
-/// The CPUs of the two sides of the split layout.
-pub struct Split {
-    /// Load generators and database servers (and the benchmark process itself).
-    pub near: Vec<usize>,
-    /// Dormouse, haproxy and nutcracker.
-    pub proxies: Vec<usize>,
+/// Which CPUs the benchmark's processes may use.
+pub enum Layout {
+    /// Every process may run on every core.
+    Shared,
+    /// Load generators and database servers (and the benchmark process itself) on `near`;
+    /// Dormouse, haproxy and nutcracker on `proxies`.
+    Split { near: Vec<usize>, proxies: Vec<usize> },
 }
 
-impl Split {
-    /// Halves the CPUs this process may use: the lower half for the load generators and
-    /// servers, the upper half (the odd one out, if any) for the proxies.
-    pub fn halves() -> anyhow::Result<Self> {
-        let mine = sched_getaffinity(Pid::from_raw(0)).context("reading this process's CPUs")?;
-        let cpus: Vec<usize> =
-            (0..CpuSet::count()).filter(|&cpu| mine.is_set(cpu).unwrap_or(false)).collect();
-        anyhow::ensure!(cpus.len() >= 2, "the split layout needs two CPUs, this process has one");
-        let (near, proxies) = cpus.split_at(cpus.len() / 2);
-        Ok(Self { near: near.to_vec(), proxies: proxies.to_vec() })
+impl Layout {
+    /// From `LAYOUT`: `shared` (the default) or `split`, which halves the CPUs this process
+    /// may use: the lower half near, the upper half (the odd one out, if any) for the proxies.
+    pub fn from_env() -> anyhow::Result<Self> {
+        match std::env::var("LAYOUT").as_deref() {
+            Err(_) | Ok("shared") => Ok(Self::Shared),
+            Ok("split") => {
+                let cpus = cpus_of(&sched_getaffinity(Pid::from_raw(0)).context("own CPUs")?);
+                anyhow::ensure!(
+                    cpus.len() >= 2,
+                    "LAYOUT=split needs two CPUs, this process has one"
+                );
+                let (near, proxies) = cpus.split_at(cpus.len() / 2);
+                Ok(Self::Split { near: near.to_vec(), proxies: proxies.to_vec() })
+            }
+            Ok(other) => anyhow::bail!("LAYOUT={other}: expected shared or split"),
+        }
     }
 
-    /// Moves this process (every thread it has now) to the near side. Processes it starts from
-    /// now on begin there too.
+    /// Moves this process (every thread it has now) to the near side and says so. Processes it
+    /// starts from now on begin there too.
     pub fn enter_near(&self) -> anyhow::Result<()> {
-        pin(std::process::id(), &self.near)
+        let Self::Split { near, proxies } = self else { return Ok(()) };
+        println!(
+            "layout: proxies on CPUs {proxies:?}; load generators and servers on CPUs {near:?}"
+        );
+        pin(std::process::id(), near)
     }
 
     /// Moves a proxy (every thread it has now) to the proxies' side. The threads it starts
     /// later inherit that; the servers it already started stay where they are.
-    pub fn move_proxy(&self, pid: u32) -> anyhow::Result<()> {
-        pin(pid, &self.proxies)
+    pub fn place_proxy(&self, pid: u32) -> anyhow::Result<()> {
+        match self {
+            Self::Shared => Ok(()),
+            Self::Split { proxies, .. } => pin(pid, proxies),
+        }
     }
+}
+
+/// The CPUs in `set`, in order.
+fn cpus_of(set: &CpuSet) -> Vec<usize> {
+    (0..CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap_or(false)).collect()
 }
 
 /// Sets the CPUs of every thread of `pid`: affinity belongs to threads, not processes.
@@ -65,10 +85,8 @@ mod tests {
 
     #[test]
     fn a_pinned_process_runs_only_where_it_was_put() {
-        let mine = sched_getaffinity(Pid::from_raw(0)).expect("own affinity");
-        let Some(cpu) = (0..CpuSet::count()).find(|&c| mine.is_set(c).unwrap_or(false)) else {
-            panic!("no CPU at all");
-        };
+        let mine = cpus_of(&sched_getaffinity(Pid::from_raw(0)).expect("own affinity"));
+        let cpu = *mine.first().expect("no CPU at all");
         let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
         let pid = child.id();
         let pinned = pin(pid, &[cpu]);
@@ -76,9 +94,6 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         pinned.expect("pin");
-        let seen = seen.expect("child's affinity");
-        let on: Vec<usize> =
-            (0..CpuSet::count()).filter(|&c| seen.is_set(c).unwrap_or(false)).collect();
-        assert_eq!(on, vec![cpu]);
+        assert_eq!(cpus_of(&seen.expect("child's affinity")), vec![cpu]);
     }
 }
