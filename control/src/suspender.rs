@@ -1,5 +1,6 @@
 //! The idle suspender: every few seconds, each running database that has had no client
-//! sessions for its idle timeout is suspended (its server stopped cleanly, its data kept).
+//! sessions for its idle timeout is suspended (its server stopped cleanly, its data kept),
+//! after a drain long enough for remote proxies to report sessions opened on cached routes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +23,28 @@ pub async fn suspend_idle(service: &ControlService) {
         if db.status != DatabaseStatus::Running || db.idle_timeout_seconds == 0 {
             continue;
         }
+        let (tenant, name) = (db.tenant_id.as_str(), db.name.as_str());
+        let activity = service.activity();
         let timeout = Duration::from_secs(u64::from(db.idle_timeout_seconds));
-        let idle = service.activity().idle_for(&db.tenant_id, &db.name);
-        if idle.is_some_and(|idle| idle >= timeout)
-            && let Err(e) = service.suspend(&db, false).await
-        {
+        if activity.idle_for(tenant, name).is_none_or(|idle| idle < timeout) {
+            // In use again (a remote proxy reported a session): a drain, if any, ends.
+            activity.stop_draining(tenant, name);
+            continue;
+        }
+        // A remote proxy may still hold a cached route and open sessions on it that control
+        // has not heard of yet. New clients are sent to a wake (which ends the drain) while
+        // control waits for those cached routes to expire and for the reports after them.
+        if let Some(quiet) = activity.quiet_period() {
+            match activity.drain(tenant, name) {
+                None => {
+                    tracing::debug!(db = %db.name, ?quiet, "draining an idle database");
+                    continue;
+                }
+                Some(draining) if draining < quiet => continue,
+                Some(_) => {}
+            }
+        }
+        if let Err(e) = service.suspend(&db, false).await {
             tracing::warn!(db = %db.name, error = %e, "suspending an idle database");
         }
     }

@@ -9,6 +9,9 @@ use crate::mysql::pool::PoolConfig;
 use crate::routes::WakePolicy;
 use crate::tls::TlsSource;
 
+/// How long a route stays cached unless a proxy is told otherwise.
+pub const DEFAULT_ROUTE_TTL: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub redis_listen: SocketAddr,
@@ -97,7 +100,7 @@ impl ProxyConfig {
             max_client_connections: 10_000,
             failed_logins_per_second: 20,
             rsa_per_second: 100,
-            route_ttl: Duration::from_secs(2),
+            route_ttl: DEFAULT_ROUTE_TTL,
             wake: WakePolicy::default(),
             database_caps: None,
             redis: RedisConfig::default(),

@@ -167,12 +167,23 @@ pub struct Revocations {
     pub revoked: Vec<String>,
 }
 
+/// How often a remote proxy reports its sessions unless told otherwise.
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+
 /// Body of the activity endpoint: one proxy's open sessions per database.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ActivityReport {
     /// Distinguishes proxies; a proxy that stops reporting is forgotten.
     pub proxy: String,
     pub sessions: Vec<DatabaseSessions>,
+    /// How long the proxy trusts a cached route, and how often it reports. A proxy can open a
+    /// session on a cached route without asking control, and control hears of it only in a
+    /// later report, so control waits this long before it stops an idle database.
+    /// Absent from older proxies' reports: control then assumes the defaults.
+    #[serde(default)]
+    pub route_ttl_ms: Option<u64>,
+    #[serde(default)]
+    pub every_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,8 +254,15 @@ impl HttpControl {
     }
 
     /// Sends this proxy's session counts every `every` until `shutdown`: control suspends a
-    /// database only when no proxy reports sessions on it.
-    pub async fn report_activity(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+    /// database only when no proxy reports sessions on it. `route_ttl` is how long this proxy's
+    /// route cache trusts an entry.
+    pub async fn report_activity(
+        self: Arc<Self>,
+        every: Duration,
+        route_ttl: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let millis = |d: Duration| Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
@@ -261,7 +279,12 @@ impl HttpControl {
                 })
                 .collect();
             self.sessions.retain(|_, open| *open > 0);
-            let report = ActivityReport { proxy: self.proxy_id.clone(), sessions };
+            let report = ActivityReport {
+                proxy: self.proxy_id.clone(),
+                sessions,
+                route_ttl_ms: millis(route_ttl),
+                every_ms: millis(every),
+            };
             let Ok(url) = self.url(paths::ACTIVITY, &[]) else { continue };
             let sent = self.http.post(url).bearer_auth(&self.token).json(&report).send().await;
             if let Err(e) = sent {

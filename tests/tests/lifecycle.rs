@@ -1,15 +1,20 @@
 //! Scale to zero and back: idle databases are suspended, clients of both engines wake them
 //! without seeing an error, concurrent clients cause one wake, a failing wake is reported
 //! quickly to every waiting client with the server's reason and spaced out, and a suspended
-//! database survives a restart.
+//! database survives a restart. A database behind a remote proxy is drained before it is
+//! suspended, so a session opened there on a cached route keeps it awake.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dormouse_engines::{EngineKind, HostAgent, InstanceState};
+use dormouse_proxy::control::{ControlError, ControlPlane, HttpControl, REPORT_EVERY};
+use dormouse_proxy::{Proxy, ProxyConfig};
 use dormouse_tests::{Cluster, eventually, stdout};
 use mysql_async::prelude::*;
 use reqwest::Method;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 /// A cluster that looks for idle databases every 100 ms.
 async fn cluster() -> anyhow::Result<Cluster> {
@@ -344,6 +349,85 @@ async fn a_lazy_database_is_provisioned_by_its_first_client() -> anyhow::Result<
 
     assert_eq!(stdout(&cluster.redis_cli(Some("later"), Some(&token), &["PING"]).await?), "PONG");
     assert_eq!(status(&cluster, &admin, "later").await?["status"], "running");
+    cluster.stop().await;
+    Ok(())
+}
+
+/// A proxy of its own beside the cluster, as `dormouse proxy` runs on a fleet: it asks control's
+/// HTTP API for routes, caches them for `route_ttl`, and reports its sessions every second.
+async fn remote_proxy(
+    cluster: &Cluster,
+    keys_dir: &std::path::Path,
+    route_ttl: Duration,
+) -> anyhow::Result<(std::net::SocketAddr, CancellationToken)> {
+    let control = Arc::new(HttpControl::new(cluster.running().api_url(), cluster.admin_token()));
+    let config = ProxyConfig { route_ttl, ..ProxyConfig::ephemeral(keys_dir) };
+    let proxy = Proxy::bind(config, control.clone()).await?;
+    let addr = proxy.redis_addr()?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(control.report_activity(REPORT_EVERY, route_ttl, shutdown.clone()));
+    tokio::spawn(proxy.run(shutdown.clone()));
+    Ok((addr, shutdown))
+}
+
+#[tokio::test]
+async fn a_session_on_a_remote_proxys_cached_route_keeps_an_idle_database_awake()
+-> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    let (admin, tenant_id) = cluster.tenant_with_id("acme").await?;
+    let keys = tempfile::tempdir()?;
+    let (edge, stop_edge) = remote_proxy(&cluster, keys.path(), Duration::from_secs(5)).await?;
+    let token = create(
+        &cluster,
+        &admin,
+        json!({"name": "cache", "engine": "redis", "idle_timeout_seconds": 1}),
+    )
+    .await?;
+    let client = redis::Client::open(format!("redis://cache:{token}@{edge}/"))?;
+
+    // A first client makes the remote proxy cache the route, and leaves.
+    let mut first = client.get_multiplexed_async_connection().await?;
+    let _: () = redis::cmd("SET").arg("k").arg("v").query_async(&mut first).await?;
+    drop(first);
+
+    // Idle, the database is drained before it is suspended: control answers route lookups
+    // with "asleep" while its server keeps running.
+    let control = HttpControl::new(cluster.running().api_url(), cluster.admin_token());
+    eventually(Duration::from_secs(10), "cache to drain", || async {
+        matches!(control.route(&tenant_id, "cache").await, Err(ControlError::Asleep)).then_some(())
+    })
+    .await?;
+    assert_eq!(status(&cluster, &admin, "cache").await?["status"], "running");
+    let InstanceState::Running { pid, .. } = instance_state(&cluster, "cache") else {
+        anyhow::bail!("the server of a drained database stopped");
+    };
+
+    // A client arrives while the route is still cached, so control is not asked; control
+    // hears of the session in the proxy's next report, and the drain ends.
+    let mut held = client.get_multiplexed_async_connection().await?;
+    let v: String = redis::cmd("GET").arg("k").query_async(&mut held).await?;
+    assert_eq!(v, "v");
+    eventually(Duration::from_secs(5), "the drain to end", || async {
+        control.route(&tenant_id, "cache").await.ok().flatten()
+    })
+    .await?;
+    // Longer than the drain would have lasted (5 s of cached routes, two 1 s reports).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let v: String = redis::cmd("GET").arg("k").query_async(&mut held).await?;
+    assert_eq!(v, "v", "the session kept its server");
+    assert!(
+        matches!(instance_state(&cluster, "cache"), InstanceState::Running { pid: now, .. } if now == pid),
+        "the same server process still runs"
+    );
+    let raw =
+        reqwest::get(format!("{}/metrics", cluster.running().api_url())).await?.text().await?;
+    assert!(!raw.contains("dormouse_suspends_total{engine=\"redis\"} 1"), "{raw}");
+
+    // Once it leaves, the database drains again and is suspended.
+    drop(held);
+    drop(client);
+    wait_for_status(&cluster, &admin, "cache", "suspended").await?;
+    stop_edge.cancel();
     cluster.stop().await;
     Ok(())
 }

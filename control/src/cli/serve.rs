@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use dormouse_proxy::config::RedisConfig;
-use dormouse_proxy::control::HttpControl;
+use dormouse_proxy::control::{HttpControl, REPORT_EVERY};
 use dormouse_proxy::tls::TlsSource;
 use dormouse_proxy::{Proxy, ProxyConfig};
 use tokio_util::sync::CancellationToken;
@@ -160,14 +160,14 @@ pub async fn proxy(cli: &Cli, args: &ProxyArgs) -> anyhow::Result<()> {
     up::install_crypto_provider();
     let token = super::client::token_or_admin(cli)?;
     let control = Arc::new(HttpControl::new(args.control.clone(), token));
-    let proxy = Proxy::bind(proxy_config(cli, &args.proxy), control.clone())
-        .await
-        .context("starting the proxy")?;
+    let config = proxy_config(cli, &args.proxy);
+    let route_ttl = config.route_ttl;
+    let proxy = Proxy::bind(config, control.clone()).await.context("starting the proxy")?;
     println!("dormouse proxy is up");
     println!("  Redis:  {}", proxy.redis_addr()?);
     println!("  MySQL:  {}", proxy.mysql_addr()?);
     let shutdown = shutdown_on_signal()?;
-    tokio::spawn(control.clone().report_activity(Duration::from_secs(1), shutdown.clone()));
+    tokio::spawn(control.clone().report_activity(REPORT_EVERY, route_ttl, shutdown.clone()));
     proxy.run(shutdown).await;
     Ok(())
 }

@@ -98,6 +98,6 @@ pub async fn activity(
     Json(report): Json<ActivityReport>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     operator_only(&caller)?;
-    state.service.activity().report(&report.proxy, &report.sessions);
+    state.service.activity().report(&report);
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
