@@ -37,8 +37,13 @@ pub struct UpConfig {
     pub api_listen: SocketAddr,
     /// `None` runs control without the proxy (`dormouse control`).
     pub proxy: Option<ProxyConfig>,
-    /// Host name put in connection strings; defaults to the proxy's listen address.
+    /// Host name put in connection strings; defaults to the proxy's listen address (the API's
+    /// without an in-process proxy).
     pub public_host: Option<String>,
+    /// Ports put in connection strings, where clients reach the proxies' Redis and MySQL
+    /// listeners; default to the in-process proxy's. Without an in-process proxy, they are
+    /// where `dormouse proxy` (or a load balancer in front of several) listens.
+    pub public_ports: Option<PublicPorts>,
     pub reconcile_every: Duration,
     /// Pre-initialised engine data directories (MariaDB), made once and copied per database.
     /// Safe to share between installations on one host.
@@ -47,6 +52,22 @@ pub struct UpConfig {
     pub idle_check_every: Duration,
     /// Provisioned, stopped instances kept ready per engine, so creating is as fast as waking.
     pub warm_pool: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublicPorts {
+    pub redis: u16,
+    pub mysql: u16,
+}
+
+/// Where connection strings send clients: the configured host, else the address the nearest
+/// listener is bound to (loopback when it is bound to every address).
+fn public_endpoints(config: &UpConfig, bound: SocketAddr, ports: PublicPorts) -> PublicEndpoints {
+    let host = config.public_host.clone().unwrap_or_else(|| match bound.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        ip => ip.to_string(),
+    });
+    PublicEndpoints { host, redis_port: Some(ports.redis), mysql_port: Some(ports.mysql) }
 }
 
 /// The proxy's key material (TLS certificate, MySQL RSA key) within the data directory.
@@ -64,6 +85,7 @@ impl UpConfig {
             data_dir,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             public_host: None,
+            public_ports: None,
             reconcile_every: Duration::from_secs(10),
             idle_check_every: Duration::from_secs(5),
             warm_pool: 1,
@@ -227,17 +249,13 @@ pub async fn start(config: UpConfig, shutdown: CancellationToken) -> anyhow::Res
         mysql_addr = Some(mysql);
         mysql_pool = Some(proxy.mysql_pool());
         service.metrics().add_backend_pool(proxy.mysql_pool());
-        let host = config.public_host.clone().unwrap_or_else(|| match redis.ip() {
-            ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
-            ip => ip.to_string(),
-        });
-        service.set_endpoints(PublicEndpoints {
-            host,
-            redis_port: Some(redis.port()),
-            mysql_port: Some(mysql.port()),
-        });
+        let ports =
+            config.public_ports.unwrap_or(PublicPorts { redis: redis.port(), mysql: mysql.port() });
+        service.set_endpoints(public_endpoints(&config, redis, ports));
         health.set_proxy_ready(true);
         tasks.spawn(proxy.run(shutdown.clone()));
+    } else if let Some(ports) = config.public_ports {
+        service.set_endpoints(public_endpoints(&config, api_addr, ports));
     }
 
     let app = router(AppState { service: service.clone(), health });

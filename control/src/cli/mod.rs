@@ -102,6 +102,13 @@ pub struct UpArgs {
 pub struct ControlArgs {
     #[command(flatten)]
     pub listen: ListenArgs,
+    /// Port clients reach the proxies' Redis listener on, for connection strings (where
+    /// `dormouse proxy` listens, or the load balancer in front of several).
+    #[arg(long, env = "DORMOUSE_PUBLIC_REDIS_PORT", default_value_t = 6380)]
+    pub public_redis_port: u16,
+    /// Port clients reach the proxies' MySQL listener on, for connection strings.
+    #[arg(long, env = "DORMOUSE_PUBLIC_MYSQL_PORT", default_value_t = 3307)]
+    pub public_mysql_port: u16,
 }
 
 #[derive(Debug, Args)]

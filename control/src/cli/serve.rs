@@ -15,7 +15,7 @@ use dormouse_engines::EngineKind;
 
 use super::{Cli, ControlArgs, ListenArgs, ProxyArgs, ProxyListenArgs, UpArgs};
 use crate::service::NewDatabase;
-use crate::up::{self, UpConfig};
+use crate::up::{self, PublicPorts, UpConfig};
 
 fn proxy_config(cli: &Cli, args: &ProxyListenArgs) -> ProxyConfig {
     let keys_dir = up::proxy_keys_dir(&cli.data_dir);
@@ -40,6 +40,7 @@ fn up_config(cli: &Cli, listen: &ListenArgs, proxy: Option<ProxyConfig>) -> UpCo
         api_listen: listen.api_listen,
         proxy,
         public_host: listen.public_host.clone(),
+        public_ports: None,
         reconcile_every: Duration::from_secs(10),
         templates_dir: cli.data_dir.join("templates"),
         idle_check_every: Duration::from_secs(5),
@@ -147,7 +148,8 @@ fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
 
 pub async fn control(cli: &Cli, args: &ControlArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal()?;
-    let config = up_config(cli, &args.listen, None);
+    let ports = PublicPorts { redis: args.public_redis_port, mysql: args.public_mysql_port };
+    let config = UpConfig { public_ports: Some(ports), ..up_config(cli, &args.listen, None) };
     let running = up::start(config, shutdown).await?;
     println!("dormouse control is up");
     println!("  API:    {}", running.api_url());
