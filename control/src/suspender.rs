@@ -19,12 +19,14 @@ pub async fn suspend_idle(service: &ControlService) {
             return;
         }
     };
+    let activity = service.activity();
+    // The same for every database in this pass: which remote proxies report is per proxy.
+    let quiet_period = activity.quiet_period();
     for db in databases {
         if db.status != DatabaseStatus::Running || db.idle_timeout_seconds == 0 {
             continue;
         }
         let (tenant, name) = (db.tenant_id.as_str(), db.name.as_str());
-        let activity = service.activity();
         let timeout = Duration::from_secs(u64::from(db.idle_timeout_seconds));
         if activity.idle_for(tenant, name).is_none_or(|idle| idle < timeout) {
             // In use again (a remote proxy reported a session): a drain, if any, ends.
@@ -34,7 +36,7 @@ pub async fn suspend_idle(service: &ControlService) {
         // A remote proxy may still hold a cached route and open sessions on it that control
         // has not heard of yet. New clients are sent to a wake (which ends the drain) while
         // control waits for those cached routes to expire and for the reports after them.
-        if let Some(quiet) = activity.quiet_period() {
+        if let Some(quiet) = quiet_period {
             match activity.drain(tenant, name) {
                 None => {
                     tracing::debug!(db = %db.name, ?quiet, "draining an idle database");
