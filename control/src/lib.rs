@@ -7,6 +7,7 @@
 //! - [`keys`]: the token-signing key, JWKS.
 //! - [`lifecycle`]: database status transitions, instance start and destroy.
 //! - [`service`]: the operations (tenants, databases, tokens, routes).
+//! - [`access`]: repairing a database's internal accounts when a session changed them.
 //! - [`activity`]: client sessions per database, as proxies report them.
 //! - [`reconciler`]: moves observed state toward intent.
 //! - [`suspender`]: suspends databases idle for longer than their timeout.
@@ -16,6 +17,7 @@
 //! - [`up`]: wiring for `dormouse up` and `dormouse control`.
 //! - [`cli`]: the command line, including the REST client commands.
 
+pub mod access;
 pub mod activity;
 pub mod api;
 pub mod cli;

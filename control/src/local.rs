@@ -30,6 +30,10 @@ impl ControlPlane for LocalControl {
         self.0.wake(tenant, database).await
     }
 
+    async fn repair_access(&self, tenant: &str, database: &str) -> Result<(), ControlError> {
+        self.0.repair_access(tenant, database).await.map(|_| ())
+    }
+
     fn session_opened(&self, tenant: &str, database: &str) {
         self.0.activity().opened(tenant, database);
     }

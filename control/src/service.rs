@@ -119,6 +119,7 @@ pub struct ControlService {
     activity: ActivityBook,
     metrics: Metrics,
     hooks: RwLock<Vec<EventHook>>,
+    access_repairs: crate::access::AccessRepairs,
 }
 
 impl ControlService {
@@ -137,7 +138,12 @@ impl ControlService {
             activity: ActivityBook::default(),
             metrics: Metrics::new(),
             hooks: RwLock::default(),
+            access_repairs: Default::default(),
         })
+    }
+
+    pub fn access_repairs(&self) -> &crate::access::AccessRepairs {
+        &self.access_repairs
     }
 
     pub fn activity(&self) -> &ActivityBook {
@@ -267,6 +273,12 @@ impl ControlService {
             field: "engine",
             message: format!("unknown engine {:?}: expected \"mysql\" or \"redis\"", req.engine),
         })?;
+        if let Some(why) = engine.reserved(name) {
+            return Err(ServiceError::Invalid {
+                field: "name",
+                message: format!("the name {name:?} is reserved for {engine} databases ({why})"),
+            });
+        }
         let plan_name = req.plan.as_deref().unwrap_or(names::DEFAULT_PLAN);
         if names::plan(plan_name).is_none() {
             return Err(ServiceError::Invalid {

@@ -57,6 +57,9 @@ pub trait HostAgent: Send + Sync {
     async fn stop(&self, id: &InstanceId) -> Result<(), AgentError>;
     /// Stops the server and deletes its data.
     async fn destroy(&self, id: &InstanceId) -> Result<(), AgentError>;
+    /// Puts the internal accounts of a running instance back as they must be, when a session
+    /// changed them (a tenant's `SET PASSWORD`) and the proxy can no longer log in.
+    async fn repair_access(&self, id: &InstanceId) -> Result<(), AgentError>;
     /// Observed state of the instance's server.
     fn state(&self, id: &InstanceId) -> InstanceState;
     /// Where the instance listens while it is running.
@@ -310,6 +313,13 @@ impl HostAgent for LocalAgent {
         drop(_guard);
         self.locks.remove(id);
         Ok(())
+    }
+
+    async fn repair_access(&self, id: &InstanceId) -> Result<(), AgentError> {
+        let supervisor = self.supervisors.get(id).map(|s| s.clone());
+        let supervisor =
+            supervisor.ok_or_else(|| EngineError::Failed("the server is not running".into()))?;
+        Ok(supervisor.repair_access().await?)
     }
 
     fn state(&self, id: &InstanceId) -> InstanceState {

@@ -50,6 +50,10 @@ pub enum ProbeError {
     Loading,
     #[error("unexpected answer: {0}")]
     Unexpected(String),
+    /// The server is up but refused the internal user's login: not ready yet, unless the
+    /// server's own setup failed (see [`Engine::setup_failure`]).
+    #[error("login refused: {0}")]
+    Refused(String),
     #[error("timed out")]
     Timeout,
 }
@@ -74,6 +78,19 @@ pub trait Engine: Send + Sync + 'static {
 
     /// One readiness probe: connect, authenticate as the internal user, ask something trivial.
     async fn probe(&self, instance: &Instance) -> Result<(), ProbeError>;
+
+    /// Why the server's own setup failed, read from what this start wrote to its log, when the
+    /// server answers a probe but the probe fails: a start that will never become ready fails
+    /// at once with the server's reason instead of at its deadline.
+    fn setup_failure(&self, _log: &str) -> Option<String> {
+        None
+    }
+
+    /// Puts the internal accounts back as the instance needs them (password, privileges) on
+    /// the running server, when the proxy could no longer log in with them.
+    async fn repair_access(&self, _instance: &Instance) -> Result<(), EngineError> {
+        Ok(())
+    }
 
     /// The Unix socket the server in `dir` also listens on, if it has one; clients on the
     /// same host (the proxy) skip the TCP stack through it.

@@ -24,6 +24,18 @@ impl EngineKind {
             EngineKind::Mysql => "mysql",
         }
     }
+
+    /// Names a database of this engine may not take, with why: a MySQL database's name is
+    /// its schema's, and these schemas belong to the server (`test` is one by convention: some
+    /// installations grant every user rights on it and on `test_%`).
+    pub fn reserved(self, name: &str) -> Option<&'static str> {
+        const MYSQL: &[&str] =
+            &["mysql", "sys", "performance_schema", "information_schema", "test"];
+        match self {
+            EngineKind::Mysql if MYSQL.contains(&name) => Some("a MariaDB system schema"),
+            EngineKind::Mysql | EngineKind::Redis => None,
+        }
+    }
 }
 
 impl fmt::Display for EngineKind {
@@ -162,6 +174,15 @@ mod tests {
         assert!(InstanceId::new("").is_err());
         assert!(InstanceId::new("A").is_err());
         assert!(InstanceId::new(InstanceId::generate().as_str()).is_ok());
+    }
+
+    #[test]
+    fn system_schemas_are_reserved_for_mysql_only() {
+        for name in ["mysql", "sys", "performance_schema", "information_schema", "test"] {
+            assert!(EngineKind::Mysql.reserved(name).is_some(), "{name}");
+            assert!(EngineKind::Redis.reserved(name).is_none(), "{name}");
+        }
+        assert!(EngineKind::Mysql.reserved("m_sql").is_none(), "escaped in grants instead");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Engine, EngineError, Instance};
+use crate::engine::{Engine, EngineError, Instance, ProbeError};
 use crate::ports;
 use crate::process::{ManagedProcess, log_end, log_since, log_tail};
 use crate::spec::{Endpoint, InstanceSpec};
@@ -64,12 +64,14 @@ impl RestartPolicy {
 }
 
 /// Handle to an instance's supervising task.
-#[derive(Debug)]
 pub struct Supervisor {
     state: watch::Receiver<InstanceState>,
     stop: CancellationToken,
     /// The server's Unix socket, if its engine gives it one.
     socket: Option<PathBuf>,
+    engine: Arc<dyn Engine>,
+    spec: InstanceSpec,
+    dir: PathBuf,
 }
 
 impl Supervisor {
@@ -83,8 +85,18 @@ impl Supervisor {
         let (tx, rx) = watch::channel(InstanceState::Starting);
         let stop = CancellationToken::new();
         let socket = engine.socket(&dir);
-        tokio::spawn(supervise(engine, spec, dir, policy, tx, stop.clone()));
-        Self { state: rx, stop, socket }
+        let task = supervise(engine.clone(), spec.clone(), dir.clone(), policy, tx, stop.clone());
+        tokio::spawn(task);
+        Self { state: rx, stop, socket, engine, spec, dir }
+    }
+
+    /// Puts the internal accounts back on the running server (see [`Engine::repair_access`]).
+    pub async fn repair_access(&self) -> Result<(), EngineError> {
+        let InstanceState::Running { port, .. } = *self.state.borrow() else {
+            return Err(EngineError::Failed("the server is not running".into()));
+        };
+        let instance = Instance { spec: self.spec.clone(), dir: self.dir.clone(), port };
+        self.engine.repair_access(&instance).await
     }
 
     pub fn state(&self) -> InstanceState {
@@ -147,6 +159,8 @@ impl Drop for Supervisor {
 enum StartError {
     Stopped,
     Failed(String),
+    /// Failed in a way another start cannot mend (the server's own setup failed).
+    Fatal(String),
 }
 
 async fn supervise(
@@ -204,6 +218,11 @@ async fn supervise(
                 state.send_replace(InstanceState::Stopped);
                 return;
             }
+            Err(StartError::Fatal(reason)) => {
+                tracing::error!(instance = %id, %reason, "server setup failed; not restarting it");
+                state.send_replace(InstanceState::Failed { reason });
+                return;
+            }
             Err(StartError::Failed(reason)) => {
                 failed_starts += 1;
                 if !ever_ready && failed_starts >= policy.max_start_failures {
@@ -230,6 +249,10 @@ async fn supervise(
 
 /// How much of a failed start's log its error carries.
 const START_LOG: usize = 2000;
+
+/// How much of a start's log is searched for the server's setup failure (the start's own
+/// lines, uncut: the failure sits among the start-up notes).
+const SETUP_LOG: usize = 256 * 1024;
 
 /// Launches the server and polls its readiness until the engine's start deadline.
 async fn start_once(
@@ -258,6 +281,13 @@ async fn start_once(
             Ok(()) => return Ok(process),
             Err(e) => e,
         };
+        // The server answered (its setup has run by then): did the setup fail?
+        if !matches!(last, ProbeError::Connect(_) | ProbeError::Timeout)
+            && let Some(reason) = engine.setup_failure(&log_since(log, from, SETUP_LOG))
+        {
+            let _ = process.stop(engine.stop_timeout()).await;
+            return Err(StartError::Fatal(reason));
+        }
         if Instant::now() >= deadline {
             let _ = process.stop(engine.stop_timeout()).await;
             return Err(StartError::Failed(format!(

@@ -111,3 +111,39 @@ async fn instances_of_one_template_are_independent() -> anyhow::Result<()> {
     agent.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failing_setup_fails_the_start_at_once_with_the_servers_reason() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let engine: Arc<dyn Engine> = Arc::new(MariaDbEngine::detect(tmp.path().join("templates"))?);
+    let agent =
+        LocalAgent::new(tmp.path().join("instances"), vec![engine], RestartPolicy::default())?;
+    // Control refuses this name; here it stands for any setup statement the server rejects.
+    let spec = spec("information_schema");
+    let started = std::time::Instant::now();
+    let e = agent.start(&spec).await.expect_err("cannot grant on information_schema");
+    let reason = e.to_string();
+    assert!(reason.contains("setup failed") && reason.contains("1044"), "{reason}");
+    // Not the 120 s start deadline, and not restarted.
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(matches!(agent.state(&spec.id), InstanceState::Stopped | InstanceState::Failed { .. }));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_changed_internal_password_is_repaired_on_the_running_server() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let engine: Arc<dyn Engine> = Arc::new(MariaDbEngine::detect(tmp.path().join("templates"))?);
+    let agent =
+        LocalAgent::new(tmp.path().join("instances"), vec![engine], RestartPolicy::default())?;
+    let spec = spec("my_app");
+    let ep = agent.start(&spec).await?.endpoint;
+    sql(ep.port, &spec, "SET PASSWORD = PASSWORD('stolen')").await?;
+    assert!(sql(ep.port, &spec, "SELECT 1").await.is_err(), "the password changed");
+    agent.repair_access(&spec.id).await?;
+    assert_eq!(sql(ep.port, &spec, "SELECT 1").await?, "1");
+    let grants = sql(ep.port, &spec, "SHOW GRANTS").await?;
+    assert!(grants.contains("`my\\\\_app`.*"), "{grants}");
+    agent.destroy(&spec.id).await?;
+    Ok(())
+}

@@ -144,6 +144,11 @@ pub trait ControlPlane: Send + Sync {
     /// Starts a sleeping database and returns its route once it is ready. Concurrent calls for
     /// one database share one start.
     async fn wake(&self, tenant: &str, database: &str) -> Result<Option<Route>, ControlError>;
+    /// The database's server refused the proxy's internal account (a session changed its
+    /// password): has control put the account back, so the next login works.
+    async fn repair_access(&self, _tenant: &str, _database: &str) -> Result<(), ControlError> {
+        Err(ControlError::Unavailable("this control plane cannot repair accounts".into()))
+    }
     /// A client session on the database began (after authentication).
     fn session_opened(&self, tenant: &str, database: &str);
     /// A client session on the database ended.
@@ -349,6 +354,20 @@ impl ControlPlane for HttpControl {
             .await
             .map_err(|e| ControlError::Unavailable(e.to_string()))?;
         decode(paths::ROUTES, resp).await
+    }
+
+    async fn repair_access(&self, tenant: &str, database: &str) -> Result<(), ControlError> {
+        let resp = self
+            .http
+            .post(self.url(paths::ROUTES, &[tenant, database, "repair"])?)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        match resp.status() {
+            s if s.is_success() => Ok(()),
+            s => Err(ControlError::Unavailable(format!("repairing accounts: HTTP {s}"))),
+        }
     }
 
     fn session_opened(&self, tenant: &str, database: &str) {

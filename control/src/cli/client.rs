@@ -160,12 +160,16 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
                 let failure = &body["last_error"];
                 if failure.is_object() {
                     let starts = failure["failed_starts"].as_u64().unwrap_or_default();
+                    let in_a_row = match starts {
+                        0 => String::new(),
+                        1 => "; 1 failed start in a row".into(),
+                        n => format!("; {n} failed starts in a row"),
+                    };
                     println!(
-                        "{:<11} {} (at {}; {starts} failed {} in a row)",
+                        "{:<11} {} (at {}{in_a_row})",
                         "last error",
                         text(failure, "reason"),
                         text(failure, "at"),
-                        if starts == 1 { "start" } else { "starts" },
                     );
                 }
                 println!("{:<11} {}", "connect", text(&body["connection"], "command"));

@@ -123,8 +123,20 @@ pub const READONLY_USER: &str = "dormouse_ro";
 /// routines a client creates are defined by whichever one its backend connection used.
 pub fn render_init_sql(instance: &Instance) -> String {
     let schema = quote_ident(&instance.spec.name);
-    let hash = native_password_hash(instance.spec.password.expose());
     let mut sql = format!("CREATE DATABASE IF NOT EXISTS {schema};\n");
+    sql.push_str(&render_accounts_sql(instance));
+    sql
+}
+
+/// The statements that put the internal accounts back as they must be: their password, and
+/// exactly their privileges on the schema. Revoking everything first undoes whatever a
+/// session managed to change (a `SET PASSWORD`, privileges written into the grant tables) and
+/// grants an earlier version made. Run by `init.sql` at every start and by
+/// [`super::MariaDbEngine`]'s repair while the server runs.
+pub fn render_accounts_sql(instance: &Instance) -> String {
+    let pattern = quote_ident(&grant_pattern(&instance.spec.name));
+    let hash = native_password_hash(instance.spec.password.expose());
+    let mut sql = String::new();
     for host in ["127.0.0.1", "localhost"] {
         for (name, grant) in
             [(INTERNAL_USER, "ALL PRIVILEGES"), (READONLY_USER, "SELECT, SHOW VIEW")]
@@ -133,12 +145,27 @@ pub fn render_init_sql(instance: &Instance) -> String {
             let _ = write!(
                 sql,
                 "CREATE USER IF NOT EXISTS {user} IDENTIFIED BY PASSWORD '{hash}';\n\
-                 ALTER USER {user} IDENTIFIED BY PASSWORD '{hash}';\n\
-                 GRANT {grant} ON {schema}.* TO {user};\n"
+                 ALTER USER {user} IDENTIFIED BY PASSWORD '{hash}' ACCOUNT UNLOCK;\n\
+                 REVOKE ALL PRIVILEGES, GRANT OPTION FROM {user};\n\
+                 GRANT {grant} ON {pattern}.* TO {user};\n"
             );
         }
     }
     sql
+}
+
+/// A schema name as a `GRANT` pattern that matches that schema alone: `_` and `%` are
+/// wildcards there (a grant on `m_sql` would also cover `mysql`), so they and the escape
+/// character itself are escaped with a backslash.
+pub fn grant_pattern(schema: &str) -> String {
+    let mut out = String::with_capacity(schema.len() + 4);
+    for c in schema.chars() {
+        if matches!(c, '_' | '%' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Whether the agent runs as root (then mariadbd needs `user=root`).
@@ -180,8 +207,22 @@ mod tests {
         assert!(sql.contains("GRANT SELECT, SHOW VIEW ON `my-db`.* TO 'dormouse_ro'@'127.0.0.1';"));
         assert!(sql.contains("GRANT ALL PRIVILEGES ON `my-db`.* TO 'dormouse'@'localhost';"));
         assert!(sql.contains("GRANT SELECT, SHOW VIEW ON `my-db`.* TO 'dormouse_ro'@'localhost';"));
+        assert!(sql.contains("REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'dormouse'@'localhost';"));
         assert!(!sql.contains("*.*"));
-        assert_eq!(sql.lines().count(), 13);
+        assert_eq!(sql.lines().count(), 17);
+    }
+
+    #[test]
+    fn grants_match_the_schema_alone() {
+        assert_eq!(grant_pattern("m_sql"), "m\\_sql");
+        assert_eq!(grant_pattern("a%b\\c"), "a\\%b\\\\c");
+        assert_eq!(grant_pattern("shop-1"), "shop-1");
+        let mut wild = instance();
+        wild.spec.name = "m_sql".into();
+        let sql = render_init_sql(&wild);
+        assert!(sql.starts_with("CREATE DATABASE IF NOT EXISTS `m_sql`;\n"), "{sql}");
+        assert!(sql.contains("GRANT ALL PRIVILEGES ON `m\\_sql`.* TO 'dormouse'@'localhost';"));
+        assert!(!sql.contains("ON `m_sql`"), "{sql}");
     }
 
     #[test]

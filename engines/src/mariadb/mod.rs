@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use config::{INTERNAL_USER, READONLY_USER, SOCKET_FILE, native_password_hash, quote_ident};
-use config::{TMP_DIR, render_init_sql, render_my_cnf, running_as_root};
+pub use config::{
+    INTERNAL_USER, READONLY_USER, SOCKET_FILE, grant_pattern, native_password_hash, quote_ident,
+};
+use config::{TMP_DIR, render_accounts_sql, render_init_sql, render_my_cnf, running_as_root};
 use template::{Template, copy_tree};
 
 use crate::engine::{Engine, EngineError, Instance, Launch, ProbeError, find_program, socket_path};
@@ -22,6 +24,8 @@ use crate::spec::{EngineKind, InstanceSpec};
 /// Runs `mariadbd` processes.
 pub struct MariaDbEngine {
     server: PathBuf,
+    /// The `mariadb` client, which repairs the internal accounts as root over the socket.
+    client: Option<PathBuf>,
     template: Template,
 }
 
@@ -45,7 +49,8 @@ impl MariaDbEngine {
         // Absolute, as the bootstrap's paths are read after it changes directory.
         let root = std::path::absolute(template_root.into())
             .map_err(EngineError::io("resolving the template directory"))?;
-        Ok(Self { server, template: Template::new(root, install_db, version) })
+        let client = find_program("mariadb");
+        Ok(Self { server, client, template: Template::new(root, install_db, version) })
     }
 
     /// Builds the template now rather than at the first create.
@@ -102,6 +107,53 @@ impl Engine for MariaDbEngine {
             program: self.server.clone(),
             args: vec![format!("--defaults-file={}", cnf.display()).into()],
         })
+    }
+
+    /// An `init.sql` statement that fails stops the file there, and the server logs it as
+    /// `ERROR: <code>  <message>` and goes on without the internal users: no probe would pass.
+    fn setup_failure(&self, log: &str) -> Option<String> {
+        let line = log.lines().find(|l| l.starts_with("ERROR: "))?;
+        Some(format!("the database's setup failed: {}", line.trim()))
+    }
+
+    /// Runs the account statements of `init.sql` as root over the Unix socket (root exists only
+    /// at `localhost`, which is the socket, inside the instance's private directory). The
+    /// socket is named relative to the instance directory so a deep path still fits, and the
+    /// statements go through stdin, never the command line other users can read.
+    async fn repair_access(&self, instance: &Instance) -> Result<(), EngineError> {
+        use tokio::io::AsyncWriteExt;
+        let client = self
+            .client
+            .as_ref()
+            .ok_or(EngineError::NotInstalled { program: "mariadb", package: "mariadb-client" })?;
+        let mut child = tokio::process::Command::new(client)
+            .args(["--no-defaults", "--user=root", "--batch", "--silent"])
+            .arg(format!("--socket={SOCKET_FILE}"))
+            .current_dir(&instance.dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(EngineError::io("running mariadb"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(render_accounts_sql(instance).as_bytes())
+                .await
+                .map_err(EngineError::io("writing to mariadb"))?;
+        }
+        let run = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output());
+        let out = run
+            .await
+            .map_err(|_| EngineError::Failed("repairing the internal accounts timed out".into()))?
+            .map_err(EngineError::io("running mariadb"))?;
+        if !out.status.success() {
+            return Err(EngineError::Failed(format!(
+                "repairing the internal accounts failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
     }
 
     fn socket(&self, dir: &Path) -> Option<PathBuf> {

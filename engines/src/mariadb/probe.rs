@@ -64,7 +64,10 @@ pub async fn login(port: u16, user: &str, password: &str, schema: &str) -> Resul
             let _ = stream.write_all(&[1, 0, 0, 0, 0x01]).await;
             Ok(())
         }
-        Some(0xff) => Err(ProbeError::Unexpected(error_text(&reply))),
+        Some(0xff) => Err(ProbeError::Refused(error_text(&reply))),
+        // An account made with `mysql_native_password` is never asked to switch: the server
+        // asks that of accounts it does not have (so as not to say they do not exist).
+        Some(0xfe) => Err(ProbeError::Refused("no such account with a native password".into())),
         _ => Err(ProbeError::Unexpected("unexpected authentication exchange".into())),
     }
 }

@@ -69,6 +69,11 @@ impl BackendError {
             _ => false,
         }
     }
+
+    /// The server refused the internal account's login (wrong password).
+    pub fn is_login_refused(&self) -> bool {
+        matches!(self, BackendError::Refused(e) if e.code == 1045)
+    }
 }
 
 fn io_err(e: std::io::Error) -> BackendError {

@@ -113,20 +113,47 @@ impl std::fmt::Display for MyError {
     }
 }
 
-/// `message` with every account of the internal user (`'dormouse'@'localhost'`) named as the
-/// client's (`'shop'@'%'`), or `None` when it names none: the internal user's name never
-/// reaches the client, which knows itself by the database's name.
+/// `message` with every account of the internal user (`'dormouse'@'localhost'`, or with
+/// backticks as `SHOW GRANTS` writes it) named as the client's (`'shop'@'%'`), or `None` when
+/// it names none: the internal user's name never reaches the client, which knows itself by
+/// the database's name.
 fn named_for_client(message: &[u8], internal: &str, client: &str) -> Option<Vec<u8>> {
-    let needle = format!("'{internal}'@'");
+    let quoted = renamed(message, b'\'', internal, client);
+    let backticked = renamed(quoted.as_deref().unwrap_or(message), b'`', internal, client);
+    backticked.or(quoted)
+}
+
+fn renamed(message: &[u8], quote: u8, internal: &str, client: &str) -> Option<Vec<u8>> {
+    let q = char::from(quote);
+    let needle = format!("{q}{internal}{q}@{q}");
     let mut rest = message;
     let mut out = Vec::with_capacity(message.len());
     let mut found = false;
     while let Some(at) = rest.windows(needle.len()).position(|w| w == needle.as_bytes()) {
         let host = at + needle.len();
-        let Some(close) = rest[host..].iter().position(|&b| b == b'\'') else { break };
+        let Some(close) = rest[host..].iter().position(|&b| b == quote) else { break };
         out.extend_from_slice(&rest[..at]);
-        out.extend_from_slice(format!("'{client}'@'%'").as_bytes());
+        out.extend_from_slice(format!("{q}{client}{q}@{q}%{q}").as_bytes());
         rest = &rest[host + close + 1..];
+        found = true;
+    }
+    out.extend_from_slice(rest);
+    found.then_some(out)
+}
+
+/// `text` without the password hash of any ` IDENTIFIED BY PASSWORD '…'` clause (what
+/// `SHOW GRANTS` and `SHOW CREATE USER` print for the internal account), or `None` when it has
+/// none. The hash is as good as the password for a native-password login.
+fn without_password(text: &[u8]) -> Option<Vec<u8>> {
+    const CLAUSE: &[u8] = b" IDENTIFIED BY PASSWORD '";
+    let mut rest = text;
+    let mut out = Vec::with_capacity(text.len());
+    let mut found = false;
+    while let Some(at) = rest.windows(CLAUSE.len()).position(|w| w.eq_ignore_ascii_case(CLAUSE)) {
+        let hash = at + CLAUSE.len();
+        let Some(close) = rest[hash..].iter().position(|&b| b == b'\'') else { break };
+        out.extend_from_slice(&rest[..at]);
+        rest = &rest[hash + close + 1..];
         found = true;
     }
     out.extend_from_slice(rest);
@@ -158,7 +185,9 @@ pub fn row_in_clients_terms(payload: &[u8], internal: &str, client: &str) -> Opt
         }
         let start = pos;
         let value = super::ok::lenenc_bytes(payload, &mut pos)?;
-        match named_for_client(value, internal, client) {
+        let named = named_for_client(value, internal, client);
+        let hidden = without_password(named.as_deref().unwrap_or(value));
+        match hidden.or(named) {
             Some(named) => {
                 super::ok::put_lenenc(&mut out, named.len() as u64);
                 out.extend_from_slice(&named);
@@ -245,6 +274,23 @@ mod tests {
         assert_eq!(out, want);
         assert_eq!(row_in_clients_terms(b"\x07Warning\x041365", "dormouse", "shop"), None);
         assert_eq!(row_in_clients_terms(b"\x09cut", "dormouse", "shop"), None, "malformed");
+    }
+
+    #[test]
+    fn grants_rows_name_the_client_and_hide_the_password_hash() {
+        let grant = "GRANT USAGE ON *.* TO `dormouse`@`127.0.0.1` IDENTIFIED BY PASSWORD \
+                     '*D821809F681A40A6E379B50D0463EFAE20BDD122'";
+        let mut row = vec![grant.len() as u8];
+        row.extend_from_slice(grant.as_bytes());
+        let out = row_in_clients_terms(&row, "dormouse", "shop").expect("rewritten");
+        let want = "GRANT USAGE ON *.* TO `shop`@`%`";
+        assert_eq!(out, [&[want.len() as u8][..], want.as_bytes()].concat());
+        let create = "CREATE USER `x`@`h` IDENTIFIED BY PASSWORD '*AB' ACCOUNT LOCK";
+        let mut row = vec![create.len() as u8];
+        row.extend_from_slice(create.as_bytes());
+        let out = row_in_clients_terms(&row, "dormouse", "shop").expect("rewritten");
+        assert!(!String::from_utf8_lossy(&out).contains("*AB"));
+        assert!(String::from_utf8_lossy(&out).ends_with("`x`@`h` ACCOUNT LOCK"));
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! responses end), `ok` (OK packets and session tracking), `sql` (statement inspection),
 //! `state` (what a client's session holds, pins), `statements` (proxy statement ids),
 //! `prepared` (statements prepared on a backend connection),
-//! `command` (what a command is), `relay` (one response), `session` (the command loop).
+//! `command` (what a command is), `policy` (statements refused), `relay` (one response), `session` (the command loop).
 
 pub mod backend;
 pub mod command;
@@ -27,6 +27,7 @@ pub mod fastauth;
 pub mod login;
 pub mod ok;
 pub mod packet;
+pub mod policy;
 pub mod pool;
 pub mod prepared;
 pub mod relay;
@@ -198,7 +199,7 @@ impl MysqlFrontend {
         let known: &Route = route;
         let open = || async {
             let fresher = refreshed.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let conn =
+            let mut conn =
                 match self.connect(fresher.as_ref().unwrap_or(known), identity, flavour).await {
                     Err(e) if e.may_be_stale() => {
                         self.routes.invalidate(&identity.tenant, &identity.database);
@@ -213,6 +214,18 @@ impl MysqlFrontend {
                     }
                     other => other,
                 };
+            // Refused on a fresh route too: a session changed the internal account (its own
+            // password, which the server lets any account change). Control puts it back.
+            if matches!(&conn, Err(e) if e.is_login_refused()) {
+                match self.control.repair_access(&identity.tenant, &identity.database).await {
+                    Ok(()) => {
+                        let fresher = refreshed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        let route = fresher.as_ref().unwrap_or(known);
+                        conn = self.connect(route, identity, flavour).await;
+                    }
+                    Err(e) => tracing::warn!(db = %identity.database, error = %e, "account repair"),
+                }
+            }
             if let Ok(conn) = &conn {
                 self.learn_version(conn);
             }

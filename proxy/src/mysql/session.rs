@@ -15,6 +15,7 @@ use super::backend::BackendError;
 use super::command::{ChangeUser, Command, classify, kill_refusal};
 use super::errors::{MyError, ok_payload};
 use super::packet::{Packet, PacketStream};
+use super::policy;
 use super::pool::{Flavour, Lease, Reservation, Return};
 use super::relay::{ClientView, End, Relayed, lost, relay};
 use super::response::{SERVER_STATUS_CURSOR_EXISTS, SERVER_STATUS_LAST_ROW_SENT, Shape};
@@ -206,10 +207,15 @@ impl Session<'_> {
         if let Some(e) = kill_refusal(sql, own) {
             return self.fail(e, seq).await;
         }
+        let shows_accounts = match policy::review(sql, self.identity.role) {
+            Ok(shows) => shows,
+            Err(e) => return self.fail(e, seq).await,
+        };
         let traits = inspect(sql);
         self.borrow(traits.reads_last_insert_id, seq).await?;
         self.forward(chunks).await?;
-        let relayed = self.relay_rows(Shape::Results, traits.shows_diagnostics).await?;
+        let rewrite = traits.shows_diagnostics || shows_accounts;
+        let relayed = self.relay_rows(Shape::Results, rewrite).await?;
         self.apply(Some(&traits), &relayed);
         if traits.releases_lock {
             self.check_locks().await?;
@@ -393,6 +399,9 @@ impl Session<'_> {
     }
 
     async fn prepare(&mut self, chunks: &[Packet], sql: &[u8], seq: u8) -> Result<(), Stop> {
+        if let Some(e) = policy::prepare_refusal(sql, self.identity.role) {
+            return self.fail(e, seq).await;
+        }
         self.borrow(false, seq).await?;
         self.forward(chunks).await?;
         let id = self.stmts.free_id();

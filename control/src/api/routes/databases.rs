@@ -74,7 +74,11 @@ fn view(service: &ControlService, db: &Database, token: Option<&str>) -> Value {
             "reason": f.reason,
             "at": timestamp(f.at),
             "failed_starts": f.attempts,
-        })),
+        })).or_else(|| service.access_repairs().last(&db.id).map(|r| json!({
+            "reason": r.reason,
+            "at": timestamp(r.at),
+            "failed_starts": 0,
+        }))),
         "connection": connection(&service.endpoints(), db, token),
     })
 }

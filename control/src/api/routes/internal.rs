@@ -92,6 +92,21 @@ pub async fn wake(
     }
 }
 
+/// The proxy's login as the internal account was refused: the account is put back.
+pub async fn repair(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, database)): Path<(String, String)>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    operator_only(&caller)?;
+    valid_names(&tenant, &database)?;
+    match state.service.repair_access(&tenant, &database).await {
+        Ok(true) => Ok(axum::http::StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::not_found("no such database")),
+        Err(e) => Err(control_error(e)),
+    }
+}
+
 pub async fn activity(
     State(state): State<AppState>,
     caller: Caller,
