@@ -136,12 +136,14 @@ impl Session {
             Err(e) => return self.refuse_login(e),
         };
         let resp3 = hello.as_ref().map_or(self.resp3, |h| h.resp3);
-        let same_database = self.shared.is_some()
-            && self
-                .identity
-                .as_ref()
-                .is_some_and(|i| i.tenant == identity.tenant && i.database == identity.database);
-        if same_database {
+        // A token that can write and one that cannot use different backend users.
+        let same_links = self.shared.is_some()
+            && self.identity.as_ref().is_some_and(|i| {
+                i.tenant == identity.tenant
+                    && i.database == identity.database
+                    && i.role.can_write() == identity.role.can_write()
+            });
+        if same_links {
             // Keep the links: only the role (and maybe the protocol) changes.
             self.identity = Some(identity);
             match hello {
