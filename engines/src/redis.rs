@@ -62,6 +62,8 @@ const DENIED: &[&str] = &[
     "client|unpause",
     // The allocator's build and run-time settings, the host's CPU count.
     "memory|malloc-stats",
+    // The Lua debugger: it takes over the connection, and with SYNC blocks the server.
+    "script|debug",
     // Answered by the proxy through [`INFO_USER`], filtered.
     "info",
 ];

@@ -96,6 +96,7 @@ async fn scripts_cannot_run_what_the_proxy_refuses() -> anyhow::Result<()> {
     refused(&mut c, &["SELECT", "5"], "out of range").await?;
     refused(&mut c, &["SWAPDB", "0", "1"], "NOPERM").await?;
     refused(&mut c, &["MOVE", "k", "1"], "NOPERM").await?;
+    refused(&mut c, &["SCRIPT", "DEBUG", "YES"], "NOPERM").await?;
     refused(&mut c, &["COPY", "k", "k2", "DB", "1"], OUT_OF_RANGE).await?;
 
     // The key stayed where it was; the tenant's own data is still the tenant's to drop.
@@ -241,6 +242,7 @@ async fn the_servers_own_acl_refuses_what_the_proxy_refuses() -> anyhow::Result<
         &["MONITOR"],
         &["CLIENT", "LIST"],
         &["CLIENT", "KILL", "ID", "1"],
+        &["SCRIPT", "DEBUG", "YES"],
         &["SHUTDOWN"],
     ] {
         refused(&mut rw, args, "NOPERM").await?;

@@ -105,6 +105,8 @@ const DENIED: &[&str] = &[
     "client|unpause",
     // The allocator's settings and the host's CPU count.
     "memory|malloc-stats",
+    // Turns the connection's next EVAL into a debugging session: no place on a shared one.
+    "script|debug",
 ];
 
 const LOCAL: &[(&str, Local)] = &[
@@ -500,13 +502,14 @@ mod tests {
     }
 
     #[test]
-    fn info_is_answered_by_the_proxy_and_allocator_stats_are_refused() {
+    fn info_is_answered_by_the_proxy_and_allocator_stats_and_the_debugger_refused() {
         let t = table();
         for role in [Role::Readonly, Role::Readwrite] {
             assert_eq!(action(&t, role, &["INFO"]), Action::Local(Local::ServerInfo));
             assert_eq!(action(&t, role, &["info", "server"]), Action::Local(Local::ServerInfo));
         }
         assert_eq!(action(&t, Role::Admin, &["MEMORY", "MALLOC-STATS"]), Action::Denied);
+        assert_eq!(action(&t, Role::Admin, &["SCRIPT", "DEBUG", "YES"]), Action::Denied);
     }
 
     #[test]

@@ -104,8 +104,10 @@ impl Session {
                 return;
             };
             if let Err(e) = self.link(&identity, route, resp3).await {
+                // The reason names the server's address or socket path: for the log only.
+                tracing::warn!(peer = %self.peer, db = %identity.database, error = %e, "backend unavailable");
                 let msg = format!(
-                    "-ERR Dormouse: database '{}' is unavailable ({e}); try again\r\n",
+                    "-ERR Dormouse: database '{}' is unavailable right now; try again\r\n",
                     identity.database
                 );
                 return self.reply(msg.as_bytes());

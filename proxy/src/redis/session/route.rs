@@ -11,6 +11,7 @@ use crate::claims::Role;
 use crate::redis::backend::BackendConn;
 use crate::redis::codec::{FrameScanner, Request};
 use crate::redis::commands::{Action, Local, display_name};
+use crate::redis::pool::PoolError;
 
 const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
 
@@ -61,7 +62,12 @@ impl Session {
                 }
                 if let Err(e) = self.take_own().await {
                     tracing::warn!(peer = %self.peer, error = %e, "no connection of its own for a client");
-                    self.refuse(&format!("-ERR Dormouse: {e}; try again\r\n"));
+                    // A backend error names the server's address or socket path: not for clients.
+                    let why = match e {
+                        PoolError::Exhausted => e.to_string(),
+                        PoolError::Backend(_) => "the database is unavailable right now".into(),
+                    };
+                    self.refuse(&format!("-ERR Dormouse: {why}; try again\r\n"));
                     return true;
                 }
                 self.forward(action, &request);
