@@ -438,12 +438,18 @@ impl ControlService {
             return Err(ControlError::Asleep);
         }
         let endpoint = self.lifecycle.agent().endpoint(&db.id).ok_or(ControlError::Asleep)?;
-        let (protocol, user, readonly_user) = match db.engine {
-            EngineKind::Redis => (Protocol::Redis, dormouse_engines::redis::INTERNAL_USER, None),
+        let (protocol, user, readonly_user, info_user) = match db.engine {
+            EngineKind::Redis => (
+                Protocol::Redis,
+                dormouse_engines::redis::INTERNAL_USER,
+                Some(dormouse_engines::redis::READONLY_USER.to_owned()),
+                Some(dormouse_engines::redis::INFO_USER.to_owned()),
+            ),
             EngineKind::Mysql => (
                 Protocol::Mysql,
                 dormouse_engines::mariadb::INTERNAL_USER,
                 Some(dormouse_engines::mariadb::READONLY_USER.to_owned()),
+                None,
             ),
         };
         Ok(Some(Route {
@@ -453,6 +459,7 @@ impl ControlService {
             socket: endpoint.socket,
             user: user.into(),
             readonly_user,
+            info_user,
             password: BackendSecret(db.password.expose().to_owned()),
             limits: {
                 let plan = names::plan(&db.plan).unwrap_or(names::PLANS[0]);

@@ -1,6 +1,6 @@
 //! The Redis driver: one `redis-server` per database, from a config file rendered at every
-//! start. The `default` user is disabled and one internal ACL user, whose password only the
-//! proxy knows, is admitted; the file holds that password only as a SHA-256 hash.
+//! start. The `default` user is disabled; the proxy's internal ACL users, whose password only
+//! the proxy knows, are the only ones admitted; the file holds that password only as a hash.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,8 +14,73 @@ use tokio::net::TcpStream;
 use crate::engine::{Engine, EngineError, Instance, Launch, ProbeError, find_program, socket_path};
 use crate::spec::{EngineKind, InstanceSpec};
 
-/// The ACL user the proxy authenticates as.
+/// The ACL user the proxy authenticates as for read-write tokens.
 pub const INTERNAL_USER: &str = "dormouse";
+/// The ACL user for read-only tokens: the server itself refuses their writes, from Lua too.
+pub const READONLY_USER: &str = "dormouse_ro";
+/// The ACL user that may run `INFO` and nothing else. The other users may not, so that a
+/// script cannot read what the proxy filters out of `INFO` (paths, ports, pids, the kernel).
+pub const INFO_USER: &str = "dormouse_info";
+
+/// Commands no tenant session may run, from Lua either, beyond the `@admin` category. Mirrors
+/// what the proxy refuses (`proxy/src/redis/commands.rs`), so a script cannot get round it.
+/// Names only from Redis 7.0: an unknown name in an ACL rule stops the server from starting.
+const DENIED: &[&str] = &[
+    "acl",
+    "bgrewriteaof",
+    "bgsave",
+    "config",
+    "debug",
+    "failover",
+    "latency",
+    // Opens connections to any address: a port scanner, and a way to copy keys out.
+    "migrate",
+    "module",
+    "monitor",
+    "move",
+    "pfdebug",
+    "pfselftest",
+    "psync",
+    "replconf",
+    "replicaof",
+    "save",
+    "shutdown",
+    "slaveof",
+    "slowlog",
+    "swapdb",
+    "sync",
+    "client|caching",
+    "client|getredir",
+    "client|kill",
+    "client|list",
+    "client|no-evict",
+    "client|pause",
+    "client|reply",
+    "client|tracking",
+    "client|trackinginfo",
+    "client|unblock",
+    "client|unpause",
+    // The allocator's build and run-time settings, the host's CPU count.
+    "memory|malloc-stats",
+    // The Lua debugger: it takes over the connection, and with SYNC blocks the server.
+    "script|debug",
+    // Answered by the proxy through [`INFO_USER`], filtered.
+    "info",
+];
+
+/// What a read-only session may not run beyond the `@write` category: scripts that may
+/// write, publishing, and what changes or kills the scripts other sessions run.
+const READONLY_DENIED: &[&str] = &[
+    "eval",
+    "evalsha",
+    "fcall",
+    "publish",
+    "spublish",
+    "script|flush",
+    "script|load",
+    "script|kill",
+    "function|kill",
+];
 /// Rendered configuration, in the instance directory.
 pub const CONFIG_FILE: &str = "redis.conf";
 /// Data (append-only file) lives here, apart from config and logs.
@@ -49,7 +114,10 @@ impl RedisEngine {
 /// - eviction: `noeviction`: this is a database, not a cache, so when `maxmemory` is reached
 ///   writes fail with an `OOM` error instead of silently dropping keys;
 /// - access: loopback TCP and a Unix socket only its owner can open (mode 700, inside the
-///   instance directory), `default` user off, one internal user without `@admin` commands.
+///   instance directory), `default` user off, the proxy's users as [`acl_users`] says;
+/// - one numbered database (`databases 1`): a Dormouse database is its own server, so
+///   `SELECT`, `MOVE`, `SWAPDB` and `COPY … DB` cannot reach data the proxy does not show;
+/// - no `DEBUG` or `MODULE` commands, and `RESTORE` payloads checked before they are loaded.
 pub fn render_config(instance: &Instance) -> String {
     let dir = instance.dir.display();
     let limits = instance.spec.limits;
@@ -73,9 +141,14 @@ pub fn render_config(instance: &Instance) -> String {
          maxmemory-policy noeviction\n\
          maxclients {maxclients}\n\
          tcp-keepalive 60\n\
-         user default off\n\
-         user {INTERNAL_USER} on #{hash} ~* &* +@all -@admin\n",
+         databases 1\n\
+         enable-debug-command no\n\
+         enable-module-command no\n\
+         enable-protected-configs no\n\
+         sanitize-dump-payload yes\n\
+         {users}",
         id = instance.spec.id,
+        users = acl_users(&hash),
         port = instance.port,
         mem = limits.memory_mb,
         maxclients = limits.max_connections,
@@ -84,6 +157,26 @@ pub fn render_config(instance: &Instance) -> String {
         let _ = write!(conf, "unixsocket {}\nunixsocketperm 700\n", socket.display());
     }
     conf
+}
+
+/// The ACL, re-asserted at every start with the rest of the file (there is no ACL file, and
+/// no session may run `ACL` or `CONFIG`, so nothing else can change it):
+/// - `default`: off;
+/// - [`INTERNAL_USER`]: every command but `@admin` and [`DENIED`];
+/// - [`READONLY_USER`]: the same without `@write` and [`READONLY_DENIED`];
+/// - [`INFO_USER`]: `INFO` only, and no keys or channels.
+///
+/// All three share the instance's password (stored as its SHA-256 `hash`). Rules apply to
+/// commands called from Lua and functions as well, which the proxy cannot see.
+pub fn acl_users(hash: &str) -> String {
+    let denied: String = DENIED.iter().map(|c| format!(" -{c}")).collect();
+    let readonly: String = READONLY_DENIED.iter().map(|c| format!(" -{c}")).collect();
+    format!(
+        "user default off\n\
+         user {INTERNAL_USER} on #{hash} ~* &* +@all -@admin{denied}\n\
+         user {READONLY_USER} on #{hash} ~* &* +@all -@admin{denied} -@write{readonly}\n\
+         user {INFO_USER} on #{hash} resetchannels -@all +info\n"
+    )
 }
 
 fn hex_sha256(s: &str) -> String {
@@ -240,6 +333,10 @@ mod tests {
         assert!(!conf.contains("hunter2"));
         assert!(conf.contains(&format!("#{}", hex_sha256("hunter2"))));
         assert!(conf.contains("user default off\n"));
+        assert!(conf.contains("databases 1\n"));
+        assert!(conf.contains("sanitize-dump-payload yes\n"));
+        // The ACL lives in this file, rendered at every start; no ACL file could outlive it.
+        assert!(!conf.contains("aclfile"));
         assert!(conf.contains("-@admin"));
         assert!(conf.contains("port 7001\n"));
         assert!(conf.contains("bind 127.0.0.1\n"));
@@ -247,6 +344,28 @@ mod tests {
         assert!(conf.contains("maxmemory-policy noeviction\n"));
         assert!(conf.contains("appendonly yes\n"));
         assert!(conf.contains("unixsocket /tmp/inst/redis.sock\nunixsocketperm 700\n"));
+    }
+
+    #[test]
+    fn each_user_has_its_own_rules_and_the_same_hashed_password() {
+        let users = acl_users("abc");
+        let line = |user: &str| {
+            users
+                .lines()
+                .find(|l| l.starts_with(&format!("user {user} ")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (rw, ro, info) = (line(INTERNAL_USER), line(READONLY_USER), line(INFO_USER));
+        for l in [&rw, &ro, &info] {
+            assert!(l.contains(" on #abc "), "{l}");
+        }
+        for rule in [" -@admin", " -swapdb", " -move", " -migrate", " -info", " -client|kill"] {
+            assert!(rw.contains(rule) && ro.contains(rule), "{rule}");
+        }
+        assert!(!rw.contains("-@write") && ro.contains(" -@write"));
+        assert!(ro.contains(" -script|flush") && ro.contains(" -eval ") && !rw.contains("-eval"));
+        assert!(info.ends_with(" resetchannels -@all +info"), "{info}");
     }
 
     #[test]

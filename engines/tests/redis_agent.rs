@@ -151,3 +151,50 @@ async fn a_warm_directory_is_claimed_and_refilled() -> anyhow::Result<()> {
     agent.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_acl_is_rendered_again_at_every_start() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let agent = agent(tmp.path());
+    let spec = spec();
+    let ep = agent.start(&spec).await?.endpoint;
+    let pw = spec.password.expose();
+    assert!(run(ep.port, pw, &["SWAPDB 0 1"]).await?[0].starts_with("-NOPERM"));
+
+    // Whatever the file says now (edited, or left by an older version), a restart after a
+    // crash starts from a freshly rendered one.
+    let conf = tmp.path().join(spec.id.as_str()).join(dormouse_engines::redis::CONFIG_FILE);
+    let loose = std::fs::read_to_string(&conf)?
+        .lines()
+        .map(|l| {
+            if l.starts_with(&format!("user {INTERNAL_USER} ")) {
+                l.split(" -").next().unwrap_or(l)
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&conf, loose)?;
+    let InstanceState::Running { pid, .. } = agent.state(&spec.id) else {
+        anyhow::bail!("not running");
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let ep = loop {
+        if let InstanceState::Running { pid: new_pid, .. } = agent.state(&spec.id)
+            && new_pid != pid
+            && let Some(ep) = agent.endpoint(&spec.id)
+        {
+            break ep;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not restarted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let replies = run(ep.port, pw, &["SWAPDB 0 1", "SELECT 1", "INFO"]).await?;
+    assert!(replies[0].starts_with("-NOPERM"), "{replies:?}");
+    assert!(replies[1].starts_with("-ERR DB index is out of range"), "{replies:?}");
+    assert!(replies[2].starts_with("-NOPERM"), "{replies:?}");
+    agent.shutdown().await;
+    Ok(())
+}

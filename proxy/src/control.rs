@@ -45,10 +45,14 @@ pub struct Route {
     pub socket: Option<std::path::PathBuf>,
     /// The internal user the proxy authenticates as.
     pub user: String,
-    /// The user for read-only tokens, where the server enforces it (MySQL); the proxy
-    /// enforces read-only itself where it can (Redis).
+    /// The user for read-only tokens, whose writes the server itself refuses (with the
+    /// proxy's own check before it on Redis). Redis falls back to `user` without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readonly_user: Option<String>,
+    /// Redis: the user the proxy runs `INFO` as, the only one the server lets run it (so no
+    /// script reads what the proxy filters out of it). Without one, `INFO` runs as `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info_user: Option<String>,
     pub password: BackendSecret,
     /// What the database's plan allows through the proxy.
     #[serde(default)]

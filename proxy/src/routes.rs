@@ -174,6 +174,7 @@ mod tests {
             socket: None,
             user: "u".into(),
             readonly_user: None,
+            info_user: None,
             password: BackendSecret("p".into()),
             limits: Default::default(),
         }

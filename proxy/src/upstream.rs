@@ -115,6 +115,7 @@ mod tests {
             socket,
             user: "u".into(),
             readonly_user: None,
+            info_user: None,
             password: BackendSecret("p".into()),
             limits: Default::default(),
         }

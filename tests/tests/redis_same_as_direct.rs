@@ -211,8 +211,13 @@ impl Login {
     }
 }
 
-/// Runs `script` with clients logged in by `login`; returns what each step received.
-async fn run(script: &Script, login: &Login, admin: &mut RawRedis) -> anyhow::Result<Vec<String>> {
+/// Runs `script` with clients logged in by `login`; returns what each step received. `watcher`
+/// may run INFO on the server.
+async fn run(
+    script: &Script,
+    login: &Login,
+    watcher: &mut RawRedis,
+) -> anyhow::Result<Vec<String>> {
     let mut clients = Vec::new();
     for &resp3 in script.resp3 {
         clients.push(login.client(resp3).await?);
@@ -226,7 +231,7 @@ async fn run(script: &Script, login: &Login, admin: &mut RawRedis) -> anyhow::Re
             }
             Read(c, reads) => (c, reads),
             Blocked(count) => {
-                blocked(admin, count).await?;
+                blocked(watcher, count).await?;
                 continue;
             }
             Unchecked(c, command) => {
@@ -249,9 +254,9 @@ async fn run(script: &Script, login: &Login, admin: &mut RawRedis) -> anyhow::Re
 }
 
 /// Waits until the server reports `count` blocked clients.
-async fn blocked(admin: &mut RawRedis, count: u64) -> anyhow::Result<()> {
+async fn blocked(watcher: &mut RawRedis, count: u64) -> anyhow::Result<()> {
     for _ in 0..1000 {
-        let info = admin.call(&["INFO", "clients"]).await?;
+        let info = watcher.call(&["INFO", "clients"]).await?;
         let info = String::from_utf8_lossy(&info);
         let now = info
             .lines()
@@ -280,6 +285,12 @@ async fn scripted_sessions_get_the_same_bytes_through_the_proxy_as_from_the_serv
     let db = cluster.database(&admin_token, "cache", "redis").await?;
     let token = db["token"]["token"].as_str().context("token")?.to_owned();
     let route = cluster.backend(&tenant_id, "cache").await?;
+    // Only the server's INFO user may run INFO.
+    let info_user = route.info_user.clone().context("a Redis route names its INFO user")?;
+    let mut watcher =
+        Login { port: route.port, user: info_user, password: route.password.0.clone() }
+            .client(false)
+            .await?;
     let direct = Login { port: route.port, user: route.user.clone(), password: route.password.0 };
     let proxied =
         Login { port: cluster.redis_port(), user: "cache".into(), password: token.clone() };
@@ -314,11 +325,11 @@ async fn scripted_sessions_get_the_same_bytes_through_the_proxy_as_from_the_serv
 
     let mut mismatches = Vec::new();
     for script in SCRIPTS {
-        let expected = run(script, &direct, &mut admin).await.context(script.name)?;
+        let expected = run(script, &direct, &mut watcher).await.context(script.name)?;
         for key in script_keys(script) {
             admin.call(&["DEL", key]).await?;
         }
-        let got = run(script, &proxied, &mut admin).await.context(script.name)?;
+        let got = run(script, &proxied, &mut watcher).await.context(script.name)?;
         for key in script_keys(script) {
             admin.call(&["DEL", key]).await?;
         }

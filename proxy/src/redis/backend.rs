@@ -76,7 +76,7 @@ pub async fn connect(
 }
 
 /// Reads one complete frame; returns it and whatever followed it.
-async fn read_frame(
+pub(super) async fn read_frame(
     stream: &mut (impl AsyncRead + Unpin),
     mut buf: BytesMut,
 ) -> Result<(Bytes, BytesMut), BackendError> {

@@ -10,7 +10,12 @@
 //! | blocking | the `blocking` flag, WAIT, WAITAOF, XREAD/XREADGROUP with BLOCK | own connection for the call |
 //! | subscription | (P/S)SUBSCRIBE | own connection while subscribed |
 //! | local | CLIENT SETNAME/GETNAME/ID/INFO/SETINFO, SELECT 0 | answered by the proxy |
+//! | info | INFO | run as the server's INFO-only user, filtered (see `info`) |
 //! | refused | admin commands, MONITOR, CLIENT REPLY/TRACKING/…, MOVE, SWAPDB | `-NOPERM` |
+//!
+//! The server's ACL refuses the same commands to the proxy's internal users (the engine's
+//! `redis.conf`), so a Lua script or function cannot run what the proxy refuses, and a
+//! read-only token's sessions log in as a user without `@write`.
 
 use std::collections::HashMap;
 
@@ -56,6 +61,8 @@ pub enum Local {
     Info,
     /// SELECT: database 0 is the only one (each Dormouse database is its own server).
     Select,
+    /// INFO: asked of the server as its INFO-only user, and filtered.
+    ServerInfo,
 }
 
 /// Refused whatever the backend's flags say: server administration, replication, anything
@@ -96,6 +103,10 @@ const DENIED: &[&str] = &[
     "client|trackinginfo",
     "client|unblock",
     "client|unpause",
+    // The allocator's settings and the host's CPU count.
+    "memory|malloc-stats",
+    // Turns the connection's next EVAL into a debugging session: no place on a shared one.
+    "script|debug",
 ];
 
 const LOCAL: &[(&str, Local)] = &[
@@ -106,10 +117,23 @@ const LOCAL: &[(&str, Local)] = &[
     ("client|id", Local::Id),
     ("client|info", Local::Info),
     ("select", Local::Select),
+    ("info", Local::ServerInfo),
 ];
 
-/// Scripts and publishing that may write; their `_RO` variants carry the `readonly` flag.
-const WRITING: &[&str] = &["eval", "evalsha", "fcall", "publish", "spublish"];
+/// Refused to read-only tokens although the server does not flag them `write`: scripts and
+/// publishing that may write (their `_RO` variants carry the `readonly` flag), and what
+/// changes or kills the scripts other sessions run.
+const WRITING: &[&str] = &[
+    "eval",
+    "evalsha",
+    "fcall",
+    "publish",
+    "spublish",
+    "script|flush",
+    "script|load",
+    "script|kill",
+    "function|kill",
+];
 
 /// Block without carrying the `blocking` flag.
 const BLOCKING: &[&str] = &["wait", "waitaof"];
@@ -387,6 +411,22 @@ mod tests {
                 ],
             ),
             entry("eval", &["noscript"], &["@scripting"], vec![]),
+            entry(
+                "script",
+                &[],
+                &["@slow"],
+                vec![
+                    entry("script|flush", &["noscript"], &["@scripting"], vec![]),
+                    entry("script|exists", &["noscript"], &["@scripting"], vec![]),
+                ],
+            ),
+            entry(
+                "function",
+                &[],
+                &["@slow"],
+                vec![entry("function|load", &["write", "noscript"], &["@write"], vec![])],
+            ),
+            entry("info", &["loading", "stale"], &["@slow", "@dangerous"], vec![]),
             entry("eval_ro", &["readonly"], &["@scripting"], vec![]),
             entry("subscribe", &["pubsub"], &["@pubsub"], vec![]),
         ]);
@@ -447,6 +487,29 @@ mod tests {
         assert_eq!(action(&t, Role::Readonly, &["EVAL_RO", "return 1", "0"]), Action::Forward);
         assert_eq!(action(&t, Role::Readonly, &["BLPOP", "l", "0"]), Action::ReadOnly);
         assert_eq!(action(&t, Role::Readwrite, &["SET", "k", "v"]), Action::Forward);
+    }
+
+    #[test]
+    fn readonly_tokens_cannot_change_or_kill_scripts() {
+        let t = table();
+        for args in [&["SCRIPT", "FLUSH"][..], &["script", "load", "return 1"], &["SCRIPT", "KILL"]]
+        {
+            assert_eq!(action(&t, Role::Readonly, args), Action::ReadOnly, "{args:?}");
+            assert_eq!(action(&t, Role::Readwrite, args), Action::Forward, "{args:?}");
+        }
+        assert_eq!(action(&t, Role::Readonly, &["FUNCTION", "LOAD", "x"]), Action::ReadOnly);
+        assert_eq!(action(&t, Role::Readonly, &["SCRIPT", "EXISTS", "x"]), Action::Forward);
+    }
+
+    #[test]
+    fn info_is_answered_by_the_proxy_and_allocator_stats_and_the_debugger_refused() {
+        let t = table();
+        for role in [Role::Readonly, Role::Readwrite] {
+            assert_eq!(action(&t, role, &["INFO"]), Action::Local(Local::ServerInfo));
+            assert_eq!(action(&t, role, &["info", "server"]), Action::Local(Local::ServerInfo));
+        }
+        assert_eq!(action(&t, Role::Admin, &["MEMORY", "MALLOC-STATS"]), Action::Denied);
+        assert_eq!(action(&t, Role::Admin, &["SCRIPT", "DEBUG", "YES"]), Action::Denied);
     }
 
     #[test]

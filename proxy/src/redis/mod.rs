@@ -13,11 +13,12 @@
 //!
 //! Files: `codec` (bytes ↔ frames), `commands` (classification), `backend` (server-side
 //! connections), `shared` (a multiplexed connection's task), `pool` (a database's connections
-//! and their limits), `session` (the relay state machine).
+//! and their limits), `info` (INFO, filtered), `session` (the relay state machine).
 
 pub mod backend;
 pub mod codec;
 pub mod commands;
+pub mod info;
 pub mod pool;
 mod session;
 pub mod shared;
@@ -127,8 +128,9 @@ impl RedisFrontend {
         Ok((identity, route, guard))
     }
 
-    /// Links a client to its database: the pool for its RESP version, a shared connection in
-    /// it and the command table. A refused connection or login means the route may be stale
+    /// Links a client to its database: the pool for its role's backend user and its RESP
+    /// version, a shared connection in it and the command table. The route returned is the
+    /// database's, whatever the role. A refused connection or login means the route may be stale
     /// (the database was suspended, or moved), so it is resolved again, waking the database if
     /// need be, and tried once more.
     pub(crate) async fn link(
@@ -138,13 +140,15 @@ impl RedisFrontend {
         resp3: bool,
     ) -> Result<(Arc<RedisPool>, SharedConn, Arc<CommandTable>, Route), BackendError> {
         let (tenant, db) = (&identity.tenant, &identity.database);
-        let pool = self.pools.get(tenant, db, &route, resp3, &self.pool_limits);
+        let login_route = as_role(&route, identity.role);
+        let pool = self.pools.get(tenant, db, &login_route, resp3, &self.pool_limits);
         let (pool, shared, route) = match pool.shared().await {
             Ok(shared) => (pool, shared, route),
             Err(e) if e.may_be_stale() => {
                 self.routes.invalidate(tenant, db);
                 let Ok(Some(fresh)) = self.routes.resolve(tenant, db).await else { return Err(e) };
-                let pool = self.pools.get(tenant, db, &fresh, resp3, &self.pool_limits);
+                let login_route = as_role(&fresh, identity.role);
+                let pool = self.pools.get(tenant, db, &login_route, resp3, &self.pool_limits);
                 let shared = pool.shared().await?;
                 (pool, shared, fresh)
             }
@@ -160,6 +164,18 @@ impl RedisFrontend {
             .clone();
         Ok((pool, shared, table, route))
     }
+}
+
+/// `route` as the backend user for `role`: read-only tokens log in as the database's read-only
+/// user where it has one, so the server itself refuses their writes, from Lua too.
+fn as_role(route: &Route, role: crate::claims::Role) -> Route {
+    let mut route = route.clone();
+    if !role.can_write()
+        && let Some(user) = &route.readonly_user
+    {
+        route.user = user.clone();
+    }
+    route
 }
 
 impl From<ControlError> for LoginError {

@@ -14,6 +14,7 @@ use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::backend::{self, BackendConn, BackendError};
+use super::info::{InfoLink, InfoReply};
 use super::shared::SharedConn;
 use crate::control::Route;
 
@@ -56,6 +57,8 @@ struct PoolKey {
     database: String,
     /// [`Route::server`].
     server: String,
+    /// The backend user: read-only tokens have their own.
+    user: String,
     resp3: bool,
 }
 
@@ -80,6 +83,7 @@ impl RedisPools {
             tenant: tenant.to_owned(),
             database: database.to_owned(),
             server: route.server(),
+            user: route.user.clone(),
             resp3,
         };
         self.pools
@@ -109,6 +113,8 @@ pub struct RedisPool {
     opening: tokio::sync::Mutex<()>,
     /// The server's reply to HELLO, answered to clients' HELLO without asking the server.
     hello: std::sync::Mutex<Option<Bytes>>,
+    /// Where clients' INFO is asked.
+    info: InfoLink,
 }
 
 /// A backend connection lent to one client; return it with [`OwnSlot::give_back`] when it is
@@ -140,6 +146,7 @@ impl RedisPool {
             waiting: AtomicUsize::new(0),
             opening: tokio::sync::Mutex::new(()),
             hello: std::sync::Mutex::new(None),
+            info: InfoLink::default(),
             limits,
         }
     }
@@ -195,6 +202,11 @@ impl RedisPool {
     /// The server's HELLO reply, once any connection has been opened.
     pub fn hello(&self) -> Option<Bytes> {
         self.hello.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `INFO [section …]` from the server, filtered for tenants.
+    pub async fn info(&self, args: &[Bytes]) -> Result<InfoReply, BackendError> {
+        self.info.fetch(&self.route, args, self.limits.connect_timeout).await
     }
 
     pub fn resp3(&self) -> bool {

@@ -104,8 +104,10 @@ impl Session {
                 return;
             };
             if let Err(e) = self.link(&identity, route, resp3).await {
+                // The reason names the server's address or socket path: for the log only.
+                tracing::warn!(peer = %self.peer, db = %identity.database, error = %e, "backend unavailable");
                 let msg = format!(
-                    "-ERR Dormouse: database '{}' is unavailable ({e}); try again\r\n",
+                    "-ERR Dormouse: database '{}' is unavailable right now; try again\r\n",
                     identity.database
                 );
                 return self.reply(msg.as_bytes());
@@ -136,12 +138,14 @@ impl Session {
             Err(e) => return self.refuse_login(e),
         };
         let resp3 = hello.as_ref().map_or(self.resp3, |h| h.resp3);
-        let same_database = self.shared.is_some()
-            && self
-                .identity
-                .as_ref()
-                .is_some_and(|i| i.tenant == identity.tenant && i.database == identity.database);
-        if same_database {
+        // A token that can write and one that cannot use different backend users.
+        let same_links = self.shared.is_some()
+            && self.identity.as_ref().is_some_and(|i| {
+                i.tenant == identity.tenant
+                    && i.database == identity.database
+                    && i.role.can_write() == identity.role.can_write()
+            });
+        if same_links {
             // Keep the links: only the role (and maybe the protocol) changes.
             self.identity = Some(identity);
             match hello {

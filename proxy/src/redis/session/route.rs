@@ -11,6 +11,7 @@ use crate::claims::Role;
 use crate::redis::backend::BackendConn;
 use crate::redis::codec::{FrameScanner, Request};
 use crate::redis::commands::{Action, Local, display_name};
+use crate::redis::pool::PoolError;
 
 const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
 
@@ -32,7 +33,7 @@ impl Session {
                 );
                 self.refuse(&msg);
             }
-            Action::Local(local) => self.local(local, &request.args),
+            Action::Local(local) => self.local(local, &request.args).await,
             Action::Denied => {
                 let msg = format!(
                     "-NOPERM this command is not allowed on Dormouse: '{}'\r\n",
@@ -61,7 +62,12 @@ impl Session {
                 }
                 if let Err(e) = self.take_own().await {
                     tracing::warn!(peer = %self.peer, error = %e, "no connection of its own for a client");
-                    self.refuse(&format!("-ERR Dormouse: {e}; try again\r\n"));
+                    // A backend error names the server's address or socket path: not for clients.
+                    let why = match e {
+                        PoolError::Exhausted => e.to_string(),
+                        PoolError::Backend(_) => "the database is unavailable right now".into(),
+                    };
+                    self.refuse(&format!("-ERR Dormouse: {why}; try again\r\n"));
                     return true;
                 }
                 self.forward(action, &request);
@@ -155,8 +161,20 @@ impl Session {
         }
     }
 
+    /// INFO, from the server as its INFO-only user and filtered, in request order.
+    async fn server_info(&mut self, args: &[Bytes]) {
+        let Some(pool) = self.pool.clone() else { return self.reply(super::BACKEND_LOST) };
+        match pool.info(args).await {
+            Ok(reply) => self.reply(&reply.encode(self.resp3)),
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "INFO failed");
+                self.reply(b"-ERR Dormouse: INFO is unavailable right now; try again\r\n");
+            }
+        }
+    }
+
     /// Client state the proxy keeps itself.
-    fn local(&mut self, local: Local, args: &[Bytes]) {
+    async fn local(&mut self, local: Local, args: &[Bytes]) {
         match local {
             Local::Ok => self.reply(OK),
             Local::SetName => match args.get(2) {
@@ -185,6 +203,7 @@ impl Session {
                     format!("id={} addr={} name={name} db=0 resp={resp}\n", self.id, self.peer);
                 self.reply(&super::bulk(line.as_bytes()));
             }
+            Local::ServerInfo => self.server_info(args).await,
             Local::Select => match args.get(1).map(|a| a.as_ref()) {
                 Some(b"0") if args.len() == 2 => self.reply(OK),
                 Some(_) if args.len() == 2 => self.reply(
