@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dormouse_engines::{EngineKind, HostAgent, InstanceId, Secret};
+use dormouse_proxy::allowlist::AllowList;
 use dormouse_proxy::claims::{Claims, Role};
 use dormouse_proxy::control::{
     BackendSecret, ControlError, ControlEvent, EventHook, Protocol, Route, RouteLimits,
@@ -278,6 +279,7 @@ impl ControlService {
             });
         }
         let idle_timeout_seconds = validate_idle_timeout(req.idle_timeout_seconds)?;
+        let allowed_cidrs = validate_allowlist(req.allowed_cidrs.as_deref())?;
         if !self.lifecycle.agent().engines().contains(&engine) {
             return Err(ServiceError::Unavailable(format!(
                 "{engine} databases are not available on this installation (is the {} package installed?)",
@@ -300,6 +302,7 @@ impl ControlService {
             idle_timeout_seconds,
             last_wake_ms: None,
             start_failure: None,
+            allowed_cidrs,
         };
         match self.store.insert_database(&db).await {
             Err(StoreError::Conflict) => {
@@ -360,6 +363,22 @@ impl ControlService {
         let db = self.database(tenant, name).await?;
         let seconds = validate_idle_timeout(Some(seconds))?;
         self.store.set_idle_timeout(&db.id, seconds).await?;
+        self.database(tenant, name).await
+    }
+
+    /// Replaces the addresses a database accepts (`None` or empty: any). Proxies in this
+    /// process drop its cached route at once; others within their route TTL.
+    pub async fn set_allowed_cidrs(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        cidrs: Option<&[String]>,
+    ) -> Result<Database, ServiceError> {
+        let db = self.database(tenant, name).await?;
+        let cidrs = validate_allowlist(cidrs)?;
+        self.store.set_allowed_cidrs(&db.id, &cidrs).await?;
+        self.emit(&ControlEvent::Changed { tenant: tenant.id.clone(), database: name.into() });
+        tracing::info!(tenant = %tenant.name, db = %name, allowed = %cidrs, "allowlist changed");
         self.database(tenant, name).await
     }
 
@@ -446,6 +465,7 @@ impl ControlService {
                 let plan = names::plan(&db.plan).unwrap_or(names::PLANS[0]);
                 RouteLimits { max_clients: plan.max_clients, max_backend: plan.max_backend() }
             },
+            allowed_cidrs: db.allowed_cidrs,
         }))
     }
 
@@ -568,6 +588,9 @@ pub struct NewDatabase {
     /// Provision it on the first client connection instead of now.
     #[serde(default)]
     pub lazy: bool,
+    /// Client addresses it accepts (CIDRs or single addresses); absent, null or empty: any.
+    #[serde(default)]
+    pub allowed_cidrs: Option<Vec<String>>,
 }
 
 /// Longest idle timeout a database may have: a week.
@@ -585,4 +608,10 @@ fn validate_idle_timeout(seconds: Option<u32>) -> Result<u32, ServiceError> {
         });
     }
     Ok(seconds)
+}
+
+/// The allowlist a request asks for, normalised; `None` is any address.
+pub fn validate_allowlist(cidrs: Option<&[String]>) -> Result<AllowList, ServiceError> {
+    AllowList::parse(cidrs.unwrap_or_default())
+        .map_err(|e| ServiceError::Invalid { field: "allowed_cidrs", message: e.to_string() })
 }

@@ -3,6 +3,7 @@
 //! revocation. Every failure a client can cause looks the same from outside.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 
 use crate::claims::{Claims, MAX_TOKEN_BYTES, Role};
-use crate::control::{ControlError, ControlPlane};
+use crate::control::{ControlError, ControlPlane, Route};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -51,6 +52,24 @@ pub fn authorize(claims: &Claims, requested: Option<&str>) -> Result<Identity, A
         (None, None) => return Err(AuthError::NeedsDatabase),
     };
     Ok(Identity { tenant, database, role: claims.role, token_id: claims.jti.clone() })
+}
+
+/// Whether the client at `peer` may reach the database `identity` names, by the allowlist its
+/// route carries. Both protocols call this once the token is verified and the route known; a
+/// refusal is the same `Refused` as a bad token, so the client learns nothing about the token,
+/// and the log says which database and address (never the token itself, only its id).
+pub fn check_address(identity: &Identity, route: &Route, peer: IpAddr) -> Result<(), AuthError> {
+    if route.allowed_cidrs.permits(peer) {
+        return Ok(());
+    }
+    tracing::warn!(
+        tenant = %identity.tenant,
+        db = %identity.database,
+        %peer,
+        token_id = %identity.token_id,
+        "login refused: address not in the database's allowlist"
+    );
+    Err(AuthError::Refused("address not allowed"))
 }
 
 /// Verifies tokens with cached keys.
@@ -268,6 +287,21 @@ mod tests {
         for bad in ["../t-victim/cache", "a/b", "A", "", "x y", "%2e%2e"] {
             assert!(matches!(authorize(&c, Some(bad)), Err(AuthError::Refused(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_address_outside_the_allowlist_is_refused_like_a_bad_token()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let identity = authorize(&claims(Some("t1"), Some("cache")), None)?;
+        let mut route: Route = serde_json::from_value(serde_json::json!({
+            "protocol": "redis", "host": "127.0.0.1", "port": 1, "user": "u", "password": "p",
+        }))?;
+        let (inside, outside) = ("127.0.0.2".parse()?, "127.0.0.3".parse()?);
+        assert!(check_address(&identity, &route, outside).is_ok(), "no list: any address");
+        route.allowed_cidrs = crate::allowlist::AllowList::parse(&["127.0.0.2/32"])?;
+        assert!(check_address(&identity, &route, inside).is_ok());
+        assert!(matches!(check_address(&identity, &route, outside), Err(AuthError::Refused(_))));
+        Ok(())
     }
 
     #[test]

@@ -14,6 +14,8 @@ use jsonwebtoken::jwk::JwkSet;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::allowlist::AllowList;
+
 /// The wire protocol a database speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,6 +55,10 @@ pub struct Route {
     /// What the database's plan allows through the proxy.
     #[serde(default)]
     pub limits: RouteLimits,
+    /// Client addresses the database accepts; empty (or absent, from an older control) means
+    /// any. Checked once a token has been verified: see [`crate::auth::check_address`].
+    #[serde(default, skip_serializing_if = "AllowList::is_empty")]
+    pub allowed_cidrs: AllowList,
 }
 
 impl Route {
@@ -127,6 +133,8 @@ pub enum ControlEvent {
     Woke { tenant: String, database: String },
     /// The database is being deleted.
     Deleted { tenant: String, database: String },
+    /// Settings that travel with its route (the address allowlist) changed: drop cached routes.
+    Changed { tenant: String, database: String },
 }
 
 /// Called synchronously, in order, as events happen.

@@ -176,6 +176,7 @@ mod tests {
             readonly_user: None,
             password: BackendSecret("p".into()),
             limits: Default::default(),
+            allowed_cidrs: Default::default(),
         }
     }
 

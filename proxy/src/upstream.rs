@@ -117,6 +117,7 @@ mod tests {
             readonly_user: None,
             password: BackendSecret("p".into()),
             limits: Default::default(),
+            allowed_cidrs: Default::default(),
         }
     }
 

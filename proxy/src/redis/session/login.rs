@@ -131,10 +131,11 @@ impl Session {
             self.front.throttle.record_failure(self.peer.ip());
             return self.reply(WRONGPASS);
         };
-        let (identity, route, guard) = match self.front.authenticate(user.as_deref(), token).await {
-            Ok(found) => found,
-            Err(e) => return self.refuse_login(e),
-        };
+        let (identity, route, guard) =
+            match self.front.authenticate(user.as_deref(), token, self.peer.ip()).await {
+                Ok(found) => found,
+                Err(e) => return self.refuse_login(e),
+            };
         let resp3 = hello.as_ref().map_or(self.resp3, |h| h.resp3);
         let same_database = self.shared.is_some()
             && self
