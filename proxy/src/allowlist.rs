@@ -24,9 +24,24 @@ pub enum AllowListError {
 
 /// The networks a database's clients may connect from, normalised: no host bits, IPv4 as
 /// IPv4 (also when written IPv4-mapped), no duplicates. Empty means any address.
+/// On the wire (the API, routes sent to proxies) a list of strings, parsed again on the way
+/// in, so a list from anywhere is normalised and capped like one a user typed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
 pub struct AllowList(Vec<IpNet>);
+
+impl TryFrom<Vec<String>> for AllowList {
+    type Error = AllowListError;
+    fn try_from(entries: Vec<String>) -> Result<Self, Self::Error> {
+        Self::parse(&entries)
+    }
+}
+
+impl From<AllowList> for Vec<String> {
+    fn from(list: AllowList) -> Self {
+        list.0.iter().map(ToString::to_string).collect()
+    }
+}
 
 impl AllowList {
     /// Parses CIDRs (a bare address is a single host). The whole list is refused, naming the
@@ -176,6 +191,9 @@ mod tests {
         let json = serde_json::to_string(&l)?;
         assert_eq!(json, r#"["10.0.0.0/8","::1/128"]"#);
         assert_eq!(serde_json::from_str::<AllowList>(&json)?, l);
+        let mapped = serde_json::from_str::<AllowList>(r#"["::ffff:10.0.0.0/104"]"#)?;
+        assert_eq!(mapped, list(&["10.0.0.0/8"]), "normalised on the way in too");
+        assert!(serde_json::from_str::<AllowList>(r#"["10.0.0.0/33"]"#).is_err());
         Ok(())
     }
 }
