@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use dormouse_proxy::allowlist::AllowList;
 use dormouse_proxy::control::{ControlError, ControlPlane, EventHook, Route};
 use jsonwebtoken::jwk::JwkSet;
 
@@ -28,6 +29,14 @@ impl ControlPlane for LocalControl {
 
     async fn wake(&self, tenant: &str, database: &str) -> Result<Option<Route>, ControlError> {
         self.0.wake(tenant, database).await
+    }
+
+    async fn allowlist(
+        &self,
+        tenant: &str,
+        database: &str,
+    ) -> Result<Option<AllowList>, ControlError> {
+        self.0.allowlist(tenant, database).await
     }
 
     fn session_opened(&self, tenant: &str, database: &str) {

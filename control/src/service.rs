@@ -435,6 +435,16 @@ impl ControlService {
             .map_err(|e| ControlError::Unavailable(e.to_string()))
     }
 
+    /// The addresses `tenant`'s database `name` accepts, for a proxy deciding whether to wake
+    /// it for a client; `None` if there is no such database.
+    pub async fn allowlist(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<AllowList>, ControlError> {
+        Ok(self.database_for_proxy(tenant, name).await?.map(|db| db.allowed_cidrs))
+    }
+
     /// Where the proxy finds `tenant`'s database `name`; `Asleep` when it must be woken first.
     pub async fn route(&self, tenant: &str, name: &str) -> Result<Option<Route>, ControlError> {
         let Some(db) = self.database_for_proxy(tenant, name).await? else { return Ok(None) };

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 
+use crate::allowlist::AllowList;
 use crate::claims::{Claims, MAX_TOKEN_BYTES, Role};
 use crate::control::{ControlError, ControlPlane, Route};
+use crate::routes::RouteCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -54,13 +56,24 @@ pub fn authorize(claims: &Claims, requested: Option<&str>) -> Result<Identity, A
     Ok(Identity { tenant, database, role: claims.role, token_id: claims.jti.clone() })
 }
 
-/// Whether the client at `peer` may reach the database `identity` names, by the allowlist its
-/// route carries. Both protocols call this once the token is verified and the route known; a
-/// refusal is the same `Refused` as a bad token, so the client learns nothing about the token,
-/// and the log says which database and address (never the token itself, only its id).
-pub fn check_address(identity: &Identity, route: &Route, peer: IpAddr) -> Result<(), AuthError> {
-    if route.allowed_cidrs.permits(peer) {
-        return Ok(());
+/// The route for a verified client at `peer`, or `None` if it may not have one: no such
+/// database, or the client's address is not on the database's allowlist. Both protocols find
+/// a login's route here, so the allowlist is checked in this one place, before a sleeping
+/// database is woken and on the route found. A refused address looks exactly like a bad token
+/// to the client, so it learns nothing about the token; the log says which database and
+/// address (never the token itself, only its id).
+pub async fn route_for(
+    routes: &RouteCache,
+    identity: &Identity,
+    peer: IpAddr,
+) -> Result<Option<Route>, ControlError> {
+    let admit = |allowed: &AllowList| address_allowed(identity, allowed, peer);
+    routes.resolve_admitting(&identity.tenant, &identity.database, &admit).await
+}
+
+fn address_allowed(identity: &Identity, allowed: &AllowList, peer: IpAddr) -> bool {
+    if allowed.permits(peer) {
+        return true;
     }
     tracing::warn!(
         tenant = %identity.tenant,
@@ -69,7 +82,7 @@ pub fn check_address(identity: &Identity, route: &Route, peer: IpAddr) -> Result
         token_id = %identity.token_id,
         "login refused: address not in the database's allowlist"
     );
-    Err(AuthError::Refused("address not allowed"))
+    false
 }
 
 /// Verifies tokens with cached keys.
@@ -290,17 +303,13 @@ mod tests {
     }
 
     #[test]
-    fn an_address_outside_the_allowlist_is_refused_like_a_bad_token()
-    -> Result<(), Box<dyn std::error::Error>> {
+    fn only_addresses_on_the_allowlist_are_allowed() -> Result<(), Box<dyn std::error::Error>> {
         let identity = authorize(&claims(Some("t1"), Some("cache")), None)?;
-        let mut route: Route = serde_json::from_value(serde_json::json!({
-            "protocol": "redis", "host": "127.0.0.1", "port": 1, "user": "u", "password": "p",
-        }))?;
         let (inside, outside) = ("127.0.0.2".parse()?, "127.0.0.3".parse()?);
-        assert!(check_address(&identity, &route, outside).is_ok(), "no list: any address");
-        route.allowed_cidrs = crate::allowlist::AllowList::parse(&["127.0.0.2/32"])?;
-        assert!(check_address(&identity, &route, inside).is_ok());
-        assert!(matches!(check_address(&identity, &route, outside), Err(AuthError::Refused(_))));
+        assert!(address_allowed(&identity, &AllowList::default(), outside), "no list: any");
+        let list = AllowList::parse(&["127.0.0.2/32"])?;
+        assert!(address_allowed(&identity, &list, inside));
+        assert!(!address_allowed(&identity, &list, outside));
         Ok(())
     }
 

@@ -56,7 +56,7 @@ pub struct Route {
     #[serde(default)]
     pub limits: RouteLimits,
     /// Client addresses the database accepts; empty (or absent, from an older control) means
-    /// any. Checked once a token has been verified: see [`crate::auth::check_address`].
+    /// any. Checked once a token has been verified: see [`crate::auth::route_for`].
     #[serde(default, skip_serializing_if = "AllowList::is_empty")]
     pub allowed_cidrs: AllowList,
 }
@@ -152,6 +152,16 @@ pub trait ControlPlane: Send + Sync {
     /// Starts a sleeping database and returns its route once it is ready. Concurrent calls for
     /// one database share one start.
     async fn wake(&self, tenant: &str, database: &str) -> Result<Option<Route>, ControlError>;
+    /// The addresses a database accepts, asked before a sleeping database is woken for a
+    /// client, so a client it would refuse does not start it. `None` when it cannot say (no
+    /// such database, or a control without the answer): the woken route's list decides then.
+    async fn allowlist(
+        &self,
+        _tenant: &str,
+        _database: &str,
+    ) -> Result<Option<AllowList>, ControlError> {
+        Ok(None)
+    }
     /// A client session on the database began (after authentication).
     fn session_opened(&self, tenant: &str, database: &str);
     /// A client session on the database ended.
@@ -357,6 +367,14 @@ impl ControlPlane for HttpControl {
             .await
             .map_err(|e| ControlError::Unavailable(e.to_string()))?;
         decode(paths::ROUTES, resp).await
+    }
+
+    async fn allowlist(
+        &self,
+        tenant: &str,
+        database: &str,
+    ) -> Result<Option<AllowList>, ControlError> {
+        self.get(paths::ROUTES, &[tenant, database, "allowlist"]).await
     }
 
     fn session_opened(&self, tenant: &str, database: &str) {

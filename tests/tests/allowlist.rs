@@ -1,10 +1,12 @@
 //! Per-database address allowlists: a client from outside its database's list is refused on
-//! both protocols exactly as a wrong token is, the list is set and changed through the API, and
-//! bad lists get a 400 naming the bad entry. Clients bind 127.0.0.x (all of 127/8 is loopback)
+//! both protocols exactly as a wrong token is (and wakes no sleeping database), the list is set
+//! and changed through the API, and bad lists get a 400 naming the bad entry. Clients bind 127.0.0.x (all of 127/8 is loopback)
 //! to come from another address.
 
 use std::net::Ipv4Addr;
 
+use dormouse_proxy::allowlist::AllowList;
+use dormouse_proxy::control::{ControlPlane, HttpControl};
 use dormouse_tests::resp::RawRedis;
 use dormouse_tests::{ApiResponse, Cluster, stdout};
 use reqwest::{Method, StatusCode};
@@ -221,6 +223,46 @@ async fn logins_refused_by_the_allowlist_count_as_failed_logins() -> anyhow::Res
     assert!(last.contains("too many failed logins"), "{replies:?}");
     // The allowed address is not held back by another address's failures.
     assert_eq!(redis_login(&cluster, ALLOWED, "cache", &cache).await?, "+OK\r\n");
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_client_does_not_wake_a_suspended_database() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let (admin, tenant_id) = cluster.tenant_with_id("acme").await?;
+    let only = json!({ "allowed_cidrs": ["127.0.0.2/32"] });
+    let (_, cache) = create(&cluster, &admin, "cache", "redis", only.clone()).await?;
+    let (_, shop) = create(&cluster, &admin, "shop", "mysql", only).await?;
+    let status = |name: &'static str| {
+        let admin = admin.clone();
+        let cluster = &cluster;
+        async move {
+            let path = format!("/v1/databases/{name}");
+            let r = cluster.api(Method::GET, &path, Some(&admin), None).await?;
+            anyhow::Ok(r.body["status"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    for name in ["cache", "shop"] {
+        let path = format!("/v1/databases/{name}/suspend");
+        let r = cluster.api(Method::POST, &path, Some(&admin), None).await?;
+        assert_eq!(r.body["status"], "suspended", "{r:?}");
+    }
+
+    assert!(redis_login(&cluster, OTHER, "cache", &cache).await?.starts_with("-WRONGPASS"));
+    assert_eq!(mysql_login(&cluster, OTHER, "shop", &shop).await?, denied("shop", OTHER));
+    assert_eq!(status("cache").await?, "suspended");
+    assert_eq!(status("shop").await?, "suspended");
+
+    // A proxy running apart asks control the same over HTTP.
+    let remote = HttpControl::new(cluster.running().api_url(), cluster.admin_token());
+    let expected = AllowList::parse(&["127.0.0.2/32"])?;
+    assert_eq!(remote.allowlist(&tenant_id, "cache").await?, Some(expected));
+    assert_eq!(remote.allowlist(&tenant_id, "nope").await?, None);
+
+    // A client it admits wakes it as usual.
+    assert_eq!(redis_login(&cluster, ALLOWED, "cache", &cache).await?, "+OK\r\n");
+    assert_eq!(status("cache").await?, "running");
     cluster.stop().await;
     Ok(())
 }

@@ -58,6 +58,10 @@ pub fn router(state: AppState) -> Router {
             &format!("{}/{{tenant}}/{{database}}/wake", paths::ROUTES),
             post(routes::internal::wake),
         )
+        .route(
+            &format!("{}/{{tenant}}/{{database}}/allowlist", paths::ROUTES),
+            get(routes::internal::allowlist),
+        )
         .route(paths::ACTIVITY, post(routes::internal::activity))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

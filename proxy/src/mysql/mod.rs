@@ -48,7 +48,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, Identity, TokenVerifier, authorize, check_address};
+use crate::auth::{AuthError, Identity, TokenVerifier, authorize, route_for};
 use crate::config::MysqlConfig;
 use crate::control::{ControlPlane, Protocol, Route, SessionGuard};
 use crate::limits::ClientCounts;
@@ -149,12 +149,7 @@ impl MysqlFrontend {
             self.fast_auth.remember(user, token);
             let guard =
                 SessionGuard::new(self.control.clone(), &identity.tenant, &identity.database);
-            return match self.routes.resolve(&identity.tenant, &identity.database).await {
-                // Before anything else a route tells, so a refused client learns nothing more.
-                Ok(Some(route)) if check_address(&identity, &route, peer.ip()).is_err() => {
-                    self.throttle.record_failure(peer.ip());
-                    Err(denied)
-                }
+            return match route_for(&self.routes, &identity, peer.ip()).await {
                 Ok(Some(route)) if route.protocol == Protocol::Mysql => {
                     Ok((identity, route, guard))
                 }

@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, Identity, TokenVerifier, authorize, check_address};
+use crate::auth::{AuthError, Identity, TokenVerifier, authorize, route_for};
 use crate::config::RedisConfig;
 use crate::control::{ControlError, ControlPlane, Protocol, Route, SessionGuard};
 use crate::limits::ClientCounts;
@@ -117,15 +117,13 @@ impl RedisFrontend {
         let claims = self.verifier.verify(token).await?;
         let identity = authorize(&claims, user)?;
         let guard = SessionGuard::new(self.control.clone(), &identity.tenant, &identity.database);
-        let route = match self.routes.resolve(&identity.tenant, &identity.database).await {
+        let route = match route_for(&self.routes, &identity, peer).await {
             Ok(Some(route)) => route,
-            Ok(None) => return Err(AuthError::Refused("no such database").into()),
+            Ok(None) => return Err(AuthError::Refused("no such database or address").into()),
             Err(error) => {
                 return Err(LoginError::Unavailable { database: identity.database, error });
             }
         };
-        // Before anything else a route tells, so a refused client learns nothing more.
-        check_address(&identity, &route, peer)?;
         if route.protocol != Protocol::Redis {
             return Err(LoginError::WrongProtocol(identity.database));
         }
