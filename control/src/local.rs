@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use dormouse_proxy::allowlist::AllowList;
 use dormouse_proxy::control::{ControlError, ControlPlane, EventHook, Route};
 use jsonwebtoken::jwk::JwkSet;
 
@@ -32,6 +33,14 @@ impl ControlPlane for LocalControl {
 
     async fn repair_access(&self, tenant: &str, database: &str) -> Result<(), ControlError> {
         self.0.repair_access(tenant, database).await.map(|_| ())
+    }
+
+    async fn allowlist(
+        &self,
+        tenant: &str,
+        database: &str,
+    ) -> Result<Option<AllowList>, ControlError> {
+        self.0.allowlist(tenant, database).await
     }
 
     fn session_opened(&self, tenant: &str, database: &str) {

@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dormouse_engines::{EngineKind, HostAgent, InstanceId, Secret};
+use dormouse_proxy::allowlist::AllowList;
 use dormouse_proxy::claims::{Claims, Role};
 use dormouse_proxy::control::{
     BackendSecret, ControlError, ControlEvent, EventHook, Protocol, Route, RouteLimits,
@@ -290,6 +291,7 @@ impl ControlService {
             });
         }
         let idle_timeout_seconds = validate_idle_timeout(req.idle_timeout_seconds)?;
+        let allowed_cidrs = validate_allowlist(req.allowed_cidrs.as_deref())?;
         if !self.lifecycle.agent().engines().contains(&engine) {
             return Err(ServiceError::Unavailable(format!(
                 "{engine} databases are not available on this installation (is the {} package installed?)",
@@ -312,6 +314,7 @@ impl ControlService {
             idle_timeout_seconds,
             last_wake_ms: None,
             start_failure: None,
+            allowed_cidrs,
         };
         match self.store.insert_database(&db).await {
             Err(StoreError::Conflict) => {
@@ -375,6 +378,22 @@ impl ControlService {
         self.database(tenant, name).await
     }
 
+    /// Replaces the addresses a database accepts (`None` or empty: any). Proxies in this
+    /// process drop its cached route at once; others within their route TTL.
+    pub async fn set_allowed_cidrs(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        cidrs: Option<&[String]>,
+    ) -> Result<Database, ServiceError> {
+        let db = self.database(tenant, name).await?;
+        let cidrs = validate_allowlist(cidrs)?;
+        self.store.set_allowed_cidrs(&db.id, &cidrs).await?;
+        self.emit(&ControlEvent::Changed { tenant: tenant.id.clone(), database: name.into() });
+        tracing::info!(tenant = %tenant.name, db = %name, allowed = %cidrs, "allowlist changed");
+        self.database(tenant, name).await
+    }
+
     pub async fn delete_database(&self, tenant: &Tenant, name: &str) -> Result<(), ServiceError> {
         let db = self.database(tenant, name).await?;
         self.emit(&ControlEvent::Deleted { tenant: tenant.id.clone(), database: name.into() });
@@ -428,6 +447,16 @@ impl ControlService {
             .map_err(|e| ControlError::Unavailable(e.to_string()))
     }
 
+    /// The addresses `tenant`'s database `name` accepts, for a proxy deciding whether to wake
+    /// it for a client; `None` if there is no such database.
+    pub async fn allowlist(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<AllowList>, ControlError> {
+        Ok(self.database_for_proxy(tenant, name).await?.map(|db| db.allowed_cidrs))
+    }
+
     /// Where the proxy finds `tenant`'s database `name`; `Asleep` when it must be woken first.
     pub async fn route(&self, tenant: &str, name: &str) -> Result<Option<Route>, ControlError> {
         let Some(db) = self.database_for_proxy(tenant, name).await? else { return Ok(None) };
@@ -465,6 +494,7 @@ impl ControlService {
                 let plan = names::plan(&db.plan).unwrap_or(names::PLANS[0]);
                 RouteLimits { max_clients: plan.max_clients, max_backend: plan.max_backend() }
             },
+            allowed_cidrs: db.allowed_cidrs,
         }))
     }
 
@@ -587,6 +617,9 @@ pub struct NewDatabase {
     /// Provision it on the first client connection instead of now.
     #[serde(default)]
     pub lazy: bool,
+    /// Client addresses it accepts (CIDRs or single addresses); absent, null or empty: any.
+    #[serde(default)]
+    pub allowed_cidrs: Option<Vec<String>>,
 }
 
 /// Longest idle timeout a database may have: a week.
@@ -604,4 +637,10 @@ fn validate_idle_timeout(seconds: Option<u32>) -> Result<u32, ServiceError> {
         });
     }
     Ok(seconds)
+}
+
+/// The allowlist a request asks for, normalised; `None` is any address.
+pub fn validate_allowlist(cidrs: Option<&[String]>) -> Result<AllowList, ServiceError> {
+    AllowList::parse(cidrs.unwrap_or_default())
+        .map_err(|e| ServiceError::Invalid { field: "allowed_cidrs", message: e.to_string() })
 }

@@ -158,6 +158,34 @@ fn the_cli_drives_a_running_dormouse_up() -> anyhow::Result<()> {
     let (ok, _, err) = dormouse(&up.api, dir.path(), Some(&token), &["db", "show", "nope"])?;
     assert!(!ok && err.contains("no database named"), "{err}");
 
+    // Address allowlists: set at creation, shown, replaced, cleared; a bad one is named.
+    let cli = |args: &[&str]| dormouse(&up.api, dir.path(), Some(&token), args);
+    let (ok, _, err) = cli(&[
+        "db",
+        "create",
+        "guarded",
+        "--engine",
+        "redis",
+        "--lazy",
+        "--allow",
+        "127.0.0.2",
+        "--allow",
+        "10.0.0.0/8",
+    ])?;
+    assert!(ok, "{err}");
+    let (ok, out, _) = cli(&["db", "show", "guarded"])?;
+    assert!(ok && out.contains("allowed     127.0.0.2/32, 10.0.0.0/8"), "{out}");
+    let (ok, out, err) = cli(&["db", "set", "guarded", "--allow", "192.0.2.0/24"])?;
+    assert!(ok && out.contains("accepts clients from 192.0.2.0/24"), "{out}{err}");
+    let (ok, _, err) = cli(&["db", "set", "guarded", "--allow", "10.0.0.0/33"])?;
+    assert!(!ok && err.contains("\"10.0.0.0/33\""), "{err}");
+    let (ok, _, _) = cli(&["db", "set", "guarded", "--allow", "10.0.0.0/8", "--allow-any"])?;
+    assert!(!ok, "one or the other");
+    let (ok, out, err) = cli(&["db", "set", "guarded", "--allow-any"])?;
+    assert!(ok && out.contains("accepts clients from any address"), "{out}{err}");
+    let (ok, out, _) = cli(&["db", "show", "guarded"])?;
+    assert!(ok && out.contains("allowed     any address"), "{out}");
+
     let (ok, _, _) = dormouse(&up.api, dir.path(), Some(&token), &["db", "delete", "cache"])?;
     assert!(ok);
 
@@ -243,6 +271,26 @@ fn control_and_proxy_run_apart_and_connection_strings_point_at_the_proxy() -> an
     assert_eq!(String::from_utf8_lossy(&pasted.stdout).trim(), "OK", "{pasted:?}");
     let pasted = Command::new(args[0]).args(&args[1..]).args(["GET", "k"]).output()?;
     assert_eq!(String::from_utf8_lossy(&pasted.stdout).trim(), "v", "{pasted:?}");
+
+    // An allowlist travels with the route to the proxy running apart: once it leaves this
+    // address out (within the proxy's route TTL), the same command line is refused.
+    let (ok, _, err) = dormouse(
+        &api,
+        &control_dir,
+        Some(&token),
+        &["db", "set", "cache", "--allow", "192.0.2.1"],
+    )?;
+    assert!(ok, "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pasted = Command::new(args[0]).args(&args[1..]).args(["GET", "k"]).output()?;
+        let said = [pasted.stdout.as_slice(), pasted.stderr.as_slice()].concat();
+        if String::from_utf8_lossy(&said).contains("WRONGPASS") {
+            break;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "still let in: {pasted:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(proxy);
     drop(control);
     Ok(())

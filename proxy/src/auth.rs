@@ -3,14 +3,17 @@
 //! revocation. Every failure a client can cause looks the same from outside.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 
+use crate::allowlist::AllowList;
 use crate::claims::{Claims, MAX_TOKEN_BYTES, Role};
-use crate::control::{ControlError, ControlPlane};
+use crate::control::{ControlError, ControlPlane, Route};
+use crate::routes::RouteCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -51,6 +54,35 @@ pub fn authorize(claims: &Claims, requested: Option<&str>) -> Result<Identity, A
         (None, None) => return Err(AuthError::NeedsDatabase),
     };
     Ok(Identity { tenant, database, role: claims.role, token_id: claims.jti.clone() })
+}
+
+/// The route for a verified client at `peer`, or `None` if it may not have one: no such
+/// database, or the client's address is not on the database's allowlist. Both protocols find
+/// a login's route here, so the allowlist is checked in this one place, before a sleeping
+/// database is woken and on the route found. A refused address looks exactly like a bad token
+/// to the client, so it learns nothing about the token; the log says which database and
+/// address (never the token itself, only its id).
+pub async fn route_for(
+    routes: &RouteCache,
+    identity: &Identity,
+    peer: IpAddr,
+) -> Result<Option<Route>, ControlError> {
+    let admit = |allowed: &AllowList| address_allowed(identity, allowed, peer);
+    routes.resolve_admitting(&identity.tenant, &identity.database, &admit).await
+}
+
+fn address_allowed(identity: &Identity, allowed: &AllowList, peer: IpAddr) -> bool {
+    if allowed.permits(peer) {
+        return true;
+    }
+    tracing::warn!(
+        tenant = %identity.tenant,
+        db = %identity.database,
+        %peer,
+        token_id = %identity.token_id,
+        "login refused: address not in the database's allowlist"
+    );
+    false
 }
 
 /// Verifies tokens with cached keys.
@@ -268,6 +300,17 @@ mod tests {
         for bad in ["../t-victim/cache", "a/b", "A", "", "x y", "%2e%2e"] {
             assert!(matches!(authorize(&c, Some(bad)), Err(AuthError::Refused(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_addresses_on_the_allowlist_are_allowed() -> Result<(), Box<dyn std::error::Error>> {
+        let identity = authorize(&claims(Some("t1"), Some("cache")), None)?;
+        let (inside, outside) = ("127.0.0.2".parse()?, "127.0.0.3".parse()?);
+        assert!(address_allowed(&identity, &AllowList::default(), outside), "no list: any");
+        let list = AllowList::parse(&["127.0.0.2/32"])?;
+        assert!(address_allowed(&identity, &list, inside));
+        assert!(!address_allowed(&identity, &list, outside));
+        Ok(())
     }
 
     #[test]

@@ -14,6 +14,8 @@ use jsonwebtoken::jwk::JwkSet;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::allowlist::AllowList;
+
 /// The wire protocol a database speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,6 +59,10 @@ pub struct Route {
     /// What the database's plan allows through the proxy.
     #[serde(default)]
     pub limits: RouteLimits,
+    /// Client addresses the database accepts; empty (or absent, from an older control) means
+    /// any. Checked once a token has been verified: see [`crate::auth::route_for`].
+    #[serde(default, skip_serializing_if = "AllowList::is_empty")]
+    pub allowed_cidrs: AllowList,
 }
 
 impl Route {
@@ -131,6 +137,8 @@ pub enum ControlEvent {
     Woke { tenant: String, database: String },
     /// The database is being deleted.
     Deleted { tenant: String, database: String },
+    /// Settings that travel with its route (the address allowlist) changed: drop cached routes.
+    Changed { tenant: String, database: String },
 }
 
 /// Called synchronously, in order, as events happen.
@@ -152,6 +160,17 @@ pub trait ControlPlane: Send + Sync {
     /// password): has control put the account back, so the next login works.
     async fn repair_access(&self, _tenant: &str, _database: &str) -> Result<(), ControlError> {
         Err(ControlError::Unavailable("this control plane cannot repair accounts".into()))
+    }
+
+    /// The addresses a database accepts, asked before a sleeping database is woken for a
+    /// client, so a client it would refuse does not start it. `None` when it cannot say (no
+    /// such database, or a control without the answer): the woken route's list decides then.
+    async fn allowlist(
+        &self,
+        _tenant: &str,
+        _database: &str,
+    ) -> Result<Option<AllowList>, ControlError> {
+        Ok(None)
     }
     /// A client session on the database began (after authentication).
     fn session_opened(&self, tenant: &str, database: &str);
@@ -372,6 +391,14 @@ impl ControlPlane for HttpControl {
             s if s.is_success() => Ok(()),
             s => Err(ControlError::Unavailable(format!("repairing accounts: HTTP {s}"))),
         }
+    }
+
+    async fn allowlist(
+        &self,
+        tenant: &str,
+        database: &str,
+    ) -> Result<Option<AllowList>, ControlError> {
+        self.get(paths::ROUTES, &[tenant, database, "allowlist"]).await
     }
 
     fn session_opened(&self, tenant: &str, database: &str) {

@@ -6,6 +6,7 @@
 //! - [`claims`]: what a token says (shared with control, which signs them).
 //! - [`control`]: what the proxy asks of control (keys, routes, revocations), with the HTTP client.
 //! - [`auth`]: token verification against the cached JWKS, and who may reach which database.
+//! - [`allowlist`]: the client addresses a database accepts.
 //! - [`routes`]: the route cache.
 //! - [`listener`]: the accept loop: connection limit, task tracking, drain on shutdown.
 //! - [`limits`]: client connections per database.
@@ -14,6 +15,7 @@
 //! - [`redis`]: the Redis front end: codec, commands, backend connections, the session relay.
 //! - [`mysql`]: the MySQL front end: login, backend connections and their pool, the relay.
 
+pub mod allowlist;
 pub mod auth;
 mod buffers;
 pub mod claims;
@@ -111,7 +113,9 @@ impl Proxy {
                     pool.forget(tenant, database);
                     redis_pools.pools.forget(tenant, database);
                 }
-                Woke { tenant, database } => routes.invalidate(tenant, database),
+                Woke { tenant, database } | Changed { tenant, database } => {
+                    routes.invalidate(tenant, database)
+                }
             }
         }));
         Ok(Self {

@@ -1,7 +1,8 @@
 //! Routes to databases: `(tenant, database)` to backend address and credentials, cached for a
 //! short TTL and dropped at once when a backend refuses a connection or control says the
 //! database moved. A sleeping database is woken here: one wake per database however many
-//! clients arrive, retried with bounded backoff when the failure can pass.
+//! clients arrive, retried with bounded backoff when the failure can pass, and never for a
+//! client its address allowlist refuses.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use dashmap::DashMap;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
+use crate::allowlist::AllowList;
 use crate::control::{ControlError, ControlPlane, Route, RouteLimits};
 
 /// How hard a wake is tried before the waiting clients get an error.
@@ -65,6 +67,31 @@ impl RouteCache {
 
     /// The route, from the cache if fresh, else from control, waking the database if it sleeps.
     pub async fn resolve(&self, tenant: &str, database: &str) -> WakeResult {
+        self.resolve_admitting(tenant, database, &|_| true).await
+    }
+
+    /// [`Self::resolve`] for a client logging in: `admit` judges the database's allowlist
+    /// before a sleeping database is woken (a client it would refuse does not start it) and on
+    /// the route found. A client refused gets `Ok(None)`, as for a database that does not exist.
+    pub async fn resolve_admitting(
+        &self,
+        tenant: &str,
+        database: &str,
+        admit: &(dyn Fn(&AllowList) -> bool + Sync),
+    ) -> WakeResult {
+        let route = self.lookup(tenant, database, admit).await;
+        match route {
+            Ok(Some(r)) if !admit(&r.allowed_cidrs) => Ok(None),
+            other => other,
+        }
+    }
+
+    async fn lookup(
+        &self,
+        tenant: &str,
+        database: &str,
+        admit: &(dyn Fn(&AllowList) -> bool + Sync),
+    ) -> WakeResult {
         let key = (tenant.to_owned(), database.to_owned());
         if let Some(entry) = self.entries.get(&key)
             && entry.0.elapsed() < self.ttl
@@ -72,7 +99,15 @@ impl RouteCache {
             return Ok(Some(entry.1.clone()));
         }
         let mut route = match self.control.route(tenant, database).await {
-            Err(ControlError::Asleep) => self.wake(key.clone()).await,
+            Err(ControlError::Asleep) => {
+                // Control's failure to say is no refusal: the woken route's list decides.
+                if let Ok(Some(allowed)) = self.control.allowlist(tenant, database).await
+                    && !admit(&allowed)
+                {
+                    return Ok(None);
+                }
+                self.wake(key.clone()).await
+            }
             other => other,
         };
         if let (Ok(Some(r)), Some(caps)) = (&mut route, self.caps) {
@@ -164,6 +199,13 @@ mod tests {
         wakes: AtomicU32,
         failures: AtomicU32,
         retryable: bool,
+        allowed: AllowList,
+    }
+
+    impl Scripted {
+        fn route(&self) -> Route {
+            Route { allowed_cidrs: self.allowed.clone(), ..route() }
+        }
     }
 
     fn route() -> Route {
@@ -177,6 +219,7 @@ mod tests {
             info_user: None,
             password: BackendSecret("p".into()),
             limits: Default::default(),
+            allowed_cidrs: Default::default(),
         }
     }
 
@@ -190,7 +233,7 @@ mod tests {
         }
         async fn route(&self, _: &str, _: &str) -> WakeResult {
             if self.awake.load(Ordering::SeqCst) {
-                Ok(Some(route()))
+                Ok(Some(self.route()))
             } else {
                 Err(ControlError::Asleep)
             }
@@ -206,18 +249,30 @@ mod tests {
                 });
             }
             self.awake.store(true, Ordering::SeqCst);
-            Ok(Some(route()))
+            Ok(Some(self.route()))
+        }
+        async fn allowlist(&self, _: &str, _: &str) -> Result<Option<AllowList>, ControlError> {
+            Ok(Some(self.allowed.clone()))
         }
         fn session_opened(&self, _: &str, _: &str) {}
         fn session_closed(&self, _: &str, _: &str) {}
     }
 
     fn cache(failures: u32, retryable: bool) -> (Arc<Scripted>, Arc<RouteCache>) {
+        cache_allowing(failures, retryable, AllowList::default())
+    }
+
+    fn cache_allowing(
+        failures: u32,
+        retryable: bool,
+        allowed: AllowList,
+    ) -> (Arc<Scripted>, Arc<RouteCache>) {
         let control = Arc::new(Scripted {
             awake: Default::default(),
             wakes: AtomicU32::new(0),
             failures: AtomicU32::new(failures),
             retryable,
+            allowed,
         });
         let cache = Arc::new(RouteCache::new(
             control.clone(),
@@ -258,5 +313,23 @@ mod tests {
         assert_eq!(control.wakes.load(Ordering::SeqCst), 1, "not retried");
         assert_eq!(cache.resolve("t", "db").await, Ok(Some(route())), "a new wake");
         assert_eq!(control.wakes.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_the_allowlist_refuses_neither_wakes_the_database_nor_gets_its_route()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let only = AllowList::parse(&["127.0.0.2/32"])?;
+        let (control, cache) = cache_allowing(0, true, only);
+        let (inside, outside) = ("127.0.0.2".parse()?, "127.0.0.3".parse()?);
+        let admit = |peer| move |allowed: &AllowList| allowed.permits(peer);
+        assert_eq!(cache.resolve_admitting("t", "db", &admit(outside)).await, Ok(None));
+        assert_eq!(control.wakes.load(Ordering::SeqCst), 0, "still asleep");
+        let woken = cache.resolve_admitting("t", "db", &admit(inside)).await?;
+        assert_eq!(woken.map(|r| r.allowed_cidrs.is_empty()), Some(false));
+        assert_eq!(control.wakes.load(Ordering::SeqCst), 1);
+        // Awake now, with the route cached: still refused.
+        assert_eq!(cache.resolve_admitting("t", "db", &admit(outside)).await, Ok(None));
+        assert!(cache.resolve("t", "db").await?.is_some(), "mid-session lookups are not judged");
+        Ok(())
     }
 }

@@ -118,6 +118,7 @@ mod tests {
             info_user: None,
             password: BackendSecret("p".into()),
             limits: Default::default(),
+            allowed_cidrs: Default::default(),
         }
     }
 

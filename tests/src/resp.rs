@@ -1,11 +1,12 @@
 //! A raw RESP client for tests that compare replies byte for byte: it sends commands as RESP
 //! arrays and reads whole reply frames as the bytes that came off the wire, RESP2 or RESP3.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// How long a reply may take: longer than any blocking call the tests make.
 const REPLY_WAIT: Duration = Duration::from_secs(15);
@@ -29,6 +30,16 @@ pub fn encode(args: &[&str]) -> Vec<u8> {
 impl RawRedis {
     pub async fn connect(port: u16) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self { stream, buf: Vec::new() })
+    }
+
+    /// Connects to the proxy on 127.0.0.1 from `local` (any address in 127/8 is this
+    /// machine's), so a test can act as a client from another address.
+    pub async fn connect_from(local: Ipv4Addr, port: u16) -> anyhow::Result<Self> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((local, 0)))?;
+        let stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
         stream.set_nodelay(true)?;
         Ok(Self { stream, buf: Vec::new() })
     }

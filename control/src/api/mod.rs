@@ -62,6 +62,10 @@ pub fn router(state: AppState) -> Router {
             &format!("{}/{{tenant}}/{{database}}/repair", paths::ROUTES),
             post(routes::internal::repair),
         )
+        .route(
+            &format!("{}/{{tenant}}/{{database}}/allowlist", paths::ROUTES),
+            get(routes::internal::allowlist),
+        )
         .route(paths::ACTIVITY, post(routes::internal::activity))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

@@ -90,13 +90,14 @@ pub async fn tenant(cli: &Cli, cmd: &TenantCommand) -> anyhow::Result<()> {
 
 pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
     match cmd {
-        DbCommand::Create { name, engine, plan, idle_timeout, lazy } => {
+        DbCommand::Create { name, engine, plan, idle_timeout, lazy, allow } => {
             let req = json!({
                 "name": name,
                 "engine": engine,
                 "plan": plan,
                 "idle_timeout_seconds": idle_timeout,
                 "lazy": lazy,
+                "allowed_cidrs": allow,
             });
             let body =
                 call(cli, Method::POST, "/v1/databases", Some(req)).await?.unwrap_or_default();
@@ -154,6 +155,7 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
                     "idle after",
                     if idle == 0 { "never".into() } else { format!("{idle}s") }
                 );
+                println!("{:<11} {}", "allowed", allowed(&body));
                 if let Some(ms) = body["last_wake_ms"].as_u64() {
                     println!("{:<11} {ms} ms", "last wake");
                 }
@@ -176,11 +178,21 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
                 println!("{:<11} {}", "uri", text(&body["connection"], "uri"));
             }
         }
-        DbCommand::Set { name, idle_timeout } => {
-            let req = json!({ "idle_timeout_seconds": idle_timeout });
+        DbCommand::Set { name, idle_timeout, allow, allow_any } => {
+            let mut req = json!({ "idle_timeout_seconds": idle_timeout });
+            // Left out unless asked for: an absent field leaves the list as it is.
+            if *allow_any {
+                req["allowed_cidrs"] = Value::Null;
+            } else if !allow.is_empty() {
+                req["allowed_cidrs"] = json!(allow);
+            }
             let body =
                 call(cli, Method::PATCH, &format!("/v1/databases/{name}"), Some(req)).await?;
-            print_state(cli, &body.unwrap_or_default());
+            let body = body.unwrap_or_default();
+            print_state(cli, &body);
+            if !cli.json && (*allow_any || !allow.is_empty()) {
+                println!("it accepts clients from {}", allowed(&body));
+            }
         }
         DbCommand::Suspend { name } => {
             let body =
@@ -202,6 +214,13 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A database's allowlist in words: its CIDRs, or "any address".
+fn allowed(body: &Value) -> String {
+    let cidrs: Vec<&str> =
+        body["allowed_cidrs"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if cidrs.is_empty() { "any address".into() } else { cidrs.join(", ") }
 }
 
 fn print_state(cli: &Cli, body: &Value) {

@@ -145,6 +145,10 @@ pub enum DbCommand {
         /// Provision it when the first client connects instead of now.
         #[arg(long)]
         lazy: bool,
+        /// Accept clients only from this network (CIDR or address; repeat for more).
+        /// Default: any address.
+        #[arg(long = "allow", value_name = "CIDR")]
+        allow: Vec<String>,
     },
     /// Change a database's settings.
     Set {
@@ -152,6 +156,13 @@ pub enum DbCommand {
         /// Suspend after this long without client connections (e.g. 5m; 0 = never).
         #[arg(long, value_parser = parse_idle)]
         idle_timeout: Option<u32>,
+        /// Accept clients only from these networks (CIDR or address; repeat for more),
+        /// replacing the current list.
+        #[arg(long = "allow", value_name = "CIDR", conflicts_with = "allow_any")]
+        allow: Vec<String>,
+        /// Accept clients from any address again.
+        #[arg(long)]
+        allow_any: bool,
     },
     /// Suspend a database now; the next client connection wakes it.
     Suspend { name: String },

@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use dormouse_engines::{EngineKind, InstanceId, Secret};
+use dormouse_proxy::allowlist::AllowList;
 use dormouse_proxy::claims::Role;
 
 pub use sqlite::SqliteStore;
@@ -97,6 +98,8 @@ pub struct Database {
     pub last_wake_ms: Option<u32>,
     /// Set while its starts fail, cleared by the next start that succeeds.
     pub start_failure: Option<StartFailure>,
+    /// Client addresses it accepts; empty = any.
+    pub allowed_cidrs: AllowList,
 }
 
 /// Why a database's last start failed.
@@ -142,6 +145,8 @@ pub trait Store: Send + Sync {
     async fn delete_database(&self, id: &InstanceId) -> Result<(), StoreError>;
     async fn set_idle_timeout(&self, id: &InstanceId, seconds: u32) -> Result<(), StoreError>;
     async fn set_last_wake(&self, id: &InstanceId, ms: u32) -> Result<(), StoreError>;
+    async fn set_allowed_cidrs(&self, id: &InstanceId, cidrs: &AllowList)
+    -> Result<(), StoreError>;
     /// Records a failed start (`Some(reason, at)`, counting it) or a successful one (`None`).
     async fn record_start(
         &self,

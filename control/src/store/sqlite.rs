@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dormouse_engines::{EngineKind, InstanceId, Secret};
+use dormouse_proxy::allowlist::AllowList;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
@@ -79,7 +80,19 @@ fn database_row(row: sqlx::sqlite::SqliteRow) -> Result<Database, StoreError> {
             }),
             None => None,
         },
+        allowed_cidrs: allowed_cidrs(row.try_get("allowed_cidrs")?)?,
     })
+}
+
+/// The stored form of an allowlist: `NULL` for any address, else its comma-separated CIDRs.
+fn stored_cidrs(list: &AllowList) -> Option<String> {
+    (!list.is_empty()).then(|| list.to_string())
+}
+
+fn allowed_cidrs(stored: Option<String>) -> Result<AllowList, StoreError> {
+    let Some(text) = stored.filter(|t| !t.is_empty()) else { return Ok(AllowList::default()) };
+    let entries: Vec<&str> = text.split(',').collect();
+    AllowList::parse(&entries).map_err(|e| StoreError::Corrupt(format!("allowed_cidrs: {e}")))
 }
 
 fn token_row(row: sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
@@ -98,7 +111,8 @@ fn token_row(row: sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
 macro_rules! database_columns {
     () => {
         "id, tenant_id, name, engine, plan, status, port, password, created_at, \
-         idle_timeout_seconds, last_wake_ms, last_error, last_error_at, failed_starts"
+         idle_timeout_seconds, last_wake_ms, last_error, last_error_at, failed_starts, \
+         allowed_cidrs"
     };
 }
 
@@ -141,7 +155,8 @@ impl Store for SqliteStore {
     async fn insert_database(&self, d: &Database) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO databases (id, tenant_id, name, engine, plan, status, port, password, \
-             created_at, idle_timeout_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             created_at, idle_timeout_seconds, allowed_cidrs) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(d.id.as_str())
         .bind(&d.tenant_id)
@@ -153,6 +168,7 @@ impl Store for SqliteStore {
         .bind(d.password.expose())
         .bind(d.created_at)
         .bind(i64::from(d.idle_timeout_seconds))
+        .bind(stored_cidrs(&d.allowed_cidrs))
         .execute(&self.pool)
         .await
         .map_err(conflict_or)?;
@@ -231,6 +247,19 @@ impl Store for SqliteStore {
     async fn set_last_wake(&self, id: &InstanceId, ms: u32) -> Result<(), StoreError> {
         sqlx::query("UPDATE databases SET last_wake_ms = ? WHERE id = ?")
             .bind(i64::from(ms))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_allowed_cidrs(
+        &self,
+        id: &InstanceId,
+        cidrs: &AllowList,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE databases SET allowed_cidrs = ? WHERE id = ?")
+            .bind(stored_cidrs(cidrs))
             .bind(id.as_str())
             .execute(&self.pool)
             .await?;
@@ -354,6 +383,7 @@ mod tests {
             idle_timeout_seconds: 300,
             last_wake_ms: None,
             start_failure: None,
+            allowed_cidrs: AllowList::default(),
         }
     }
 
@@ -391,6 +421,14 @@ mod tests {
         s.record_start(&d.id, None).await?;
         let got = s.database(&t.id, "cache").await?.expect("stored");
         assert_eq!(got.start_failure, None, "a start that succeeded clears it");
+        assert_eq!(got.allowed_cidrs, AllowList::default(), "any address unless set");
+        let cidrs = AllowList::parse(&["10.0.0.0/8", "2001:db8::/32"])?;
+        s.set_allowed_cidrs(&d.id, &cidrs).await?;
+        let got = s.database(&t.id, "cache").await?.expect("stored");
+        assert_eq!(got.allowed_cidrs, cidrs);
+        s.set_allowed_cidrs(&d.id, &AllowList::default()).await?;
+        let got = s.database(&t.id, "cache").await?.expect("stored");
+        assert_eq!(got.allowed_cidrs, AllowList::default(), "cleared");
         assert_eq!(s.list_databases(&t.id).await?.len(), 1);
         s.delete_database(&d.id).await?;
         assert!(s.database(&t.id, "cache").await?.is_none());

@@ -4,7 +4,8 @@
 //! ```text
 //!  accept ─▶ login: greeting (caching_sha2_password) ─▶ [SSLRequest ─▶ TLS] ─▶ handshake
 //!            response ─▶ "perform full auth" ─▶ token in cleartext (TLS) or RSA-encrypted
-//!         ─▶ authenticate: user = database, verify the token, authorize, route, admit
+//!         ─▶ authenticate: user = database, verify the token, authorize, route, check the
+//!            client's address against the database's allowlist, admit
 //!         ─▶ session: per command, borrow a pooled connection of the same flavour, replay the
 //!            client's schema and variables on it, forward (prepared statements under proxy
 //!            ids, prepared lazily on the borrowed connection), relay the response, learn the
@@ -48,7 +49,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, Identity, TokenVerifier, authorize};
+use crate::auth::{AuthError, Identity, TokenVerifier, authorize, route_for};
 use crate::config::MysqlConfig;
 use crate::control::{ControlPlane, Protocol, Route, SessionGuard};
 use crate::limits::ClientCounts;
@@ -149,7 +150,7 @@ impl MysqlFrontend {
             self.fast_auth.remember(user, token);
             let guard =
                 SessionGuard::new(self.control.clone(), &identity.tenant, &identity.database);
-            return match self.routes.resolve(&identity.tenant, &identity.database).await {
+            return match route_for(&self.routes, &identity, peer.ip()).await {
                 Ok(Some(route)) if route.protocol == Protocol::Mysql => {
                     Ok((identity, route, guard))
                 }

@@ -3,7 +3,8 @@
 //! ```text
 //!  accept ──▶ pre-auth: only AUTH / HELLO [AUTH] / PING / QUIT / RESET (else -NOAUTH),
 //!             small request limits, one deadline
-//!        ──▶ authenticate: verify the token offline, authorize the database, look up the route
+//!        ──▶ authenticate: verify the token offline, authorize the database, look up the route,
+//!             check the client's address against the database's allowlist
 //!        ──▶ link: the database's pool for the client's RESP version, one of its shared
 //!             connections (HELLO <proto> AUTH <internal user>); the COMMAND table, once
 //!        ──▶ relay: classify each command (refuse / answer locally / forward); forward bytes
@@ -23,7 +24,7 @@ pub mod pool;
 mod session;
 pub mod shared;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -33,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, Identity, TokenVerifier, authorize};
+use crate::auth::{AuthError, Identity, TokenVerifier, authorize, route_for};
 use crate::config::RedisConfig;
 use crate::control::{ControlError, ControlPlane, Protocol, Route, SessionGuard};
 use crate::limits::ClientCounts;
@@ -104,20 +105,22 @@ impl RedisFrontend {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Verifies `token`, decides the database, and finds its route (waking the database if it
-    /// sleeps). The session counts as activity on the database from before the route lookup,
-    /// so control never suspends a database a client is about to use.
+    /// Verifies `token`, decides the database, finds its route (waking the database if it
+    /// sleeps) and checks that `peer` may reach it. The session counts as activity on the
+    /// database from before the route lookup, so control never suspends a database a client
+    /// is about to use.
     pub(crate) async fn authenticate(
         &self,
         user: Option<&str>,
         token: &str,
+        peer: IpAddr,
     ) -> Result<(Identity, Route, SessionGuard), LoginError> {
         let claims = self.verifier.verify(token).await?;
         let identity = authorize(&claims, user)?;
         let guard = SessionGuard::new(self.control.clone(), &identity.tenant, &identity.database);
-        let route = match self.routes.resolve(&identity.tenant, &identity.database).await {
+        let route = match route_for(&self.routes, &identity, peer).await {
             Ok(Some(route)) => route,
-            Ok(None) => return Err(AuthError::Refused("no such database").into()),
+            Ok(None) => return Err(AuthError::Refused("no such database or address").into()),
             Err(error) => {
                 return Err(LoginError::Unavailable { database: identity.database, error });
             }

@@ -1,4 +1,4 @@
-//! `/v1/databases`: create (with a ready-to-paste connection), list, show, delete.
+//! `/v1/databases`: create (with a ready-to-paste connection), list, show, change, delete.
 
 use axum::Json as JsonResponse;
 use axum::extract::State;
@@ -12,13 +12,25 @@ use crate::api::error::ApiError;
 use crate::api::extract::{Json, Path, tenant_of};
 use crate::api::routes::timestamp;
 use crate::lifecycle::Attempt;
-use crate::service::{Caller, ControlService, NewDatabase, PublicEndpoints};
+use crate::service::{Caller, ControlService, NewDatabase, PublicEndpoints, validate_allowlist};
 use crate::store::{Database, DatabaseStatus};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateDatabase {
     idle_timeout_seconds: Option<u32>,
+    /// Absent: unchanged; `null` or `[]`: any address; else the CIDRs that may connect.
+    #[serde(default, deserialize_with = "present")]
+    allowed_cidrs: Option<Option<Vec<String>>>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`, by `default`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// How a client connects: host, port, user, and a command line and URI to paste. `token` fills
@@ -69,6 +81,8 @@ fn view(service: &ControlService, db: &Database, token: Option<&str>) -> Value {
         "status": observed_status(service, db),
         "created_at": timestamp(db.created_at),
         "idle_timeout_seconds": db.idle_timeout_seconds,
+        // Empty: any address.
+        "allowed_cidrs": db.allowed_cidrs,
         "last_wake_ms": db.last_wake_ms,
         "last_error": db.start_failure.as_ref().map(|f| json!({
             "reason": f.reason,
@@ -146,7 +160,8 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `PATCH /v1/databases/{name}`: change the idle timeout.
+/// `PATCH /v1/databases/{name}`: change the idle timeout or the address allowlist. Every
+/// field is checked before any is changed.
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -155,8 +170,14 @@ pub async fn update(
 ) -> Result<JsonResponse<Value>, ApiError> {
     let tenant = tenant_of(&caller, true)?;
     let mut db = state.service.database(tenant, &name).await?;
+    if let Some(cidrs) = &req.allowed_cidrs {
+        validate_allowlist(cidrs.as_deref())?;
+    }
     if let Some(seconds) = req.idle_timeout_seconds {
         db = state.service.set_idle_timeout(tenant, &name, seconds).await?;
+    }
+    if let Some(cidrs) = &req.allowed_cidrs {
+        db = state.service.set_allowed_cidrs(tenant, &name, cidrs.as_deref()).await?;
     }
     Ok(JsonResponse(view(&state.service, &db, None)))
 }

@@ -1,8 +1,10 @@
 //! What the proxy asks: the public signing keys (public), and, with the operator's token, the
-//! route to a database and the list of revoked tokens.
+//! route to a database (or, while it sleeps, its address allowlist) and the list of revoked
+//! tokens.
 
 use axum::Json as JsonResponse;
 use axum::extract::State;
+use dormouse_proxy::allowlist::AllowList;
 use dormouse_proxy::control::{ActivityReport, ControlError, Revocations, Route, WakeFailure};
 use jsonwebtoken::jwk::JwkSet;
 
@@ -66,6 +68,21 @@ pub async fn route(
     valid_names(&tenant, &database)?;
     match state.service.route(&tenant, &database).await {
         Ok(Some(route)) => Ok(JsonResponse(route)),
+        Ok(None) => Err(ApiError::not_found("no such database")),
+        Err(e) => Err(control_error(e)),
+    }
+}
+
+/// The addresses a database accepts, asked before waking it for a client.
+pub async fn allowlist(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, database)): Path<(String, String)>,
+) -> Result<JsonResponse<AllowList>, ApiError> {
+    operator_only(&caller)?;
+    valid_names(&tenant, &database)?;
+    match state.service.allowlist(&tenant, &database).await {
+        Ok(Some(allowed)) => Ok(JsonResponse(allowed)),
         Ok(None) => Err(ApiError::not_found("no such database")),
         Err(e) => Err(control_error(e)),
     }

@@ -133,10 +133,11 @@ impl Session {
             self.front.throttle.record_failure(self.peer.ip());
             return self.reply(WRONGPASS);
         };
-        let (identity, route, guard) = match self.front.authenticate(user.as_deref(), token).await {
-            Ok(found) => found,
-            Err(e) => return self.refuse_login(e),
-        };
+        let (identity, route, guard) =
+            match self.front.authenticate(user.as_deref(), token, self.peer.ip()).await {
+                Ok(found) => found,
+                Err(e) => return self.refuse_login(e),
+            };
         let resp3 = hello.as_ref().map_or(self.resp3, |h| h.resp3);
         // A token that can write and one that cannot use different backend users.
         let same_links = self.shared.is_some()
