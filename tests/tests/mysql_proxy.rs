@@ -292,7 +292,8 @@ async fn a_tenant_sees_only_its_schema_and_cannot_grant_itself_privileges() -> a
     for (sql, code) in [
         ("SELECT * FROM mysql.user", 1142),
         ("CREATE DATABASE other", 1044),
-        ("GRANT ALL ON *.* TO CURRENT_USER()", 1045),
+        // Refused by the proxy: Dormouse manages the accounts.
+        ("GRANT ALL ON *.* TO CURRENT_USER()", 1227),
         ("CREATE USER evil IDENTIFIED BY 'x'", 1227),
         ("SHUTDOWN", 1227),
         ("SELECT LOAD_FILE('/etc/passwd') IS NULL", 0),
