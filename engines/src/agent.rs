@@ -16,6 +16,7 @@ use dashmap::DashMap;
 use rand::RngCore;
 use tokio_util::sync::CancellationToken;
 
+use crate::confine::{Confiner, ancestor_dir_mode};
 use crate::engine::{Engine, EngineError};
 use crate::spec::{Endpoint, EngineKind, InstanceId, InstanceSpec};
 use crate::supervisor::{InstanceState, RestartPolicy, Supervisor};
@@ -70,9 +71,11 @@ pub trait HostAgent: Send + Sync {
     async fn shutdown(&self);
 }
 
-/// Runs instances as child processes of this process, under `root/<instance id>/`.
+/// Runs instances as child processes of this process, under `root/<instance id>/`, each
+/// confined (see [`crate::confine`]).
 pub struct LocalAgent {
     root: PathBuf,
+    confiner: Arc<Confiner>,
     engines: HashMap<EngineKind, Arc<dyn Engine>>,
     policy: RestartPolicy,
     /// Warm directories kept per engine.
@@ -92,9 +95,15 @@ impl LocalAgent {
         // Absolute, because servers change their working directory while reading their
         // configuration, and a relative socket or data path would then point elsewhere.
         let root = std::path::absolute(root.into())?;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&root)?;
+        // Servers running as users of their own pass through it to their directories.
+        let mode = ancestor_dir_mode();
+        std::fs::DirBuilder::new().recursive(true).mode(mode).create(&root)?;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode))?;
+        let confiner = Arc::new(Confiner::detect());
+        confiner.check_root(&root)?;
         Ok(Self {
             root,
+            confiner,
             engines: engines.into_iter().map(|e| (e.kind(), e)).collect(),
             policy,
             warm_size: 0,
@@ -265,10 +274,19 @@ impl HostAgent for LocalAgent {
                 }
                 None => {
                     let dir = self.provision(engine.as_ref(), spec, &mut timing).await?;
+                    let owner = self.confiner.owner_for(&self.root, &dir).await.map_err(
+                        EngineError::io(format!("giving {} to its server's user", dir.display())),
+                    )?;
+                    let sandbox = self.confiner.sandbox(
+                        spec.id.as_str(),
+                        dir,
+                        owner,
+                        engine.resources(&spec.limits),
+                    );
                     let s = Arc::new(Supervisor::spawn(
                         engine.clone(),
                         spec.clone(),
-                        dir,
+                        sandbox,
                         self.policy.clone(),
                     ));
                     self.supervisors.insert(spec.id.clone(), s.clone());

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::spec::{EngineKind, InstanceSpec};
+use crate::confine::Resources;
+use crate::spec::{EngineKind, InstanceSpec, Limits};
 
 /// One instance as the engine sees it at a start: its spec, its directory and its port.
 #[derive(Debug, Clone)]
@@ -69,6 +70,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Longest time from SIGTERM to exit before the process is killed.
     fn stop_timeout(&self) -> Duration;
+
+    /// What the server may use at most (cgroup and rlimits): the plan's `limits` plus what
+    /// the server itself needs beyond them. Never so tight that it fails to start.
+    fn resources(&self, limits: &Limits) -> Resources;
 
     /// Fill a new, empty instance directory (first start only).
     async fn provision(&self, spec: &InstanceSpec, dir: &Path) -> Result<(), EngineError>;

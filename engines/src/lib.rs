@@ -7,11 +7,13 @@
 //! - [`redis`]: the Redis driver (`redis-server`, one process per database).
 //! - [`mariadb`]: the MariaDB driver (`mariadbd` from a copied template data directory).
 //! - [`process`]: spawning a server process with captured output, SIGTERM-then-SIGKILL stop.
+//! - [`confine`]: each server's own uid, Landlock, cgroup and rlimit limits.
 //! - [`supervisor`]: one task per instance: start, wait for readiness, restart with backoff.
 //! - [`agent`]: the `HostAgent` trait and the in-process implementation `dormouse up` uses.
 //! - [`ports`]: picking free loopback ports.
 
 pub mod agent;
+pub mod confine;
 pub mod engine;
 pub mod mariadb;
 pub mod ports;

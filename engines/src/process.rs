@@ -3,6 +3,7 @@
 //! so a recycled pid is never hit.
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -11,23 +12,35 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
+use crate::confine::{Cgroup, Jail};
 use crate::engine::Launch;
 
 /// A running server process that we own.
 #[derive(Debug)]
 pub struct ManagedProcess {
     child: Child,
+    /// Its cgroup, removed once the process has been reaped.
+    cgroup: Option<Cgroup>,
 }
 
 impl ManagedProcess {
-    /// Starts `launch` with stdout and stderr appended to `log`.
+    /// Starts `launch` with stdout and stderr appended to `log`, confined by `jail` if given.
     ///
     /// The child gets its own process group (a Ctrl-C in the terminal reaches Dormouse, which
     /// then stops its servers cleanly) and SIGKILL when the thread that spawned it dies, so no
     /// server outlives a crashed agent. Spawn only from runtime worker threads: blocking-pool
     /// threads exit when idle and would take the child with them.
-    pub fn spawn(launch: &Launch, log: &Path) -> std::io::Result<Self> {
-        let out = OpenOptions::new().create(true).append(true).open(log)?;
+    pub fn spawn(launch: &Launch, log: &Path, jail: Option<Jail>) -> std::io::Result<Self> {
+        // The log sits in a directory the server owns: a link it put there is replaced, not
+        // followed (the agent opens the log as root).
+        if std::fs::symlink_metadata(log).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(log)?;
+        }
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(log)?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(&launch.program);
         cmd.args(&launch.args)
@@ -37,7 +50,25 @@ impl ManagedProcess {
             .process_group(0)
             .kill_on_drop(true);
         set_parent_death_signal(&mut cmd);
-        Ok(Self { child: cmd.spawn()? })
+        let cgroup = jail.and_then(|jail| jail.apply(&mut cmd));
+        match cmd.spawn() {
+            Ok(child) => Ok(Self { child, cgroup }),
+            Err(e) => {
+                if let Some(cgroup) = cgroup {
+                    let _ = cgroup.remove();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the process's cgroup once it has been reaped.
+    fn reaped(&mut self) {
+        if let Some(cgroup) = self.cgroup.take()
+            && let Err(e) = cgroup.remove()
+        {
+            tracing::warn!(dirs = ?cgroup.dirs(), error = %e, "removing a server's cgroup");
+        }
     }
 
     /// The pid while the process has not been reaped.
@@ -47,26 +78,32 @@ impl ManagedProcess {
 
     /// The exit status if the process has exited, without waiting.
     pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
-        self.child.try_wait()
+        let status = self.child.try_wait()?;
+        if status.is_some() {
+            self.reaped();
+        }
+        Ok(status)
     }
 
     /// Waits for the process to exit (cancel-safe).
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        self.child.wait().await
+        let status = self.child.wait().await?;
+        self.reaped();
+        Ok(status)
     }
 
     /// SIGTERM, wait up to `grace`, then SIGKILL; returns how the process ended.
     pub async fn stop(mut self, grace: Duration) -> std::io::Result<ExitStatus> {
-        if let Some(status) = self.child.try_wait()? {
+        if let Some(status) = self.try_wait()? {
             return Ok(status);
         }
         self.signal(Signal::SIGTERM);
-        match tokio::time::timeout(grace, self.child.wait()).await {
+        match tokio::time::timeout(grace, self.wait()).await {
             Ok(status) => status,
             Err(_) => {
                 tracing::warn!(pid = ?self.pid(), ?grace, "server ignored SIGTERM; killing it");
                 self.child.start_kill()?;
-                self.child.wait().await
+                self.wait().await
             }
         }
     }
@@ -134,7 +171,7 @@ mod tests {
     async fn stop_terminates_and_reaps() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         let launch = Launch { program: "sleep".into(), args: vec!["30".into()] };
-        let proc = ManagedProcess::spawn(&launch, &dir.path().join("log"))?;
+        let proc = ManagedProcess::spawn(&launch, &dir.path().join("log"), None)?;
         assert!(proc.pid().is_some());
         let status = proc.stop(Duration::from_secs(5)).await?;
         assert!(!status.success());
@@ -150,7 +187,7 @@ mod tests {
             args: vec!["-c".into(), "trap '' TERM; echo ready; exec sleep 30".into()],
         };
         let log = dir.path().join("log");
-        let proc = ManagedProcess::spawn(&launch, &log)?;
+        let proc = ManagedProcess::spawn(&launch, &log, None)?;
         while !log_tail(&log, 64).contains("ready") {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

@@ -11,8 +11,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::confine::Resources;
 use crate::engine::{Engine, EngineError, Instance, Launch, ProbeError, find_program, socket_path};
-use crate::spec::{EngineKind, InstanceSpec};
+use crate::spec::{EngineKind, InstanceSpec, Limits};
 
 /// The ACL user the proxy authenticates as for read-write tokens.
 pub const INTERNAL_USER: &str = "dormouse";
@@ -253,6 +254,20 @@ impl Engine for RedisEngine {
         Duration::from_secs(10)
     }
 
+    /// Memory: `maxmemory` counts the data only; client and AOF buffers come on top, and an
+    /// AOF rewrite forks a child whose copied pages count too (every page, at worst): twice
+    /// the plan plus 64 MiB for the server itself (about 12 MiB resident when idle).
+    /// Threads: the main one, three background ones and a forked rewrite; files: one per
+    /// client plus the 32 Redis keeps for itself.
+    fn resources(&self, limits: &Limits) -> Resources {
+        const MIB: u64 = 1 << 20;
+        Resources {
+            memory_bytes: (2 * u64::from(limits.memory_mb) + 64) * MIB,
+            pids: 64,
+            open_files: u64::from(limits.max_connections) + 128,
+        }
+    }
+
     async fn provision(&self, _spec: &InstanceSpec, dir: &Path) -> Result<(), EngineError> {
         let data = dir.join(DATA_DIR);
         tokio::fs::create_dir_all(&data)
@@ -289,17 +304,22 @@ impl Engine for RedisEngine {
     }
 }
 
-/// Writes a file readable by its owner only.
+/// Writes a file readable by its owner only, as a new file: the directory belongs to the
+/// server, and a link it left in the file's place must not lead the agent to write elsewhere.
 pub(crate) async fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = path.to_owned();
     let contents = contents.to_vec();
     tokio::task::spawn_blocking(move || {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)?;
         std::io::Write::write_all(&mut file, &contents)
     })

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::confine::Sandbox;
 use crate::engine::{Engine, EngineError, Instance, ProbeError};
 use crate::ports;
 use crate::process::{ManagedProcess, log_end, log_since, log_tail};
@@ -75,17 +76,18 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts supervising `spec` in `dir` (which must already be provisioned).
+    /// Starts supervising `spec` in `sandbox.dir` (which must already be provisioned).
     pub fn spawn(
         engine: Arc<dyn Engine>,
         spec: InstanceSpec,
-        dir: PathBuf,
+        sandbox: Sandbox,
         policy: RestartPolicy,
     ) -> Self {
         let (tx, rx) = watch::channel(InstanceState::Starting);
         let stop = CancellationToken::new();
-        let socket = engine.socket(&dir);
-        let task = supervise(engine.clone(), spec.clone(), dir.clone(), policy, tx, stop.clone());
+        let socket = engine.socket(&sandbox.dir);
+        let dir = sandbox.dir.clone();
+        let task = supervise(engine.clone(), spec.clone(), sandbox, policy, tx, stop.clone());
         tokio::spawn(task);
         Self { state: rx, stop, socket, engine, spec, dir }
     }
@@ -166,12 +168,13 @@ enum StartError {
 async fn supervise(
     engine: Arc<dyn Engine>,
     spec: InstanceSpec,
-    dir: PathBuf,
+    sandbox: Sandbox,
     policy: RestartPolicy,
     state: watch::Sender<InstanceState>,
     stop: CancellationToken,
 ) {
     let id = spec.id.clone();
+    let dir = sandbox.dir.clone();
     let log = dir.join(PROCESS_LOG);
     let mut port = spec.port;
     let mut attempt = 0u32;
@@ -187,7 +190,7 @@ async fn supervise(
         };
         let instance = Instance { spec: spec.clone(), dir: dir.clone(), port };
         let spawned = Instant::now();
-        let reason = match start_once(engine.as_ref(), &instance, &log, &stop).await {
+        let reason = match start_once(engine.as_ref(), &instance, &sandbox, &log, &stop).await {
             Ok(mut process) => {
                 let pid = process.pid().unwrap_or_default();
                 let boot = spawned.elapsed();
@@ -258,13 +261,18 @@ const SETUP_LOG: usize = 256 * 1024;
 async fn start_once(
     engine: &dyn Engine,
     instance: &Instance,
+    sandbox: &Sandbox,
     log: &std::path::Path,
     stop: &CancellationToken,
 ) -> Result<ManagedProcess, StartError> {
     let launch = engine.launch(instance).await.map_err(|e| StartError::Failed(e.to_string()))?;
+    let jail = sandbox
+        .hand_over_new_files()
+        .and_then(|()| sandbox.jail(instance.port))
+        .map_err(|e| StartError::Failed(format!("confining the server: {e}")))?;
     // What this start writes to the log explains its failure, earlier starts' lines do not.
     let from = log_end(log);
-    let mut process = ManagedProcess::spawn(&launch, log)
+    let mut process = ManagedProcess::spawn(&launch, log, Some(jail))
         .map_err(|e| StartError::Failed(format!("spawning {}: {e}", launch.program.display())))?;
     let deadline = Instant::now() + engine.start_timeout();
     let spawned = Instant::now();

@@ -47,7 +47,7 @@ async fn sql(port: u16, spec: &InstanceSpec, statement: &str) -> anyhow::Result<
 #[tokio::test]
 async fn a_mariadb_instance_keeps_its_data_restarts_after_a_crash_and_is_destroyed()
 -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = searchable_tempdir()?;
     let engine: Arc<dyn Engine> = Arc::new(MariaDbEngine::detect(tmp.path().join("templates"))?);
     let agent =
         LocalAgent::new(tmp.path().join("instances"), vec![engine], RestartPolicy::default())?;
@@ -92,7 +92,7 @@ async fn a_mariadb_instance_keeps_its_data_restarts_after_a_crash_and_is_destroy
 
 #[tokio::test]
 async fn instances_of_one_template_are_independent() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = searchable_tempdir()?;
     let engine = Arc::new(MariaDbEngine::detect(tmp.path().join("templates"))?);
     engine.prepare().await?;
     let agent = LocalAgent::new(
@@ -146,4 +146,13 @@ async fn a_changed_internal_password_is_repaired_on_the_running_server() -> anyh
     assert!(grants.contains("`my\\\\_app`.*"), "{grants}");
     agent.destroy(&spec.id).await?;
     Ok(())
+}
+
+/// A temporary directory the servers' own users may pass through, whatever mode tempfile
+/// gives it.
+fn searchable_tempdir() -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    Ok(dir)
 }

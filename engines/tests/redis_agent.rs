@@ -50,7 +50,7 @@ async fn run(port: u16, password: &str, commands: &[&str]) -> std::io::Result<Ve
 
 #[tokio::test]
 async fn redis_instance_starts_keeps_data_across_stop_and_is_destroyed() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = searchable_tempdir()?;
     let agent = agent(tmp.path());
     let spec = spec();
     let ep = agent.start(&spec).await?.endpoint;
@@ -82,7 +82,7 @@ async fn redis_instance_starts_keeps_data_across_stop_and_is_destroyed() -> anyh
 
 #[tokio::test]
 async fn a_killed_redis_server_is_restarted() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = searchable_tempdir()?;
     let agent = agent(tmp.path());
     let spec = spec();
     let ep = agent.start(&spec).await?.endpoint;
@@ -112,7 +112,7 @@ async fn a_killed_redis_server_is_restarted() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_server_that_cannot_start_fails_with_its_log() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = searchable_tempdir()?;
     let broken: Arc<dyn Engine> = Arc::new(RedisEngine::with_binary("/bin/false"));
     let policy = RestartPolicy { initial_backoff: Duration::from_millis(1), ..Default::default() };
     let agent = LocalAgent::new(tmp.path(), vec![broken], policy)?;
@@ -125,7 +125,7 @@ async fn a_server_that_cannot_start_fails_with_its_log() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn an_engine_this_host_lacks_is_refused() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = searchable_tempdir()?;
     let agent = LocalAgent::new(tmp.path(), vec![], RestartPolicy::default())?;
     let err = agent.start(&spec()).await.expect_err("no engine");
     assert_eq!(err.to_string(), "this host cannot run redis databases");
@@ -134,7 +134,7 @@ async fn an_engine_this_host_lacks_is_refused() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_warm_directory_is_claimed_and_refilled() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = searchable_tempdir()?;
     let redis: Arc<dyn Engine> = Arc::new(RedisEngine::detect()?);
     let agent =
         LocalAgent::new(tmp.path(), vec![redis], RestartPolicy::default())?.with_warm_pool(2);
@@ -197,4 +197,13 @@ async fn the_acl_is_rendered_again_at_every_start() -> anyhow::Result<()> {
     assert!(replies[2].starts_with("-NOPERM"), "{replies:?}");
     agent.shutdown().await;
     Ok(())
+}
+
+/// A temporary directory the servers' own users may pass through, whatever mode tempfile
+/// gives it.
+fn searchable_tempdir() -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    Ok(dir)
 }

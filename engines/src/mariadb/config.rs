@@ -32,7 +32,9 @@ pub fn common_settings(out: &mut String) {
 /// - files: `local-infile=0` and `secure-file-priv` point away from the host's files;
 /// - session tracking is on globally, so every pooled connection reports its state changes
 ///   (COM_RESET_CONNECTION resets session settings to these global values).
-pub fn render_my_cnf(instance: &Instance, run_as_root: bool) -> String {
+/// - no `user=`: the agent starts it as the instance's own unprivileged user (see
+///   [`crate::confine`]).
+pub fn render_my_cnf(instance: &Instance) -> String {
     let dir = instance.dir.display();
     let limits = instance.spec.limits;
     let mut conf = format!(
@@ -40,10 +42,6 @@ pub fn render_my_cnf(instance: &Instance, run_as_root: bool) -> String {
          [mariadbd]\n",
         id = instance.spec.id
     );
-    if run_as_root {
-        // mariadbd refuses to run as root unless told to.
-        conf.push_str("user=root\n");
-    }
     common_settings(&mut conf);
     let _ = write!(
         conf,
@@ -168,11 +166,6 @@ pub fn grant_pattern(schema: &str) -> String {
     out
 }
 
-/// Whether the agent runs as root (then mariadbd needs `user=root`).
-pub fn running_as_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,16 +220,16 @@ mod tests {
 
     #[test]
     fn a_socket_path_too_long_for_an_address_is_named_from_the_data_directory() {
-        let conf = render_my_cnf(&instance(), false);
+        let conf = render_my_cnf(&instance());
         assert!(conf.contains("socket=/tmp/inst/mysqld.sock\n"));
         let mut deep = instance();
         deep.dir = format!("/tmp/{}", "d".repeat(100)).into();
-        assert!(render_my_cnf(&deep, false).contains("socket=../mysqld.sock\n"));
+        assert!(render_my_cnf(&deep).contains("socket=../mysqld.sock\n"));
     }
 
     #[test]
     fn my_cnf_binds_loopback_with_tracking_and_limits() {
-        let conf = render_my_cnf(&instance(), false);
+        let conf = render_my_cnf(&instance());
         for line in [
             "port=7002",
             "bind-address=127.0.0.1",

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::OnceCell;
 
-use super::config::{TMP_DIR, common_settings, running_as_root};
+use super::config::{TMP_DIR, common_settings};
+use crate::confine::{Owner, owner, separate_users};
 use crate::engine::EngineError;
 use crate::process::log_tail;
 
@@ -48,9 +49,6 @@ impl Template {
             .await
             .map_err(EngineError::io(format!("creating {}", scratch.display())))?;
         let mut cnf = String::from("[mariadbd]\n");
-        if running_as_root() {
-            cnf.push_str("user=root\n");
-        }
         common_settings(&mut cnf);
         // The bootstrap's temporary tables stay in its own directory. With the shared /tmp,
         // about one install in ten failed while other servers were starting (tests that build
@@ -89,8 +87,15 @@ impl Template {
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true);
-        if running_as_root() {
-            cmd.arg("--user=root");
+        // The bootstrap reads nothing a tenant wrote, but no server needs root: under an
+        // agent running as root it runs as a uid of its own, which must reach its directory.
+        cmd.current_dir(&scratch);
+        if separate_users() {
+            let bootstrap_owner = Owner::template();
+            owner::check_searchable(&scratch)
+                .and_then(|()| owner::hand_over(&scratch, bootstrap_owner))
+                .map_err(EngineError::io(format!("preparing {}", scratch.display())))?;
+            cmd.uid(bootstrap_owner.uid).gid(bootstrap_owner.gid);
         }
         let started = std::time::Instant::now();
         let status = cmd.status().await.map_err(EngineError::io("running mariadb-install-db"))?;
