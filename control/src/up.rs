@@ -183,6 +183,29 @@ pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
 }
 
+/// The store, in the data directory.
+const STORE_FILE: &str = "control.db";
+
+/// The data directory: private, except that database servers running as users of their own
+/// pass through it to their instance directories, so it is then searchable but not listable
+/// (0711, see `dormouse_engines::confine`). The store is made 0600 before SQLite opens it:
+/// SQLite gives its journal files the database file's mode.
+fn create_data_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = dormouse_engines::confine::ancestor_dir_mode();
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    let store = dir.join(STORE_FILE);
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&store)?;
+    for file in [store.clone(), store.with_extension("db-wal"), store.with_extension("db-shm")] {
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The engines this host can run. The MariaDB template is built in the background right
 /// away, so the first MySQL database is created as fast as the rest.
 fn detect_engines(templates_dir: &Path) -> Vec<Arc<dyn Engine>> {
@@ -213,10 +236,9 @@ pub async fn start(config: UpConfig, shutdown: CancellationToken) -> anyhow::Res
     let open_files = raise_open_files_limit();
     tracing::debug!(open_files, "open-files limit");
     let dir = &config.data_dir;
-    create_private_dir(dir)
-        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    create_data_dir(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
     let store =
-        Arc::new(SqliteStore::open(&dir.join("control.db")).await.context("opening the store")?);
+        Arc::new(SqliteStore::open(&dir.join(STORE_FILE)).await.context("opening the store")?);
     let keys = KeyRing::load_or_create(dir)?;
     let agent = Arc::new(
         LocalAgent::new(

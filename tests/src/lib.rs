@@ -65,6 +65,8 @@ impl Cluster {
     ) -> anyhow::Result<Self> {
         init_tracing();
         let dir = tempfile::tempdir()?;
+        // The database servers run as users of their own and pass through it.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
         let data = dir.path().join(subdir);
         std::fs::create_dir_all(&data)?;
         let config = Self::config(&data, configure)?;

@@ -203,7 +203,12 @@ fn parse_idle(value: &str) -> Result<u32, String> {
     u32::try_from(d.as_secs()).map_err(|_| "too long".to_owned())
 }
 
+/// `/var/lib/dormouse` for root (the database servers, running as users of their own, could
+/// not pass through root's 0700 home), else the user's XDG data directory.
 fn default_data_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/dormouse");
+    }
     if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(xdg).join("dormouse");
     }
