@@ -83,6 +83,14 @@ impl Layout {
     /// and opens each one's `cgroup.procs` for the child to put itself in.
     pub fn create(&self, name: &str, resources: &Resources) -> io::Result<Cgroup> {
         let mut cgroup = Cgroup { dirs: Vec::new(), procs: Vec::new() };
+        // Half-made cgroups are removed, not left behind for nothing.
+        self.fill(&mut cgroup, name, resources).inspect_err(|_| {
+            let _ = cgroup.remove();
+        })?;
+        Ok(cgroup)
+    }
+
+    fn fill(&self, cgroup: &mut Cgroup, name: &str, resources: &Resources) -> io::Result<()> {
         let mut limits: Vec<(&Hierarchy, &str, u64)> = Vec::new();
         if let Some(h) = &self.memory {
             let file = if h.v2 { "memory.max" } else { "memory.limit_in_bytes" };
@@ -104,7 +112,7 @@ impl Layout {
             std::fs::write(dir.join(file), value.to_string())
                 .map_err(|e| io::Error::new(e.kind(), format!("writing {file}: {e}")))?;
         }
-        Ok(cgroup)
+        Ok(())
     }
 }
 

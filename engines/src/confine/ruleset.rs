@@ -16,7 +16,8 @@ const ABI_USED: ABI = ABI::V6;
 /// `/lib*`; `/bin` and `/sbin` are links into `/usr` on current distributions but not on all),
 /// `/etc` for the time zone and the C library's configuration, and the random devices.
 /// Not `/proc` or `/sys`: both servers start and run without them, and they would show every
-/// other process's command line.
+/// other process's command line. (Redis then reports `used_memory_rss:0`; the instance's
+/// cgroup has the real figure.)
 pub const SYSTEM_READ_ONLY: &[&str] =
     &["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/dev/urandom", "/dev/random"];
 
