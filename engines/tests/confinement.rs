@@ -319,3 +319,39 @@ async fn mariadb_root_cannot_write_outside_its_directory_or_read_another_instanc
     agent.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn links_a_server_left_in_its_directory_are_neither_followed_nor_handed_over()
+-> anyhow::Result<()> {
+    anyhow::ensure!(nix::unistd::geteuid().is_root(), "these tests run as root");
+    let tmp = searchable_tempdir()?;
+    let redis: Arc<dyn Engine> = Arc::new(RedisEngine::detect()?);
+    let agent =
+        LocalAgent::new(tmp.path().join("instances"), vec![redis], RestartPolicy::default())?;
+    let spec = spec(EngineKind::Redis);
+    agent.start(&spec).await?;
+    agent.stop(&spec.id).await?;
+
+    // What a subverted server could leave behind for the agent, which writes here as root.
+    let host = tmp.path().join("host-files");
+    std::fs::create_dir(&host)?;
+    let (config, log, linked) = (host.join("config"), host.join("log"), host.join("linked"));
+    for file in [&config, &log, &linked] {
+        std::fs::write(file, "the host's\n")?;
+    }
+    let dir = agent.instance_dir(&spec.id);
+    std::fs::remove_file(dir.join("redis.conf"))?;
+    std::os::unix::fs::symlink(&config, dir.join("redis.conf"))?;
+    std::fs::remove_file(dir.join("server.log"))?;
+    std::os::unix::fs::symlink(&log, dir.join("server.log"))?;
+    std::fs::hard_link(&linked, dir.join("extra"))?;
+
+    agent.start(&spec).await?;
+    for file in [&config, &log, &linked] {
+        assert_eq!(std::fs::read_to_string(file)?, "the host's\n", "{}", file.display());
+        assert_eq!(std::fs::metadata(file)?.uid(), 0, "{} was handed over", file.display());
+    }
+    assert!(std::fs::symlink_metadata(dir.join("redis.conf"))?.is_file());
+    agent.shutdown().await;
+    Ok(())
+}
