@@ -79,6 +79,27 @@ impl Layout {
         layout
     }
 
+    /// Removes instance cgroups left behind by agents that ended without stopping their
+    /// servers. Only empty ones can go (the kernel refuses the rest), and only those older
+    /// than a minute: another agent's new cgroup is empty until its child joins it.
+    pub fn sweep(&self) -> usize {
+        let stale_after = std::time::Duration::from_secs(60);
+        let mut removed = 0;
+        for hierarchy in [&self.memory, &self.pids].into_iter().flatten() {
+            let Ok(entries) = std::fs::read_dir(hierarchy.mount.join(PARENT)) else { continue };
+            for entry in entries.flatten() {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > stale_after));
+                if old && entry.path().is_dir() && std::fs::remove_dir(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// Makes (or reuses) the cgroup `name` in each hierarchy with `resources` as its limits,
     /// and opens each one's `cgroup.procs` for the child to put itself in.
     pub fn create(&self, name: &str, resources: &Resources) -> io::Result<Cgroup> {
@@ -212,6 +233,22 @@ mod tests {
             layout,
             Layout { memory: v1("/sys/fs/cgroup/memory"), pids: v1("/sys/fs/cgroup/pids") }
         );
+    }
+
+    #[test]
+    fn only_cgroups_older_than_a_minute_are_swept() -> io::Result<()> {
+        let mount = tempfile::tempdir()?;
+        let (old, new) =
+            (mount.path().join(PARENT).join("i-old"), mount.path().join(PARENT).join("i-new"));
+        std::fs::create_dir_all(&old)?;
+        std::fs::create_dir_all(&new)?;
+        let two_minutes_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        File::open(&old)?.set_modified(two_minutes_ago)?;
+        let hierarchy = Some(Hierarchy { mount: mount.path().into(), v2: false });
+        let layout = Layout { memory: hierarchy.clone(), pids: hierarchy };
+        assert_eq!(layout.sweep(), 1);
+        assert!(!old.exists() && new.exists());
+        Ok(())
     }
 
     #[test]

@@ -80,10 +80,16 @@ impl Confiner {
             }
         };
         let cgroups = cgroup::Layout::detect();
-        if cgroups.is_none() {
-            tracing::warn!(
+        match &cgroups {
+            Some(layout) => {
+                let removed = layout.sweep();
+                if removed > 0 {
+                    tracing::info!(removed, "removed cgroups of servers that are gone");
+                }
+            }
+            None => tracing::warn!(
                 "no memory or pids cgroup controller: servers run without cgroup limits"
-            );
+            ),
         }
         Self {
             separate_users,
