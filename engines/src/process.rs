@@ -12,7 +12,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-use crate::confine::{Cgroup, Jail};
+use crate::confine::{self, Cgroup, Jail};
 use crate::engine::Launch;
 
 /// A running server process that we own.
@@ -21,6 +21,9 @@ pub struct ManagedProcess {
     child: Child,
     /// Its cgroup, removed once the process has been reaped.
     cgroup: Option<Cgroup>,
+    /// Moving the process into its cgroup, under way beside its start; settled before the
+    /// process is reaped, so its pid cannot have been reused.
+    joining: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl ManagedProcess {
@@ -50,16 +53,38 @@ impl ManagedProcess {
             .process_group(0)
             .kill_on_drop(true);
         set_parent_death_signal(&mut cmd);
-        let cgroup = jail.and_then(|jail| jail.apply(&mut cmd));
-        match cmd.spawn() {
-            Ok(child) => Ok(Self { child, cgroup }),
+        let mut cgroup = jail.and_then(|jail| jail.apply(&mut cmd));
+        let child = match cmd.spawn() {
+            Ok(child) => child,
             Err(e) => {
                 if let Some(cgroup) = cgroup {
                     let _ = cgroup.remove();
                 }
-                Err(e)
+                return Err(e);
             }
-        }
+        };
+        let joining = match (cgroup.as_mut(), child.id()) {
+            (Some(cgroup), Some(pid)) => {
+                let procs = cgroup.take_procs();
+                Some(tokio::task::spawn_blocking(move || confine::cgroup::join(procs, pid)))
+            }
+            _ => None,
+        };
+        Ok(Self { child, cgroup, joining })
+    }
+
+    /// Waits until the process is in its cgroup (cancel-safe). A failure is logged: the
+    /// server runs on without the cgroup's limits.
+    pub async fn joined_cgroup(&mut self) {
+        let Some(joining) = self.joining.as_mut() else { return };
+        let result = joining.await;
+        self.joining = None;
+        let error = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(pid = ?self.pid(), %error, "moving a server into its cgroup");
     }
 
     /// Removes the process's cgroup once it has been reaped.
@@ -76,8 +101,12 @@ impl ManagedProcess {
         self.child.id()
     }
 
-    /// The exit status if the process has exited, without waiting.
+    /// The exit status if the process has exited, without waiting (none while it is being
+    /// moved into its cgroup).
     pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        if self.joining.as_ref().is_some_and(|j| !j.is_finished()) {
+            return Ok(None);
+        }
         let status = self.child.try_wait()?;
         if status.is_some() {
             self.reaped();
@@ -87,6 +116,7 @@ impl ManagedProcess {
 
     /// Waits for the process to exit (cancel-safe).
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.joined_cgroup().await;
         let status = self.child.wait().await?;
         self.reaped();
         Ok(status)
@@ -94,6 +124,7 @@ impl ManagedProcess {
 
     /// SIGTERM, wait up to `grace`, then SIGKILL; returns how the process ended.
     pub async fn stop(mut self, grace: Duration) -> std::io::Result<ExitStatus> {
+        self.joined_cgroup().await;
         if let Some(status) = self.try_wait()? {
             return Ok(status);
         }

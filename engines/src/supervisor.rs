@@ -286,7 +286,11 @@ async fn start_once(
             Duration::from_millis(50)
         };
         let last = match engine.probe(instance).await {
-            Ok(()) => return Ok(process),
+            Ok(()) => {
+                // Ready only once its limits apply (the move runs beside the start).
+                process.joined_cgroup().await;
+                return Ok(process);
+            }
             Err(e) => e,
         };
         // The server answered (its setup has run by then): did the setup fail?

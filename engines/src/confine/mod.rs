@@ -10,8 +10,7 @@ pub mod cgroup;
 pub mod owner;
 pub mod ruleset;
 
-use std::fs::File;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -210,23 +209,18 @@ pub struct Jail {
 impl Jail {
     /// Sets the command's uid and gid (the standard library then drops supplementary
     /// groups), working directory and environment, and, after its own setuid in the child,
-    /// joins the cgroups, sets the rlimits and `no_new_privs` and enforces the ruleset.
-    /// Returns the cgroup, to be removed once the process has been reaped.
+    /// sets the rlimits and `no_new_privs` and enforces the ruleset. Returns the cgroup for
+    /// the agent to move the process into right after spawning it (see
+    /// [`cgroup::join`]) and to remove once the process has been reaped.
     pub fn apply(mut self, cmd: &mut Command) -> Option<Cgroup> {
         if let Some(owner) = self.owner {
             cmd.uid(owner.uid).gid(owner.gid);
         }
         // Nothing of the agent's environment (its flags, its secrets) reaches a server.
         cmd.current_dir(&self.dir).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        let procs: Vec<File> = self.cgroup.as_mut().map(Cgroup::take_procs).unwrap_or_default();
         let mut ruleset = self.ruleset.take();
         let rlimits = std::mem::take(&mut self.rlimits);
         let child_setup = move || -> io::Result<()> {
-            // Writing 0 moves the writing process; the files were opened by the agent, so
-            // the (now unprivileged) child may write them.
-            for mut procs in &procs {
-                procs.write_all(b"0")?;
-            }
             for &(resource, limit) in &rlimits {
                 setrlimit(resource, limit, limit)?;
             }
@@ -237,8 +231,8 @@ impl Jail {
             Ok(())
         };
         // SAFETY: the closure runs in the forked child before exec. It allocates nothing and
-        // takes no lock: it writes to files already open, and calls setrlimit(2), prctl(2)
-        // and landlock_restrict_self(2) on values prepared in the parent.
+        // takes no lock: it calls setrlimit(2), prctl(2) and landlock_restrict_self(2) on
+        // values prepared in the parent.
         #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(child_setup);
