@@ -70,6 +70,12 @@ fn busy_response() -> Vec<u8> {
     .into_bytes()
 }
 
+/// `app` with request bodies read under the body deadline and size limit.
+pub fn bound_requests(app: Router, limits: ApiLimits) -> Router {
+    app.layer(axum::middleware::from_fn_with_state(limits, bounded_body))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
+}
+
 /// Serves `app` on `listener` until `shutdown`, then lets open requests finish for a moment.
 pub async fn serve(
     listener: TcpListener,
@@ -77,9 +83,7 @@ pub async fn serve(
     limits: ApiLimits,
     shutdown: CancellationToken,
 ) {
-    let app = app
-        .layer(axum::middleware::from_fn_with_state(limits, bounded_body))
-        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes));
+    let app = bound_requests(app, limits);
     // Connections never log in here: the admission's pending caps are the connection caps.
     let admission = Admission::new(AdmissionLimits {
         max_pending: limits.max_connections,
@@ -103,6 +107,7 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        let _ = stream.set_nodelay(true);
         let ticket = match admission.arrive(peer.ip()) {
             Ok(ticket) => ticket,
             Err(why) => {
@@ -182,4 +187,59 @@ async fn bounded_body(State(limits): State<ApiLimits>, req: Request, next: Next)
         }
     };
     next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::post;
+    use futures::StreamExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app() -> Router {
+        let limits = ApiLimits {
+            max_body_bytes: 16,
+            body_timeout: Duration::from_secs(1),
+            ..ApiLimits::default()
+        };
+        let echo = post(|body: axum::body::Bytes| async move { body.len().to_string() });
+        bound_requests(Router::new().route("/", echo), limits)
+    }
+
+    async fn answer(body: Body) -> (StatusCode, String) {
+        let request = Request::post("/").body(body).expect("request");
+        let response = app().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 4096).await.unwrap_or_default();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn bodies_within_the_limit_reach_the_handler_and_larger_ones_get_413() {
+        assert_eq!(answer(Body::from("small")).await, (StatusCode::OK, "5".to_owned()));
+        let (status, body) = answer(Body::from("x".repeat(17))).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(body.contains("\"payload_too_large\""), "{body}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_gets_408() {
+        let stalled =
+            futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from("{"))])
+                .chain(futures::stream::pending());
+        let (status, body) = answer(Body::from_stream(stalled)).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert!(body.contains("\"request_timeout\""), "{body}");
+    }
+
+    #[test]
+    fn the_busy_answer_is_a_complete_503_in_our_format() {
+        let wire = String::from_utf8(busy_response()).unwrap_or_default();
+        let (head, body) = wire.split_once("\r\n\r\n").unwrap_or_default();
+        assert!(head.starts_with("HTTP/1.1 503"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        assert_eq!(json["error"]["code"], "too_many_connections");
+    }
 }
