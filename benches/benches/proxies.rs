@@ -513,7 +513,7 @@ fn main() -> anyhow::Result<()> {
     // `cargo test` runs this without `--bench`: treat that, like `--quick`, as a smoke run.
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench");
-    dormouse_control::up::raise_open_files_limit();
+    dormouse_control::up::raise_open_files_limit(16_384);
     let dir = tempfile::tempdir()?;
     println!(
         "proxies benchmark ({}), {} cores",

@@ -21,6 +21,7 @@ use dormouse_proxy::{Proxy, ProxyConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::server::ApiLimits;
 use crate::api::{AppState, Health, router};
 use crate::keys::KeyRing;
 use crate::local::LocalControl;
@@ -52,6 +53,8 @@ pub struct UpConfig {
     pub idle_check_every: Duration,
     /// Provisioned, stopped instances kept ready per engine, so creating is as fast as waking.
     pub warm_pool: usize,
+    /// Connection caps and timeouts of the API.
+    pub api: ApiLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +92,7 @@ impl UpConfig {
             reconcile_every: Duration::from_secs(10),
             idle_check_every: Duration::from_secs(5),
             warm_pool: 1,
+            api: ApiLimits::default(),
         }
     }
 }
@@ -161,12 +165,20 @@ pub fn server_runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime:
     tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
 }
 
-/// Raises the open-files limit to its hard maximum: every client connection the proxy holds
-/// is a descriptor, and the usual soft limit (1024) would cap a pooler at a few hundred
-/// clients. Returns the limit now in force.
-pub fn raise_open_files_limit() -> u64 {
+/// Descriptors a proxy may hold at its caps: a client connection each, a backend connection
+/// for every few clients, and room for everything else (database servers' pipes, the store).
+pub fn descriptors_needed(proxy: &ProxyConfig) -> u64 {
+    let clients = (proxy.max_client_connections + proxy.max_pending_connections) as u64;
+    clients + clients / 4 + 1024
+}
+
+/// Raises the open-files limit to its hard maximum: every client connection the proxy and the
+/// API hold is a descriptor, and the usual soft limit (1024) would cap a pooler at a few
+/// hundred clients. Warns when even the hard limit is below `wanted`, as the caps then cannot
+/// all be reached (accept fails instead). Returns the limit now in force.
+pub fn raise_open_files_limit(wanted: u64) -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
+    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             Ok(()) => hard,
             Err(e) => {
@@ -175,8 +187,22 @@ pub fn raise_open_files_limit() -> u64 {
             }
         },
         Ok((soft, _)) => soft,
-        Err(_) => 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the open-files limit");
+            return 0;
+        }
+    };
+    if limit < wanted {
+        tracing::warn!(
+            limit,
+            wanted,
+            "the open-files limit is low for the configured connection caps; raise it \
+             (ulimit -n, or LimitNOFILE= in a systemd unit) or lower the caps"
+        );
+    } else {
+        tracing::debug!(limit, "open-files limit");
     }
+    limit
 }
 
 pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
@@ -233,8 +259,8 @@ fn detect_engines(templates_dir: &Path) -> Vec<Arc<dyn Engine>> {
 /// Starts everything; it all stops when `shutdown` is cancelled (see [`Running::wait`]).
 pub async fn start(config: UpConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
     install_crypto_provider();
-    let open_files = raise_open_files_limit();
-    tracing::debug!(open_files, "open-files limit");
+    let proxy_needs = config.proxy.as_ref().map_or(0, descriptors_needed);
+    raise_open_files_limit(proxy_needs + config.api.max_connections as u64);
     let dir = &config.data_dir;
     create_data_dir(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
     let store =
@@ -281,13 +307,7 @@ pub async fn start(config: UpConfig, shutdown: CancellationToken) -> anyhow::Res
     }
 
     let app = router(AppState { service: service.clone(), health });
-    let api_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        let serve = axum::serve(api, app).with_graceful_shutdown(api_shutdown.cancelled_owned());
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "API server failed");
-        }
-    });
+    tasks.spawn(crate::api::server::serve(api, app, config.api, shutdown.clone()));
     tasks.spawn(reconciler::run(service.clone(), config.reconcile_every, shutdown.clone()));
     tasks.spawn(crate::suspender::run(service.clone(), config.idle_check_every, shutdown.clone()));
     tasks.spawn(agent.clone().run_warm_pool(shutdown.clone()));

@@ -13,7 +13,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use crate::allowlist::AllowList;
 use crate::claims::{Claims, MAX_TOKEN_BYTES, Role};
 use crate::control::{ControlError, ControlPlane, Route};
+use crate::limits::{Full, Ticket};
 use crate::routes::RouteCache;
+use crate::throttle::Throttle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -83,6 +85,54 @@ fn address_allowed(identity: &Identity, allowed: &AllowList, peer: IpAddr) -> bo
         "login refused: address not in the database's allowlist"
     );
     false
+}
+
+/// Why [`log_in`] turned a login away.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginRefused {
+    /// No token verified for the database asked for. `throttled` when the client's address
+    /// has failed too often for that database: it is told to slow down instead.
+    #[error("invalid credentials")]
+    Denied { throttled: bool },
+    #[error("token is not limited to one database")]
+    NeedsDatabase,
+    #[error(transparent)]
+    Control(ControlError),
+    /// The token verified but the proxy has as many logged-in clients as it takes.
+    #[error(transparent)]
+    Busy(Full),
+}
+
+/// The login step every front end shares: the first of `tokens` (one, or the readings of an
+/// RSA-encrypted password) that verifies and may reach `requested` logs the connection in,
+/// moving its ticket from pending to logged-in. Failures count against the address and the
+/// database named; a token that verifies is never throttled. Gives the identity and which
+/// token it was.
+pub async fn log_in(
+    verifier: &TokenVerifier,
+    throttle: &Throttle,
+    ticket: &mut Ticket,
+    requested: Option<&str>,
+    tokens: &[&str],
+) -> Result<(Identity, usize), LoginRefused> {
+    let denied = || LoginRefused::Denied {
+        throttled: throttle.record_failure(ticket.address(), requested.unwrap_or_default()),
+    };
+    for (i, token) in tokens.iter().enumerate() {
+        let claims = match verifier.verify(token).await {
+            Ok(claims) => claims,
+            Err(AuthError::Control(e)) => return Err(LoginRefused::Control(e)),
+            Err(_) => continue,
+        };
+        let identity = match authorize(&claims, requested) {
+            Ok(identity) => identity,
+            Err(AuthError::NeedsDatabase) => return Err(LoginRefused::NeedsDatabase),
+            Err(_) => return Err(denied()),
+        };
+        ticket.logged_in().map_err(LoginRefused::Busy)?;
+        return Ok((identity, i));
+    }
+    Err(denied())
 }
 
 /// Verifies tokens with cached keys.
@@ -277,6 +327,46 @@ mod tests {
         // Its key was retired: the token is checked in full again, and refused.
         v.keys.write().unwrap_or_else(|e| e.into_inner()).keys.clear();
         assert!(matches!(v.verify("fresh").await, Err(AuthError::Refused(_))));
+    }
+
+    #[tokio::test]
+    async fn a_token_that_verifies_logs_in_however_many_failures_came_from_its_address() {
+        use crate::limits::{Admission, AdmissionLimits, Full};
+        let v = TokenVerifier::new(Arc::new(NoControl));
+        let key = Arc::new(DecodingKey::from_ed_der(&[7; 32]));
+        v.keys.write().unwrap_or_else(|e| e.into_inner()).keys.insert("k1".into(), key);
+        let exp = jsonwebtoken::get_current_timestamp() + 60;
+        let good = Claims { exp, ..claims(Some("t"), Some("shop")) };
+        v.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert("good".into(), Verified { claims: good, kid: "k1".into() });
+        let throttle = Throttle::new(1, 1);
+        let limits =
+            AdmissionLimits { max_pending: 100, max_pending_per_address: 100, max_clients: 1 };
+        let admission = Admission::new(limits);
+        let ip: std::net::IpAddr = "10.0.0.9".parse().expect("ip");
+        let mut throttled = 0;
+        for _ in 0..20 {
+            let mut ticket = admission.arrive(ip).expect("a pending place");
+            match log_in(&v, &throttle, &mut ticket, Some("shop"), &["wrong"]).await {
+                Err(LoginRefused::Denied { throttled: true }) => throttled += 1,
+                Err(LoginRefused::Denied { throttled: false }) => {}
+                other => panic!("a wrong token: {other:?}"),
+            }
+        }
+        assert_eq!(throttled, 15, "past a burst of five, the address is told to slow down");
+        let mut ticket = admission.arrive(ip).expect("a pending place");
+        let (identity, which) = log_in(&v, &throttle, &mut ticket, Some("shop"), &["x", "good"])
+            .await
+            .expect("the valid token logs in");
+        assert_eq!((identity.database.as_str(), which), ("shop", 1));
+        assert_eq!(admission.counts(), (0, 1), "counted as logged in, no longer pending");
+        // The proxy is full: the valid token is told so, and stays pending.
+        let mut another = admission.arrive(ip).expect("a pending place");
+        let full = log_in(&v, &throttle, &mut another, Some("shop"), &["good"]).await;
+        assert!(matches!(full, Err(LoginRefused::Busy(Full::Clients))), "{full:?}");
+        assert_eq!(admission.counts(), (1, 1));
     }
 
     #[test]

@@ -9,6 +9,10 @@ use crate::mysql::pool::PoolConfig;
 use crate::routes::WakePolicy;
 use crate::tls::TlsSource;
 
+/// How long a client has to log in unless configured otherwise: a login takes a few round
+/// trips, and every connection still waiting holds a pending place.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a route stays cached unless a proxy is told otherwise.
 pub const DEFAULT_ROUTE_TTL: Duration = Duration::from_secs(2);
 
@@ -20,11 +24,19 @@ pub struct ProxyConfig {
     /// self-signed TLS certificate unless `tls` names files.
     pub keys_dir: PathBuf,
     pub tls: TlsSource,
-    /// Client connections per listener; one more is answered with a "too many" error.
+    /// Logged-in client connections over all listeners; a login past it is answered with a
+    /// "too many connections" error.
     pub max_client_connections: usize,
-    /// Failed logins per second per client address before it is refused for a moment.
+    /// Connections not yet logged in, over all listeners and addresses.
+    pub max_pending_connections: usize,
+    /// Connections not yet logged in from one client address (an IPv6 /64): idle sockets
+    /// from one place cannot crowd out everyone else's logins.
+    pub max_pending_per_address: usize,
+    /// Failed logins per second per client address and database before that address is told
+    /// to slow down (its valid tokens still log in).
     pub failed_logins_per_second: u32,
-    /// RSA decryptions (the expensive pre-authentication step) per second per address.
+    /// RSA decryptions (the expensive pre-authentication step) per second per address and
+    /// database; an address gets four times that over all databases.
     pub rsa_per_second: u32,
     /// How long a cached route is trusted before control is asked again.
     pub route_ttl: Duration,
@@ -55,7 +67,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             max_request_bytes: 32 * 1024 * 1024,
-            auth_timeout: Duration::from_secs(60),
+            auth_timeout: DEFAULT_LOGIN_TIMEOUT,
             backend_connect_timeout: Duration::from_secs(5),
             shared_connections: 2,
             pool_wait: Duration::from_secs(5),
@@ -78,7 +90,7 @@ pub struct MysqlConfig {
 impl Default for MysqlConfig {
     fn default() -> Self {
         Self {
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: DEFAULT_LOGIN_TIMEOUT,
             max_packet: 64 * 1024 * 1024,
             backend_connect_timeout: Duration::from_secs(5),
             pool: PoolConfig::default(),
@@ -88,6 +100,21 @@ impl Default for MysqlConfig {
 }
 
 impl ProxyConfig {
+    /// The caps the shared admission enforces.
+    pub fn admission(&self) -> crate::limits::AdmissionLimits {
+        crate::limits::AdmissionLimits {
+            max_pending: self.max_pending_connections,
+            max_pending_per_address: self.max_pending_per_address,
+            max_clients: self.max_client_connections,
+        }
+    }
+
+    /// Sets how long a client has to log in, on every protocol.
+    pub fn set_login_timeout(&mut self, timeout: Duration) {
+        self.redis.auth_timeout = timeout;
+        self.mysql.handshake_timeout = timeout;
+    }
+
     /// Loopback listeners on kernel-chosen ports, default limits, a self-signed certificate
     /// in `keys_dir`: for tests and embedding.
     pub fn ephemeral(keys_dir: impl Into<PathBuf>) -> Self {
@@ -98,6 +125,8 @@ impl ProxyConfig {
             tls: TlsSource::SelfSigned { dir: keys_dir.clone() },
             keys_dir,
             max_client_connections: 10_000,
+            max_pending_connections: 2_048,
+            max_pending_per_address: 128,
             failed_logins_per_second: 20,
             rsa_per_second: 100,
             route_ttl: DEFAULT_ROUTE_TTL,

@@ -8,8 +8,10 @@
 //! - [`auth`]: token verification against the cached JWKS, and who may reach which database.
 //! - [`allowlist`]: the client addresses a database accepts.
 //! - [`routes`]: the route cache.
-//! - [`listener`]: the accept loop: connection limit, task tracking, drain on shutdown.
-//! - [`limits`]: client connections per database.
+//! - [`listener`]: the accept loop: admission, task tracking, drain on shutdown.
+//! - [`limits`]: admission (pending and logged-in connections, per address), client
+//!   connections per database.
+//! - [`throttle`]: failed logins and RSA work per address and database.
 //! - [`tls`]: TLS for client connections.
 //! - `upstream`: connections to the databases' servers (Unix socket or TCP).
 //! - [`redis`]: the Redis front end: codec, commands, backend connections, the session relay.
@@ -58,7 +60,7 @@ pub struct Proxy {
     redis_front: Arc<redis::RedisFrontend>,
     mysql_front: Arc<mysql::MysqlFrontend>,
     throttle: Arc<throttle::Throttle>,
-    max_connections: usize,
+    admission: Arc<limits::Admission>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
@@ -124,7 +126,7 @@ impl Proxy {
             redis_front,
             mysql_front,
             throttle,
-            max_connections: config.max_client_connections,
+            admission: limits::Admission::new(config.admission()),
         })
     }
 
@@ -156,8 +158,8 @@ impl Proxy {
             }
         };
         tokio::join!(
-            listener::serve(self.redis, self.max_connections, shutdown.clone(), self.redis_front),
-            listener::serve(self.mysql, self.max_connections, shutdown.clone(), self.mysql_front),
+            listener::serve(self.redis, self.admission.clone(), shutdown.clone(), self.redis_front),
+            listener::serve(self.mysql, self.admission, shutdown.clone(), self.mysql_front),
             pool.maintain(shutdown.clone()),
             limiter_cleanup,
         );

@@ -480,29 +480,22 @@ async fn slow_malformed_oversized_and_excess_connections_get_errors_not_hangs() 
 }
 
 #[tokio::test]
-async fn an_address_that_keeps_failing_to_log_in_is_refused_for_a_moment() -> anyhow::Result<()> {
+async fn an_address_that_keeps_failing_is_told_to_slow_down_but_a_valid_token_still_logs_in()
+-> anyhow::Result<()> {
     let (cluster, _, token) = setup_with(|config| {
         if let Some(proxy) = config.proxy.as_mut() {
             proxy.failed_logins_per_second = 1; // a burst of 5
         }
     })
     .await?;
-    for _ in 0..6 {
+    for expected in [1045, 1045, 1045, 1045, 1045, 1226] {
         let err = mysql_async::Conn::new(cluster.mysql_opts("shop", "wrong", false))
             .await
             .expect_err("bad");
-        assert_eq!(server_code(&err), Some(1045), "{err}");
+        assert_eq!(server_code(&err), Some(expected), "{err}");
     }
-    // Even the right token is turned away until the penalty passes.
-    let err = mysql_async::Conn::new(cluster.mysql_opts("shop", &token, false))
-        .await
-        .expect_err("blocked");
-    assert_eq!(server_code(&err), Some(1226), "{err}");
-    let conn = eventually(Duration::from_secs(10), "the penalty to pass", || {
-        let opts = cluster.mysql_opts("shop", &token, false);
-        async move { mysql_async::Conn::new(opts).await.ok() }
-    })
-    .await?;
+    // Successful logins are never throttled, whatever else came from the address.
+    let conn = mysql_async::Conn::new(cluster.mysql_opts("shop", &token, false)).await?;
     conn.disconnect().await?;
     cluster.stop().await;
     Ok(())

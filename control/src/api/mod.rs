@@ -1,9 +1,11 @@
-//! The REST API (axum): `fn router(state)` apart from serving; handlers per resource in
-//! `routes/`; one error type; extractors that keep bad input in our error format.
+//! The REST API (axum): `fn router(state)` apart from serving (`server`: connection caps and
+//! timeouts); handlers per resource in `routes/`; one error type; extractors that keep bad
+//! input in our error format.
 
 pub mod error;
 pub mod extract;
 pub mod routes;
+pub mod server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -7,6 +7,7 @@ mod serve;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -62,6 +63,23 @@ pub struct ListenArgs {
     /// Provisioned, stopped instances kept ready per engine, so creating is as fast as waking.
     #[arg(long, env = "DORMOUSE_WARM_POOL", default_value_t = 1)]
     pub warm_pool: usize,
+    /// Open API connections; one more is answered 503 and closed.
+    #[arg(long, env = "DORMOUSE_API_MAX_CONNECTIONS", default_value_t = 2_048)]
+    pub api_max_connections: usize,
+    /// Open API connections from one client address (an IPv6 /64); keep it above what one
+    /// `dormouse proxy` host asks at once.
+    #[arg(long, env = "DORMOUSE_API_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    pub api_max_connections_per_address: usize,
+    /// Time an API client has to send a request's headers; also how long a kept-alive
+    /// connection may sit idle.
+    #[arg(long, env = "DORMOUSE_API_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub api_header_timeout: Duration,
+    /// Time an API client has to send a request's body.
+    #[arg(long, env = "DORMOUSE_API_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub api_body_timeout: Duration,
+    /// Largest API request body, in bytes.
+    #[arg(long, env = "DORMOUSE_API_MAX_BODY", default_value_t = 64 * 1024)]
+    pub api_max_body: usize,
 }
 
 #[derive(Debug, Args)]
@@ -82,9 +100,19 @@ pub struct ProxyListenArgs {
     /// Largest Redis request a client may send, in bytes.
     #[arg(long, env = "DORMOUSE_REDIS_MAX_REQUEST", default_value_t = 32 * 1024 * 1024)]
     pub redis_max_request: usize,
-    /// Client connections per listener.
+    /// Logged-in client connections over both listeners.
     #[arg(long, env = "DORMOUSE_MAX_CLIENT_CONNECTIONS", default_value_t = 10_000)]
     pub max_client_connections: usize,
+    /// Connections that have not logged in yet, over both listeners.
+    #[arg(long, env = "DORMOUSE_MAX_PENDING_CONNECTIONS", default_value_t = 2_048)]
+    pub max_pending_connections: usize,
+    /// Connections that have not logged in yet from one client address (an IPv6 /64); keep
+    /// it above the connections one application host (or NAT) opens at once.
+    #[arg(long, env = "DORMOUSE_MAX_PENDING_PER_ADDRESS", default_value_t = 128)]
+    pub max_pending_per_address: usize,
+    /// Time a new connection has to log in (MySQL handshake, Redis AUTH/HELLO).
+    #[arg(long, env = "DORMOUSE_LOGIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub login_timeout: Duration,
 }
 
 #[derive(Debug, Args)]

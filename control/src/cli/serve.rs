@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use dormouse_engines::EngineKind;
 
 use super::{Cli, ControlArgs, ListenArgs, ProxyArgs, ProxyListenArgs, UpArgs};
+use crate::api::server::ApiLimits;
 use crate::service::NewDatabase;
 use crate::up::{self, PublicPorts, UpConfig};
 
@@ -23,14 +24,18 @@ fn proxy_config(cli: &Cli, args: &ProxyListenArgs) -> ProxyConfig {
         (Some(cert), Some(key)) => TlsSource::Files { cert: cert.clone(), key: key.clone() },
         _ => TlsSource::SelfSigned { dir: keys_dir.clone() },
     };
-    ProxyConfig {
+    let mut config = ProxyConfig {
         redis_listen: args.redis_listen,
         mysql_listen: args.mysql_listen,
         tls,
         max_client_connections: args.max_client_connections,
+        max_pending_connections: args.max_pending_connections,
+        max_pending_per_address: args.max_pending_per_address,
         redis: RedisConfig { max_request_bytes: args.redis_max_request, ..RedisConfig::default() },
         ..ProxyConfig::ephemeral(keys_dir)
-    }
+    };
+    config.set_login_timeout(args.login_timeout);
+    config
 }
 
 /// Control's settings, for `up` (with the proxy in the same process) and `control` (without).
@@ -45,6 +50,13 @@ fn up_config(cli: &Cli, listen: &ListenArgs, proxy: Option<ProxyConfig>) -> UpCo
         templates_dir: cli.data_dir.join("templates"),
         idle_check_every: Duration::from_secs(5),
         warm_pool: listen.warm_pool,
+        api: ApiLimits {
+            max_connections: listen.api_max_connections,
+            max_connections_per_address: listen.api_max_connections_per_address,
+            header_timeout: listen.api_header_timeout,
+            body_timeout: listen.api_body_timeout,
+            max_body_bytes: listen.api_max_body,
+        },
     }
 }
 
@@ -163,6 +175,7 @@ pub async fn proxy(cli: &Cli, args: &ProxyArgs) -> anyhow::Result<()> {
     let token = super::client::token_or_admin(cli)?;
     let control = Arc::new(HttpControl::new(args.control.clone(), token));
     let config = proxy_config(cli, &args.proxy);
+    up::raise_open_files_limit(up::descriptors_needed(&config));
     let route_ttl = config.route_ttl;
     let proxy = Proxy::bind(config, control.clone()).await.context("starting the proxy")?;
     println!("dormouse proxy is up");

@@ -81,9 +81,22 @@ impl MyError {
         Self::new(1095, "HY000", format!("You are not owner of thread {thread}"))
     }
 
-    /// 1226: too many failed logins, or RSA logins, from one address.
+    /// 1226: too many failed logins to this database from one address.
     pub fn rate_limited() -> Self {
-        Self::new(1226, "42000", "Too many login attempts from this address; try again shortly")
+        Self::new(
+            1226,
+            "42000",
+            "Too many failed logins from this address for this user; try again shortly",
+        )
+    }
+
+    /// 1226: too many logins needing RSA decryption from one address; TLS needs none.
+    pub fn rsa_limited() -> Self {
+        Self::new(
+            1226,
+            "42000",
+            "Too many RSA-encrypted logins from this address; connect with TLS or try again shortly",
+        )
     }
 
     /// 1105: the database cannot be reached right now.

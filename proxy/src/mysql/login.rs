@@ -141,10 +141,6 @@ async fn send_raw(tcp: &mut TcpStream, seq: u8, payload: &[u8]) {
 /// ERR and returns `None` on any failure.
 pub async fn accept(front: &MysqlFrontend, mut tcp: TcpStream, peer: SocketAddr) -> Option<Login> {
     let deadline = Instant::now() + front.config.handshake_timeout;
-    if front.throttle.is_blocked(peer.ip()) {
-        send_raw(&mut tcp, 0, &MyError::rate_limited().payload()).await;
-        return None;
-    }
     let nonce = nonce();
     send_raw(&mut tcp, 0, &greeting(front, front.next_connection_id(), &nonce)).await;
     let (seq, payload) = match timeout_at(deadline, read_exact_packet(&mut tcp)).await {
@@ -309,7 +305,7 @@ impl Conn<'_> {
                         self.send(&[0x01, 0x03]).await?;
                         Ok(vec![token.as_bytes().to_vec()])
                     }
-                    None => self.full_auth(front, peer, nonce).await,
+                    None => self.full_auth(front, peer, user, nonce).await,
                 }
             }
             _ => {
@@ -319,7 +315,7 @@ impl Conn<'_> {
                 switch.push(0);
                 self.send(&switch).await?;
                 self.read().await?; // the client's scramble for the fresh nonce: useless here
-                self.full_auth(front, peer, &fresh).await
+                self.full_auth(front, peer, user, &fresh).await
             }
         }
     }
@@ -330,6 +326,7 @@ impl Conn<'_> {
         &mut self,
         front: &MysqlFrontend,
         peer: SocketAddr,
+        user: &str,
         nonce: &[u8; 20],
     ) -> Result<Vec<Vec<u8>>, MyError> {
         self.send(&[0x01, 0x04]).await?;
@@ -341,8 +338,8 @@ impl Conn<'_> {
         key.extend_from_slice(front.rsa.public_pem());
         self.send(&key).await?;
         let ciphertext = self.read().await?;
-        if !front.throttle.allow_expensive(peer.ip()) {
-            return Err(MyError::rate_limited());
+        if !front.throttle.allow_rsa(peer.ip(), user) {
+            return Err(MyError::rsa_limited());
         }
         let payload = ciphertext.payload();
         if payload.len() != front.rsa.size() {

@@ -49,10 +49,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, Identity, TokenVerifier, authorize, route_for};
+use crate::auth::{Identity, LoginRefused, TokenVerifier, log_in, route_for};
 use crate::config::MysqlConfig;
 use crate::control::{ControlPlane, Protocol, Route, SessionGuard};
-use crate::limits::ClientCounts;
+use crate::limits::{ClientCounts, Ticket};
 use crate::listener::Frontend;
 use crate::routes::RouteCache;
 use crate::throttle::Throttle;
@@ -119,59 +119,73 @@ impl MysqlFrontend {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Checks the token the client sent as its password. Every failure a client can cause is
-    /// the same 1045, whether or not the database exists.
-    /// The session counts as activity on the database from before the route lookup, so control
-    /// never suspends a database a client is about to use.
-    async fn authenticate(
+    /// Checks the token the client sent as its password (through the login step every front
+    /// end shares), logging the connection in. Every failure a client can cause is the same
+    /// 1045, whether or not the database exists, unless its address is told to slow down.
+    async fn verify_login(
         &self,
+        ticket: &mut Ticket,
         user: &str,
         peer: SocketAddr,
         passwords: &[Vec<u8>],
-    ) -> Result<(Identity, Route, SessionGuard), MyError> {
-        let denied = MyError::access_denied(user, &peer.ip().to_string());
-        for password in passwords {
-            let Ok(token) = std::str::from_utf8(password) else { continue };
-            let claims = match self.verifier.verify(token).await {
-                Ok(claims) => claims,
-                Err(AuthError::Control(e)) => {
-                    tracing::warn!(error = %e, "cannot verify a MySQL login");
-                    return Err(MyError::unavailable(user));
-                }
-                Err(_) => {
+    ) -> Result<Identity, MyError> {
+        let tokens: Vec<&str> =
+            passwords.iter().filter_map(|p| std::str::from_utf8(p).ok()).collect();
+        match log_in(&self.verifier, &self.throttle, ticket, Some(user), &tokens).await {
+            Ok((identity, i)) => {
+                self.fast_auth.remember(user, tokens[i]);
+                Ok(identity)
+            }
+            Err(LoginRefused::Control(e)) => {
+                tracing::warn!(error = %e, "cannot verify a MySQL login");
+                Err(MyError::unavailable(user))
+            }
+            Err(LoginRefused::Busy(_)) => Err(MyError::too_many_connections()),
+            Err(LoginRefused::Denied { throttled }) => {
+                tracing::debug!(peer = %peer, user = %user, "mysql login refused");
+                for token in &tokens {
                     self.fast_auth.forget(user, token);
-                    continue;
                 }
-            };
-            let Ok(identity) = authorize(&claims, Some(user)) else {
-                self.throttle.record_failure(peer.ip());
-                return Err(denied);
-            };
-            self.fast_auth.remember(user, token);
-            let guard =
-                SessionGuard::new(self.control.clone(), &identity.tenant, &identity.database);
-            return match route_for(&self.routes, &identity, peer.ip()).await {
-                Ok(Some(route)) if route.protocol == Protocol::Mysql => {
-                    Ok((identity, route, guard))
+                if throttled {
+                    return Err(MyError::rate_limited());
                 }
-                Ok(Some(_)) => Err(MyError::new(
-                    1045,
-                    "28000",
-                    format!("'{}' is not a MySQL database; use the Redis port", identity.database),
-                )),
-                Ok(None) => {
-                    self.throttle.record_failure(peer.ip());
-                    Err(denied)
-                }
-                Err(e) => {
-                    tracing::warn!(db = %identity.database, error = %e, "no route");
-                    Err(MyError::new(1105, "HY000", e.for_client(&identity.database)))
-                }
-            };
+                Err(MyError::access_denied(user, &peer.ip().to_string()))
+            }
+            // A MySQL login always names its database (the user).
+            Err(LoginRefused::NeedsDatabase) => {
+                Err(MyError::access_denied(user, &peer.ip().to_string()))
+            }
         }
-        tracing::debug!(peer = %peer, user = %user, "mysql login refused");
-        self.throttle.record_failure(peer.ip());
-        Err(denied)
+    }
+
+    /// The route to a logged-in client's database, waking it if it sleeps. The session counts
+    /// as activity on the database from before the route lookup, so control never suspends a
+    /// database a client is about to use.
+    async fn route_login(
+        &self,
+        identity: &Identity,
+        peer: SocketAddr,
+    ) -> Result<(Route, SessionGuard), MyError> {
+        let guard = SessionGuard::new(self.control.clone(), &identity.tenant, &identity.database);
+        match route_for(&self.routes, identity, peer.ip()).await {
+            Ok(Some(route)) if route.protocol == Protocol::Mysql => Ok((route, guard)),
+            Ok(Some(_)) => Err(MyError::new(
+                1045,
+                "28000",
+                format!("'{}' is not a MySQL database; use the Redis port", identity.database),
+            )),
+            Ok(None) => {
+                let throttled = self.throttle.record_failure(peer.ip(), &identity.database);
+                if throttled {
+                    return Err(MyError::rate_limited());
+                }
+                Err(MyError::access_denied(&identity.database, &peer.ip().to_string()))
+            }
+            Err(e) => {
+                tracing::warn!(db = %identity.database, error = %e, "no route");
+                Err(MyError::new(1105, "HY000", e.for_client(&identity.database)))
+            }
+        }
     }
 
     /// A connection to the client's database brought to the client's session state `vars`:
@@ -293,12 +307,16 @@ impl MysqlFrontend {
         }
     }
 
-    async fn session(&self, mut login: Login, shutdown: CancellationToken) {
-        let (identity, mut route, _activity) =
-            match self.authenticate(&login.user, login.peer, &login.passwords).await {
-                Ok(found) => found,
-                Err(e) => return login.fail(&e).await,
-            };
+    async fn session(&self, mut login: Login, mut ticket: Ticket, shutdown: CancellationToken) {
+        let verified = self.verify_login(&mut ticket, &login.user, login.peer, &login.passwords);
+        let identity = match verified.await {
+            Ok(identity) => identity,
+            Err(e) => return login.fail(&e).await,
+        };
+        let (mut route, _activity) = match self.route_login(&identity, login.peer).await {
+            Ok(found) => found,
+            Err(e) => return login.fail(&e).await,
+        };
         let max_clients = route.limits.max_clients;
         let Some(_slot) = self.clients.admit(&identity.tenant, &identity.database, max_clients)
         else {
@@ -340,6 +358,7 @@ impl MysqlFrontend {
             stmts: Statements::default(),
             lease: Some(lease),
             aside: None,
+            ticket,
         };
         session.run(&shutdown).await;
         login.client.shutdown().await;
@@ -361,10 +380,11 @@ impl Frontend for MysqlFrontend {
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
+        ticket: Ticket,
         shutdown: CancellationToken,
     ) {
         if let Some(login) = login::accept(&self, stream, peer).await {
-            self.session(login, shutdown).await;
+            self.session(login, ticket, shutdown).await;
         }
     }
 

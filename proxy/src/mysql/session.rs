@@ -46,6 +46,8 @@ pub struct Session<'a> {
     /// The connection it set aside while only its warnings or `FOUND_ROWS()` were left to
     /// read, to take back for its next command unless another client needed it.
     pub aside: Option<Reservation>,
+    /// The connection's place as a logged-in client.
+    pub ticket: crate::limits::Ticket,
 }
 
 /// A command answered with an error already: the session goes on.
@@ -347,10 +349,20 @@ impl Session<'_> {
         )
         .await;
         let checked = match passwords {
-            Ok(passwords) => front.authenticate(&change.user, self.peer, &passwords).await,
+            Ok(passwords) => {
+                let verified =
+                    front.verify_login(&mut self.ticket, &change.user, self.peer, &passwords).await;
+                match verified {
+                    Ok(identity) => front
+                        .route_login(&identity, self.peer)
+                        .await
+                        .map(|(route, _)| (identity, route)),
+                    Err(e) => Err(e),
+                }
+            }
             Err(e) => Err(e),
         };
-        let login = checked.and_then(|(identity, route, _)| {
+        let login = checked.and_then(|(identity, route)| {
             if identity.tenant != self.identity.tenant
                 || identity.database != self.identity.database
             {

@@ -34,10 +34,10 @@ use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, Identity, TokenVerifier, authorize, route_for};
+use crate::auth::{Identity, LoginRefused, TokenVerifier, route_for};
 use crate::config::RedisConfig;
 use crate::control::{ControlError, ControlPlane, Protocol, Route, SessionGuard};
-use crate::limits::ClientCounts;
+use crate::limits::{ClientCounts, Ticket};
 use crate::listener::Frontend;
 use crate::routes::RouteCache;
 use crate::throttle::Throttle;
@@ -49,7 +49,7 @@ use shared::SharedConn;
 /// Shared state of the Redis listener.
 pub struct RedisFrontend {
     config: RedisConfig,
-    verifier: Arc<TokenVerifier>,
+    pub(crate) verifier: Arc<TokenVerifier>,
     routes: Arc<RouteCache>,
     pub(crate) throttle: Arc<Throttle>,
     pub(crate) control: Arc<dyn ControlPlane>,
@@ -65,7 +65,10 @@ pub struct RedisFrontend {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LoginError {
     #[error(transparent)]
-    Auth(#[from] AuthError),
+    Refused(#[from] LoginRefused),
+    /// A valid token for a database that does not exist: refused like a wrong token.
+    #[error("no database {0:?}")]
+    NoSuchDatabase(String),
     #[error("database {0:?} is not a Redis database")]
     WrongProtocol(String),
     /// The database could not be reached or woken.
@@ -105,30 +108,28 @@ impl RedisFrontend {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Verifies `token`, decides the database, finds its route (waking the database if it
-    /// sleeps) and checks that `peer` may reach it. The session counts as activity on the
-    /// database from before the route lookup, so control never suspends a database a client
-    /// is about to use.
-    pub(crate) async fn authenticate(
+    /// The route to a logged-in client's database, waking it if it sleeps, if `peer` may
+    /// reach it (its allowlist). The session counts
+    /// as activity on the database from before the route lookup, so control never suspends a
+    /// database a client is about to use.
+    pub(crate) async fn route_login(
         &self,
-        user: Option<&str>,
-        token: &str,
+        identity: &Identity,
         peer: IpAddr,
-    ) -> Result<(Identity, Route, SessionGuard), LoginError> {
-        let claims = self.verifier.verify(token).await?;
-        let identity = authorize(&claims, user)?;
+    ) -> Result<(Route, SessionGuard), LoginError> {
         let guard = SessionGuard::new(self.control.clone(), &identity.tenant, &identity.database);
-        let route = match route_for(&self.routes, &identity, peer).await {
+        let route = match route_for(&self.routes, identity, peer).await {
             Ok(Some(route)) => route,
-            Ok(None) => return Err(AuthError::Refused("no such database or address").into()),
+            Ok(None) => return Err(LoginError::NoSuchDatabase(identity.database.clone())),
             Err(error) => {
-                return Err(LoginError::Unavailable { database: identity.database, error });
+                let database = identity.database.clone();
+                return Err(LoginError::Unavailable { database, error });
             }
         };
         if route.protocol != Protocol::Redis {
-            return Err(LoginError::WrongProtocol(identity.database));
+            return Err(LoginError::WrongProtocol(identity.database.clone()));
         }
-        Ok((identity, route, guard))
+        Ok((route, guard))
     }
 
     /// Links a client to its database: the pool for its role's backend user and its RESP
@@ -181,21 +182,16 @@ fn as_role(route: &Route, role: crate::claims::Role) -> Route {
     route
 }
 
-impl From<ControlError> for LoginError {
-    fn from(e: ControlError) -> Self {
-        LoginError::Auth(AuthError::Control(e))
-    }
-}
-
 #[async_trait]
 impl Frontend for RedisFrontend {
     async fn handle(
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
+        ticket: Ticket,
         shutdown: CancellationToken,
     ) {
-        if let Err(e) = session::Session::new(self, peer).run(stream, shutdown).await {
+        if let Err(e) = session::Session::new(self, peer, ticket).run(stream, shutdown).await {
             tracing::debug!(%peer, error = %e, "redis session ended with an error");
         }
     }

@@ -5,11 +5,13 @@
 use bytes::Bytes;
 
 use super::{OK, Pending, Session, Subscriptions, Transaction};
-use crate::auth::AuthError;
+use crate::auth::{LoginRefused, log_in};
 use crate::redis::LoginError;
 use crate::redis::codec::Request;
 
 const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+const THROTTLED: &[u8] =
+    b"-ERR Dormouse: too many failed logins from this address for this database; try again shortly\r\n";
 const NOAUTH_HELLO: &[u8] = b"-NOAUTH HELLO must be called with the client already authenticated, \
 otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
 select the RESP protocol version at the same time\r\n";
@@ -124,20 +126,18 @@ impl Session {
         let user = user
             .filter(|u| !u.eq_ignore_ascii_case(b"default"))
             .map(|u| String::from_utf8_lossy(u).into_owned());
-        if self.front.throttle.is_blocked(self.peer.ip()) {
-            return self.reply(
-                b"-ERR Dormouse: too many failed logins from this address; try again shortly\r\n",
-            );
-        }
-        let Ok(token) = std::str::from_utf8(token) else {
-            self.front.throttle.record_failure(self.peer.ip());
-            return self.reply(WRONGPASS);
+        let tokens = [std::str::from_utf8(token).unwrap_or_default()];
+        let front = self.front.clone();
+        let checked =
+            log_in(&front.verifier, &front.throttle, &mut self.ticket, user.as_deref(), &tokens);
+        let identity = match checked.await {
+            Ok((identity, _)) => identity,
+            Err(e) => return self.refuse_login(e.into()),
         };
-        let (identity, route, guard) =
-            match self.front.authenticate(user.as_deref(), token, self.peer.ip()).await {
-                Ok(found) => found,
-                Err(e) => return self.refuse_login(e),
-            };
+        let (route, guard) = match self.front.route_login(&identity, self.peer.ip()).await {
+            Ok(found) => found,
+            Err(e) => return self.refuse_login(e),
+        };
         let resp3 = hello.as_ref().map_or(self.resp3, |h| h.resp3);
         // A token that can write and one that cannot use different backend users.
         let same_links = self.shared.is_some()
@@ -217,15 +217,25 @@ impl Session {
 
     fn refuse_login(&mut self, error: LoginError) {
         match error {
-            LoginError::Auth(AuthError::Refused(why)) => {
-                tracing::debug!(peer = %self.peer, why, "redis login refused");
-                self.front.throttle.record_failure(self.peer.ip());
+            LoginError::Refused(LoginRefused::Denied { throttled: false }) => {
+                tracing::debug!(peer = %self.peer, "redis login refused");
                 self.reply(WRONGPASS);
             }
-            LoginError::Auth(AuthError::NeedsDatabase) => self.reply(
+            LoginError::Refused(LoginRefused::Denied { throttled: true }) => self.reply(THROTTLED),
+            LoginError::NoSuchDatabase(db) => {
+                tracing::debug!(peer = %self.peer, %db, "redis login to no such database");
+                if self.front.throttle.record_failure(self.peer.ip(), &db) {
+                    return self.reply(THROTTLED);
+                }
+                self.reply(WRONGPASS);
+            }
+            LoginError::Refused(LoginRefused::Busy(_)) => {
+                self.reply(b"-ERR max number of clients reached\r\n");
+            }
+            LoginError::Refused(LoginRefused::NeedsDatabase) => self.reply(
                 b"-ERR this token is not limited to one database: use AUTH <database> <token>\r\n",
             ),
-            LoginError::Auth(AuthError::Control(e)) => {
+            LoginError::Refused(LoginRefused::Control(e)) => {
                 tracing::warn!(peer = %self.peer, error = %e, "cannot verify a login");
                 self.reply(b"-ERR Dormouse: cannot verify credentials right now, try again\r\n");
             }

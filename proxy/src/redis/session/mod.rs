@@ -30,7 +30,7 @@ use super::shared::{Job, Replies, ReplySink, SharedConn};
 use crate::auth::Identity;
 use crate::buffers::make_room;
 use crate::control::SessionGuard;
-use crate::limits::ClientSlot;
+use crate::limits::{ClientSlot, Ticket};
 use crate::upstream::{UpstreamReader, UpstreamWriter};
 
 /// Before authentication a client may send only small requests (AUTH, HELLO).
@@ -172,10 +172,12 @@ pub(super) struct Session {
     own: Option<OwnLink>,
     /// Counts this session on its database (for idle suspension and the client limit).
     activity: Option<(SessionGuard, ClientSlot)>,
+    /// The connection's place: pending until its first login, then a logged-in client.
+    ticket: Ticket,
 }
 
 impl Session {
-    pub(super) fn new(front: Arc<RedisFrontend>, peer: SocketAddr) -> Self {
+    pub(super) fn new(front: Arc<RedisFrontend>, peer: SocketAddr, ticket: Ticket) -> Self {
         let (reply_tx, reply_rx) = mpsc::unbounded_channel();
         Self {
             id: front.next_client_id(),
@@ -204,6 +206,7 @@ impl Session {
             reply_rx,
             own: None,
             activity: None,
+            ticket,
         }
     }
 
