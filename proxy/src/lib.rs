@@ -10,7 +10,7 @@
 //! - [`routes`]: the route cache.
 //! - [`listener`]: the accept loop: connection limit, task tracking, drain on shutdown.
 //! - [`limits`]: client connections per database.
-//! - [`tls`]: TLS for client connections.
+//! - [`tls`]: TLS for client connections (MySQL's SSLRequest; Redis by first byte or port).
 //! - `upstream`: connections to the databases' servers (Unix socket or TCP).
 //! - [`redis`]: the Redis front end: codec, commands, backend connections, the session relay.
 //! - [`mysql`]: the MySQL front end: login, backend connections and their pool, the relay.
@@ -54,6 +54,7 @@ pub enum ProxyError {
 /// A proxy whose listeners are bound (so their addresses are known) but not yet serving.
 pub struct Proxy {
     redis: TcpListener,
+    redis_tls: Option<TcpListener>,
     mysql: TcpListener,
     redis_front: Arc<redis::RedisFrontend>,
     mysql_front: Arc<mysql::MysqlFrontend>,
@@ -81,6 +82,10 @@ impl Proxy {
                 .with_caps(config.database_caps),
         );
         let redis = bind(config.redis_listen).await?;
+        let redis_tls = match config.redis_tls_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let mysql = bind(config.mysql_listen).await?;
         let throttle = Arc::new(throttle::Throttle::new(
             config.failed_logins_per_second,
@@ -90,6 +95,7 @@ impl Proxy {
             config.redis.clone(),
             verifier.clone(),
             routes.clone(),
+            Some(tls.clone()),
             throttle.clone(),
             control.clone(),
         ));
@@ -120,6 +126,7 @@ impl Proxy {
         }));
         Ok(Self {
             redis,
+            redis_tls,
             mysql,
             redis_front,
             mysql_front,
@@ -130,6 +137,11 @@ impl Proxy {
 
     pub fn redis_addr(&self) -> std::io::Result<SocketAddr> {
         self.redis.local_addr()
+    }
+
+    /// The TLS-only Redis listener's address, if there is one.
+    pub fn redis_tls_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.redis_tls.as_ref().map(TcpListener::local_addr).transpose()
     }
 
     pub fn mysql_addr(&self) -> std::io::Result<SocketAddr> {
@@ -155,8 +167,15 @@ impl Proxy {
                 }
             }
         };
+        let tls_only = Arc::new(redis::RedisTlsOnly(self.redis_front.clone()));
+        let redis_tls = async {
+            if let Some(listener) = self.redis_tls {
+                listener::serve(listener, self.max_connections, shutdown.clone(), tls_only).await;
+            }
+        };
         tokio::join!(
             listener::serve(self.redis, self.max_connections, shutdown.clone(), self.redis_front),
+            redis_tls,
             listener::serve(self.mysql, self.max_connections, shutdown.clone(), self.mysql_front),
             pool.maintain(shutdown.clone()),
             limiter_cleanup,

@@ -6,8 +6,9 @@
 //! buffers, so a slow reader on either side slows the other instead of growing memory.
 //!
 //! Files: `login` (AUTH, HELLO, RESET), `route` (classification, links, local answers),
-//! `replies` (reply ordering, pub/sub frames).
+//! `replies` (reply ordering, pub/sub frames), `heal` (a backend connection that died).
 
+mod heal;
 mod login;
 mod replies;
 mod route;
@@ -118,6 +119,10 @@ struct Transaction {
     open: bool,
     failed: bool,
     watching: bool,
+    /// The connection holding the transaction or the watched keys died: commands are refused
+    /// until the client ends the transaction (EXEC, DISCARD, UNWATCH, RESET), so none of them
+    /// runs outside the transaction it was meant for.
+    lost: bool,
 }
 
 /// A backend connection the client has to itself.
@@ -175,7 +180,8 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub(super) fn new(front: Arc<RedisFrontend>, peer: SocketAddr) -> Self {
+    /// A session for a client that must authenticate by `auth_deadline`.
+    pub(super) fn new(front: Arc<RedisFrontend>, peer: SocketAddr, auth_deadline: Instant) -> Self {
         let (reply_tx, reply_rx) = mpsc::unbounded_channel();
         Self {
             id: front.next_client_id(),
@@ -194,7 +200,7 @@ impl Session {
             transaction: Transaction::default(),
             deferred: None,
             closing: false,
-            auth_deadline: Instant::now(),
+            auth_deadline,
             route: None,
             pool: None,
             shared: None,
@@ -216,7 +222,6 @@ impl Session {
         S: AsyncRead + AsyncWrite + Send + Unpin,
     {
         let (mut client_r, mut client_w) = tokio::io::split(stream);
-        self.auth_deadline = Instant::now() + self.front.config.auth_timeout;
         let result = loop {
             if self.closing && self.pending.is_empty() && self.output.is_empty() {
                 let _ = client_w.shutdown().await;
@@ -259,11 +264,11 @@ impl Session {
                 written = write_own(own_writer), if own_has_output => {
                     if let Err(e) = written {
                         tracing::debug!(peer = %self.peer, error = %e, "backend write failed");
-                        self.backend_lost();
+                        self.own_lost();
                     }
                 }
                 read = read_own(own_reader), if take_replies => match read {
-                    Ok(0) | Err(_) => self.backend_lost(),
+                    Ok(0) | Err(_) => self.own_lost(),
                     Ok(_) => {
                         if let Err(e) = self.on_own_input() {
                             break Err(e);
@@ -295,6 +300,7 @@ impl Session {
     /// Parses and handles every complete command in the input buffer, then sends the shared
     /// connection's batch.
     async fn on_client_input(&mut self) {
+        self.heal_shared().await;
         while !self.closing {
             if self.deferred.is_none() && self.pass_through() {
                 continue;
@@ -327,7 +333,8 @@ impl Session {
     /// connection that the proxy has nothing to do with is copied from the input into the
     /// batch. False when the next command takes the general path (the scan is kept for it).
     fn pass_through(&mut self) -> bool {
-        if self.own.is_some() || self.shared.is_none() || self.transaction.open {
+        let transaction = self.transaction.open || self.transaction.lost;
+        if self.own.is_some() || self.shared.is_none() || transaction {
             return false;
         }
         let limits = self.limits();
@@ -426,7 +433,13 @@ impl Session {
         } else if self.shared.is_some() {
             self.batch.extend_from_slice(&request.wire);
         } else {
-            self.reply(BACKEND_LOST);
+            // Linking afresh after the backend died did not work (yet); the next command tries
+            // again.
+            let database = self.identity.as_ref().map_or("", |i| i.database.as_str());
+            let msg = format!(
+                "-ERR Dormouse: database '{database}' is unavailable right now, try again\r\n"
+            );
+            self.reply(msg.as_bytes());
         }
     }
 
@@ -443,24 +456,9 @@ impl Session {
         self.batch_replies = 0;
         let sent = self.shared.as_ref().is_some_and(|s| s.send(job));
         if !sent {
-            self.backend_lost();
+            // It died since `heal_shared` looked: this batch fails with what it owed before.
+            self.abandon_shared();
         }
-    }
-
-    /// The backend went away: every reply still owed becomes an error and the client
-    /// connection closes, as it would if the server itself had gone.
-    fn backend_lost(&mut self) {
-        tracing::debug!(peer = %self.peer, owed = self.pending.len(), "backend connection lost");
-        self.batch.clear();
-        self.batch_replies = 0;
-        for pending in std::mem::take(&mut self.pending) {
-            match pending {
-                Pending::Local(bytes) => self.output.extend_from_slice(&bytes),
-                _ => self.output.extend_from_slice(BACKEND_LOST),
-            }
-        }
-        self.drop_links();
-        self.closing = true;
     }
 
     /// Lets go of every backend connection; an own connection goes back only if clean.

@@ -156,7 +156,7 @@ impl Session {
         }
     }
 
-    fn flush_local_replies(&mut self) {
+    pub(super) fn flush_local_replies(&mut self) {
         while let Some(Pending::Local(_)) = self.pending.front() {
             if let Some(Pending::Local(bytes)) = self.pending.pop_front() {
                 self.output.extend_from_slice(&bytes);
