@@ -171,3 +171,64 @@ async fn a_subscriber_is_disconnected_when_the_server_dies() -> anyhow::Result<(
     setup.cluster.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pipelining_client_gets_every_reply_in_order_across_a_crash() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let setup = setup().await?;
+    let mut client = setup.client().await?;
+    let (stop, rounds) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let (stopping, counting) = (stop.clone(), rounds.clone());
+    // Pipelines of INCRs, each read whole before the next: every reply is a count or an error
+    // for a command caught by the crash, never another command's reply.
+    let load = tokio::spawn(async move {
+        let mut frames = Vec::new();
+        while !stopping.load(Ordering::Relaxed) {
+            let incr: &[&str] = &["INCR", "n"];
+            client.send(&[incr; 200]).await?;
+            for _ in 0..200 {
+                frames.push(client.frame().await?);
+            }
+            counting.fetch_add(1, Ordering::Relaxed);
+        }
+        anyhow::Ok(frames)
+    });
+    let rounds_reached = |n: usize| {
+        let rounds = rounds.clone();
+        async move {
+            eventually(Duration::from_secs(30), "the client's pipelines", || {
+                let done = rounds.load(Ordering::Relaxed);
+                async move { (done >= n).then_some(()) }
+            })
+            .await
+        }
+    };
+    rounds_reached(5).await?;
+    setup.crash_and_wait_for_restart().await?;
+    let after = rounds.load(Ordering::Relaxed);
+    let progressed = rounds_reached(after + 5).await;
+    stop.store(true, Ordering::Relaxed);
+    // The client's own failure, if it stopped, says more than the lack of progress.
+    let frames = load.await??;
+    progressed?;
+
+    let mut last = 0i64;
+    let (mut counts, mut errors) = (0, 0);
+    for frame in &frames {
+        if let Some(n) = frame.strip_prefix(b":") {
+            let n: i64 = std::str::from_utf8(n)?.trim_end().parse()?;
+            assert!(n > last, "count {n} after {last}: a reply out of order");
+            (last, counts) = (n, counts + 1);
+        } else {
+            assert!(frame.starts_with(b"-ERR Dormouse: "), "{:?}", String::from_utf8_lossy(frame));
+            errors += 1;
+        }
+    }
+    assert!(counts >= 2000, "{counts} counts, {errors} errors");
+    // What was in flight, and perhaps a pipeline or two sent while the server was restarting.
+    assert!(errors <= 600, "{errors} errors");
+    setup.cluster.stop().await;
+    Ok(())
+}

@@ -1,13 +1,13 @@
 //! When a backend connection dies under a session (its server crashed, or was restarted):
-//! replies it owed become errors, never retried, since their commands may have run; an idle
-//! client moves to a fresh shared connection on its next command; state the dead connection
-//! held for the client (a transaction, watched keys, subscriptions) is reported lost, not
-//! silently dropped.
+//! replies it owed become errors, never retried, since their commands may have run; commands
+//! it never wrote are sent again; an idle client moves to a fresh shared connection on its
+//! next command; state the dead connection held for the client (a transaction, watched keys,
+//! subscriptions) is reported lost, not silently dropped.
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{BACKEND_LOST, OK, Pending, Session, Transaction};
+use super::{BACKEND_LOST, OK, Pending, Session, SharedConn, Transaction};
 use crate::redis::commands::Action;
 
 const TRANSACTION_LOST: &[u8] = b"-ERR Dormouse: lost the connection to the database during \
@@ -16,54 +16,82 @@ const EXEC_LOST: &[u8] =
     b"-EXECABORT Transaction discarded because the connection to the database was lost.\r\n";
 
 impl Session {
-    /// Before the client's next commands: if its shared connection has died, fail what it
-    /// owed and link to a new one (re-resolving the route, so a server that moved or is
-    /// still restarting is found or waited for). A failed link leaves the session unlinked;
+    /// Before the client's next commands, and when a batch could not be handed over: if the
+    /// shared connection has died, settle what it owed and link to a new one (re-resolving the
+    /// route, so a server that moved or is still restarting is found or waited for), then send
+    /// again first what the dead one never wrote. A failed link leaves the session unlinked:
     /// its commands are answered with an error and the next ones try again.
     pub(super) async fn heal_shared(&mut self) {
-        let needs_link = self.own.is_none()
-            && self.identity.is_some()
-            && self.pool.is_some()
-            && !self.shared.as_ref().is_some_and(|s| s.is_alive());
-        if !needs_link {
+        let dead = self.shared.as_ref().is_some_and(|s| !s.is_alive());
+        let unlinked = self.shared.is_none() && self.pool.is_some();
+        let waiting = !self.resend.is_empty() || !self.batch.is_empty();
+        if self.own.is_some() || self.identity.is_none() || !(dead || unlinked || waiting) {
             return;
         }
-        if self.shared.is_some() {
-            self.abandon_shared();
+        if dead && let Some(old) = self.shared.take() {
+            self.abandon_shared(old).await;
         }
         let (Some(identity), Some(route)) = (self.identity.clone(), self.route.clone()) else {
             return;
         };
-        match self.link(&identity, route, self.resp3).await {
-            Ok(()) => {
-                tracing::debug!(peer = %self.peer, db = %identity.database, "redis client relinked after its backend connection died");
+        if self.shared.is_none() {
+            match self.link(&identity, route, self.resp3).await {
+                Ok(()) => {
+                    tracing::debug!(peer = %self.peer, db = %identity.database, "redis client relinked after its backend connection died");
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, db = %identity.database, error = %e, "backend unavailable");
+                    let error = self.unavailable();
+                    self.resend.clear();
+                    self.resend_replies = 0;
+                    self.batch.clear();
+                    self.batch_replies = 0;
+                    self.fail_owed_replies(error);
+                    return;
+                }
             }
-            Err(e) => {
-                tracing::warn!(peer = %self.peer, db = %identity.database, error = %e, "backend unavailable");
-            }
+        }
+        // What the dead connection never wrote goes first, in the order it was sent.
+        if !self.resend.is_empty() {
+            let mut batch = std::mem::take(&mut self.resend);
+            batch.extend_from_slice(&self.batch);
+            self.batch = batch;
+            self.batch_replies += std::mem::take(&mut self.resend_replies);
         }
     }
 
-    /// Lets go of a shared connection that died. What it delivered before it ended is taken
-    /// in order; every reply it still owed becomes an error. The reply channel is replaced, so
-    /// nothing the old connection's task may still send can be mistaken for a reply to a
-    /// command sent on the next one.
-    pub(super) fn abandon_shared(&mut self) {
-        tracing::debug!(peer = %self.peer, owed = self.pending.len(), "shared backend connection lost");
-        self.shared = None;
-        self.batch.clear();
-        self.batch_replies = 0;
-        // The connection's task hands over every reply it read before it marks itself dead,
-        // so they are all in the channel by now.
-        while let Ok(replies) = self.reply_rx.try_recv() {
-            if let Err(e) = self.on_backend_replies(replies) {
+    /// Settles with a shared connection that died: once its task has handed over everything,
+    /// replies are taken in order and unwritten commands kept to send again. Every reply still
+    /// owed then belongs to a command kept for sending; if the count says otherwise, the
+    /// commands are not sent again and their replies become errors instead.
+    async fn abandon_shared(&mut self, old: SharedConn) {
+        old.ended().await;
+        while let Ok(delivery) = self.reply_rx.try_recv() {
+            if let Err(e) = self.on_delivery(delivery) {
                 tracing::warn!(peer = %self.peer, error = %e, "replies of a lost backend connection");
                 self.closing = true;
                 break;
             }
         }
+        let owed: usize = self
+            .pending
+            .iter()
+            .map(|p| match p {
+                Pending::Local(_) => 0,
+                Pending::Subscribe { left } => *left,
+                _ => 1,
+            })
+            .sum();
+        if owed != self.resend_replies + self.batch_replies {
+            tracing::warn!(peer = %self.peer, owed, resend = self.resend_replies, "replies of a lost backend connection do not add up");
+            self.resend.clear();
+            self.resend_replies = 0;
+            self.batch.clear();
+            self.batch_replies = 0;
+            self.fail_owed_replies(Bytes::from_static(BACKEND_LOST));
+        }
+        // A fresh channel: nothing from the old connection can arrive after this.
         (self.reply_tx, self.reply_rx) = mpsc::unbounded_channel();
-        self.fail_owed_replies();
     }
 
     /// The client's own connection died. Replies it owed become errors. Subscriptions cannot be
@@ -75,7 +103,7 @@ impl Session {
         tracing::debug!(peer = %self.peer, owed = self.pending.len(), "own backend connection lost");
         // Dropping it releases its slot in the pool; the dead socket is closed, not returned.
         self.own = None;
-        self.fail_owed_replies();
+        self.fail_owed_replies(Bytes::from_static(BACKEND_LOST));
         if self.subscriptions.active() {
             self.drop_links();
             self.closing = true;
@@ -84,11 +112,11 @@ impl Session {
         }
     }
 
-    /// Every reply still owed by a backend becomes an error, in its place among the proxy's own.
-    fn fail_owed_replies(&mut self) {
+    /// Every reply still owed by a backend becomes `error`, in its place among the proxy's own.
+    fn fail_owed_replies(&mut self, error: Bytes) {
         for pending in self.pending.iter_mut() {
             if !matches!(pending, Pending::Local(_)) {
-                *pending = Pending::Local(Bytes::from_static(BACKEND_LOST));
+                *pending = Pending::Local(error.clone());
             }
         }
         self.flush_local_replies();

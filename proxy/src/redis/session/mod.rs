@@ -27,7 +27,7 @@ use super::RedisFrontend;
 use super::codec::{FrameScanner, ProtocolError, Request, RequestLimits, RequestReader};
 use super::commands::{Action, CommandTable};
 use super::pool::{OwnSlot, RedisPool};
-use super::shared::{Job, Replies, ReplySink, SharedConn};
+use super::shared::{Delivery, Job, ReplySink, SharedConn};
 use crate::auth::Identity;
 use crate::buffers::make_room;
 use crate::control::SessionGuard;
@@ -173,7 +173,11 @@ pub(super) struct Session {
     batch_replies: usize,
     /// Where the shared connection delivers this session's replies.
     reply_tx: ReplySink,
-    reply_rx: mpsc::UnboundedReceiver<Replies>,
+    reply_rx: mpsc::UnboundedReceiver<Delivery>,
+    /// Commands a dead shared connection never wrote, to send again on the next one (their
+    /// replies are still pending), and how many replies they owe.
+    resend: BytesMut,
+    resend_replies: usize,
     own: Option<OwnLink>,
     /// Counts this session on its database (for idle suspension and the client limit).
     activity: Option<(SessionGuard, ClientSlot)>,
@@ -208,6 +212,8 @@ impl Session {
             batch_replies: 0,
             reply_tx,
             reply_rx,
+            resend: BytesMut::new(),
+            resend_replies: 0,
             own: None,
             activity: None,
         }
@@ -253,12 +259,16 @@ impl Session {
                         Err(e) => break Err(SessionError::Client(e)),
                     }
                 }
-                replies = self.reply_rx.recv(), if take_replies => {
+                delivery = self.reply_rx.recv(), if take_replies => {
                     // The session holds a sender itself, so the channel never closes.
-                    if let Some(replies) = replies
-                        && let Err(e) = self.on_backend_replies(replies)
+                    if let Some(delivery) = delivery
+                        && let Err(e) = self.on_delivery(delivery)
                     {
                         break Err(e);
+                    }
+                    if !self.resend.is_empty() {
+                        // The client may be waiting for those replies, sending nothing.
+                        self.on_client_input().await;
                     }
                 }
                 written = write_own(own_writer), if own_has_output => {
@@ -327,6 +337,11 @@ impl Session {
             }
         }
         self.flush_batch();
+        if !self.resend.is_empty() || !self.batch.is_empty() {
+            // The shared connection died under this batch before writing it.
+            self.heal_shared().await;
+            self.flush_batch();
+        }
     }
 
     /// The common case, without making a [`Request`]: a whole command for the shared
@@ -415,6 +430,9 @@ impl Session {
 
     /// Sends a command on the session's link and records what it will be answered with.
     fn send(&mut self, request: &Request, expect: Pending) {
+        if self.own.is_none() && self.shared.is_none() {
+            return self.reply_unlinked();
+        }
         self.send_unanswered(request);
         if self.own.is_none() {
             self.batch_replies += match expect {
@@ -433,14 +451,22 @@ impl Session {
         } else if self.shared.is_some() {
             self.batch.extend_from_slice(&request.wire);
         } else {
-            // Linking afresh after the backend died did not work (yet); the next command tries
-            // again.
-            let database = self.identity.as_ref().map_or("", |i| i.database.as_str());
-            let msg = format!(
-                "-ERR Dormouse: database '{database}' is unavailable right now, try again\r\n"
-            );
-            self.reply(msg.as_bytes());
+            self.reply_unlinked();
         }
+    }
+
+    /// The answer to a command while the session has no backend connection: linking afresh
+    /// after the backend died did not work (yet); the next command tries again.
+    fn reply_unlinked(&mut self) {
+        let error = self.unavailable();
+        self.reply(&error);
+    }
+
+    /// The error for a command the database cannot take right now.
+    fn unavailable(&self) -> Bytes {
+        let database = self.identity.as_ref().map_or("", |i| i.database.as_str());
+        format!("-ERR Dormouse: database '{database}' is unavailable right now, try again\r\n")
+            .into()
     }
 
     /// Hands the batch to the shared connection.
@@ -454,10 +480,14 @@ impl Session {
             to: self.reply_tx.clone(),
         };
         self.batch_replies = 0;
-        let sent = self.shared.as_ref().is_some_and(|s| s.send(job));
-        if !sent {
-            // It died since `heal_shared` looked: this batch fails with what it owed before.
-            self.abandon_shared();
+        let refused = match self.shared.as_ref() {
+            Some(shared) => shared.send(job).err(),
+            None => Some(job),
+        };
+        if let Some(job) = refused {
+            // It died since `heal_shared` looked: the batch waits for the next link.
+            self.batch.extend_from_slice(&job.wire);
+            self.batch_replies = job.replies;
         }
     }
 
