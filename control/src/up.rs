@@ -101,6 +101,8 @@ impl UpConfig {
 pub struct Running {
     pub api_addr: SocketAddr,
     pub redis_addr: Option<SocketAddr>,
+    /// The proxy's TLS-only Redis listener, if configured.
+    pub redis_tls_addr: Option<SocketAddr>,
     pub mysql_addr: Option<SocketAddr>,
     /// The proxy's MySQL backend pool, for its counters.
     pub mysql_pool: Option<Arc<dormouse_proxy::mysql::pool::Pool>>,
@@ -287,13 +289,15 @@ pub async fn start(config: UpConfig, shutdown: CancellationToken) -> anyhow::Res
     let api_addr = api.local_addr()?;
     let mut tasks = tokio::task::JoinSet::new();
 
-    let (mut redis_addr, mut mysql_addr, mut mysql_pool) = (None, None, None);
+    let (mut redis_addr, mut redis_tls_addr, mut mysql_addr, mut mysql_pool) =
+        (None, None, None, None);
     if let Some(proxy_config) = config.proxy.clone() {
         let proxy = Proxy::bind(proxy_config, Arc::new(LocalControl(service.clone())))
             .await
             .context("starting the proxy")?;
         let (redis, mysql) = (proxy.redis_addr()?, proxy.mysql_addr()?);
         redis_addr = Some(redis);
+        redis_tls_addr = proxy.redis_tls_addr()?;
         mysql_addr = Some(mysql);
         mysql_pool = Some(proxy.mysql_pool());
         service.metrics().add_backend_pool(proxy.mysql_pool());
@@ -321,6 +325,7 @@ pub async fn start(config: UpConfig, shutdown: CancellationToken) -> anyhow::Res
     Ok(Running {
         api_addr,
         redis_addr,
+        redis_tls_addr,
         mysql_addr,
         mysql_pool,
         admin_token,

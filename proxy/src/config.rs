@@ -18,7 +18,11 @@ pub const DEFAULT_ROUTE_TTL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
+    /// Where Redis clients connect, in plaintext or TLS (told apart by the first byte).
     pub redis_listen: SocketAddr,
+    /// A second Redis listener that accepts only TLS, for clients or load balancers that want
+    /// a port of its own for `rediss://`.
+    pub redis_tls_listen: Option<SocketAddr>,
     pub mysql_listen: SocketAddr,
     /// Where the proxy keeps key material it generates: the MySQL RSA key, and the
     /// self-signed TLS certificate unless `tls` names files.
@@ -121,6 +125,7 @@ impl ProxyConfig {
         let keys_dir = keys_dir.into();
         Self {
             redis_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            redis_tls_listen: None,
             mysql_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls: TlsSource::SelfSigned { dir: keys_dir.clone() },
             keys_dir,

@@ -12,7 +12,7 @@
 //! - [`limits`]: admission (pending and logged-in connections, per address), client
 //!   connections per database.
 //! - [`throttle`]: failed logins and RSA work per address and database.
-//! - [`tls`]: TLS for client connections.
+//! - [`tls`]: TLS for client connections (MySQL's SSLRequest; Redis by first byte or port).
 //! - `upstream`: connections to the databases' servers (Unix socket or TCP).
 //! - [`redis`]: the Redis front end: codec, commands, backend connections, the session relay.
 //! - [`mysql`]: the MySQL front end: login, backend connections and their pool, the relay.
@@ -56,6 +56,7 @@ pub enum ProxyError {
 /// A proxy whose listeners are bound (so their addresses are known) but not yet serving.
 pub struct Proxy {
     redis: TcpListener,
+    redis_tls: Option<TcpListener>,
     mysql: TcpListener,
     redis_front: Arc<redis::RedisFrontend>,
     mysql_front: Arc<mysql::MysqlFrontend>,
@@ -83,6 +84,10 @@ impl Proxy {
                 .with_caps(config.database_caps),
         );
         let redis = bind(config.redis_listen).await?;
+        let redis_tls = match config.redis_tls_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let mysql = bind(config.mysql_listen).await?;
         let throttle = Arc::new(throttle::Throttle::new(
             config.failed_logins_per_second,
@@ -92,6 +97,7 @@ impl Proxy {
             config.redis.clone(),
             verifier.clone(),
             routes.clone(),
+            Some(tls.clone()),
             throttle.clone(),
             control.clone(),
         ));
@@ -122,6 +128,7 @@ impl Proxy {
         }));
         Ok(Self {
             redis,
+            redis_tls,
             mysql,
             redis_front,
             mysql_front,
@@ -132,6 +139,11 @@ impl Proxy {
 
     pub fn redis_addr(&self) -> std::io::Result<SocketAddr> {
         self.redis.local_addr()
+    }
+
+    /// The TLS-only Redis listener's address, if there is one.
+    pub fn redis_tls_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.redis_tls.as_ref().map(TcpListener::local_addr).transpose()
     }
 
     pub fn mysql_addr(&self) -> std::io::Result<SocketAddr> {
@@ -157,9 +169,17 @@ impl Proxy {
                 }
             }
         };
+        let tls_only = Arc::new(redis::RedisTlsOnly(self.redis_front.clone()));
+        let admission = self.admission.clone();
+        let redis_tls = async {
+            if let Some(listener) = self.redis_tls {
+                listener::serve(listener, admission, shutdown.clone(), tls_only).await;
+            }
+        };
         tokio::join!(
             listener::serve(self.redis, self.admission.clone(), shutdown.clone(), self.redis_front),
-            listener::serve(self.mysql, self.admission, shutdown.clone(), self.mysql_front),
+            redis_tls,
+            listener::serve(self.mysql, self.admission.clone(), shutdown.clone(), self.mysql_front),
             pool.maintain(shutdown.clone()),
             limiter_cleanup,
         );

@@ -1,6 +1,6 @@
 //! TLS for client connections: a configured certificate and key, or a self-signed pair
-//! generated once into the proxy's key directory. `ClientStream` is a connection before or
-//! after the upgrade.
+//! generated once into the proxy's key directory; the server side of the handshake, and
+//! telling a ClientHello from plaintext. `ClientStream` is a connection before or after it.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -13,6 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
@@ -80,6 +81,36 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
         .open(path)
         .map_err(io)?;
     file.write_all(contents).map_err(io)
+}
+
+/// The first byte of a TLS record carrying a handshake message: every TLS connection opens with
+/// one (the ClientHello). No RESP request starts with it: those start with `*` or, inline, with
+/// a command's letter.
+const HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Whether the client opens with a TLS handshake, decided from its first byte, which is left
+/// for whoever reads next. Waits for that byte; `false` if the client closes first.
+pub async fn opens_with_handshake(tcp: &TcpStream) -> std::io::Result<bool> {
+    let mut first = [0u8; 1];
+    let n = tcp.peek(&mut first).await?;
+    Ok(n == 1 && first[0] == HANDSHAKE_RECORD)
+}
+
+/// The server side of the TLS handshake, finished by `deadline` (the client's login deadline);
+/// `None` if it fails or is late (the client's TLS library reports why).
+pub async fn accept(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    deadline: Instant,
+) -> Option<ClientStream> {
+    match timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(ClientStream::Tls(Box::new(tls))),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// A client connection, plain or upgraded to TLS.

@@ -113,6 +113,9 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
                 );
                 println!("connect: {}", text(&body["connection"], "command"));
                 println!("uri:     {}", text(&body["connection"], "uri"));
+                if let Some(tls) = body["connection"]["tls_uri"].as_str() {
+                    println!("tls uri: {tls}");
+                }
                 println!(
                     "the token in these lines is limited to this database and expires {}",
                     text(&body["token"], "expires_at")
@@ -176,6 +179,9 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
                 }
                 println!("{:<11} {}", "connect", text(&body["connection"], "command"));
                 println!("{:<11} {}", "uri", text(&body["connection"], "uri"));
+                if let Some(tls) = body["connection"]["tls_uri"].as_str() {
+                    println!("{:<11} {tls}", "tls uri");
+                }
             }
         }
         DbCommand::Set { name, idle_timeout, allow, allow_any } => {

@@ -87,6 +87,10 @@ pub struct ProxyListenArgs {
     /// Where the Redis listener listens.
     #[arg(long, env = "DORMOUSE_REDIS_LISTEN", default_value = "127.0.0.1:6380")]
     pub redis_listen: SocketAddr,
+    /// A port for Redis clients that only accepts TLS (`rediss://`). The Redis listener above
+    /// accepts TLS too, told apart from plaintext by the client's first byte.
+    #[arg(long, env = "DORMOUSE_REDIS_TLS_LISTEN")]
+    pub redis_tls_listen: Option<SocketAddr>,
     /// Where the MySQL listener listens.
     #[arg(long, env = "DORMOUSE_MYSQL_LISTEN", default_value = "127.0.0.1:3307")]
     pub mysql_listen: SocketAddr,

@@ -26,6 +26,7 @@ fn proxy_config(cli: &Cli, args: &ProxyListenArgs) -> ProxyConfig {
     };
     let mut config = ProxyConfig {
         redis_listen: args.redis_listen,
+        redis_tls_listen: args.redis_tls_listen,
         mysql_listen: args.mysql_listen,
         tls,
         max_client_connections: args.max_client_connections,
@@ -87,6 +88,9 @@ pub async fn up(cli: &Cli, args: &UpArgs) -> anyhow::Result<()> {
     println!("  API:    {}", running.api_url());
     if let Some(addr) = running.redis_addr {
         println!("  Redis:  {addr}");
+    }
+    if let Some(addr) = running.redis_tls_addr {
+        println!("  Redis TLS only:  {addr}");
     }
     if let Some(addr) = running.mysql_addr {
         println!("  MySQL:  {addr}");
@@ -180,6 +184,9 @@ pub async fn proxy(cli: &Cli, args: &ProxyArgs) -> anyhow::Result<()> {
     let proxy = Proxy::bind(config, control.clone()).await.context("starting the proxy")?;
     println!("dormouse proxy is up");
     println!("  Redis:  {}", proxy.redis_addr()?);
+    if let Some(addr) = proxy.redis_tls_addr()? {
+        println!("  Redis TLS only:  {addr}");
+    }
     println!("  MySQL:  {}", proxy.mysql_addr()?);
     let shutdown = shutdown_on_signal()?;
     tokio::spawn(control.clone().report_activity(REPORT_EVERY, route_ttl, shutdown.clone()));

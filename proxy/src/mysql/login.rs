@@ -163,11 +163,8 @@ pub async fn accept(front: &MysqlFrontend, mut tcp: TcpStream, peer: SocketAddr)
             send_raw(&mut tcp, seq.wrapping_add(1), &MyError::bad_handshake().payload()).await;
             return None;
         };
-        let tls = match timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            _ => return None,
-        };
-        let mut stream = PacketStream::new(ClientStream::Tls(Box::new(tls)), CLIENT_CHUNK);
+        let tls = crate::tls::accept(&acceptor, tcp, deadline).await?;
+        let mut stream = PacketStream::new(tls, CLIENT_CHUNK);
         let mut conn = Conn { stream: &mut stream, seq: 0, deadline };
         match conn.read().await {
             Ok(response) => {

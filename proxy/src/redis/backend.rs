@@ -18,6 +18,10 @@ pub enum BackendError {
     Connect { addr: String, source: std::io::Error },
     #[error("the server refused the internal user: {0}")]
     Refused(String),
+    /// The connection failed before the login's reply: a server going away (killed, or
+    /// stopping) does that.
+    #[error("the server closed the connection: {0}")]
+    Closed(String),
     #[error("{0}")]
     Protocol(String),
     #[error("timed out")]
@@ -25,9 +29,13 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    /// A refused address or login: the route may be stale.
+    /// A refused address or login, or a server that went away while logging in: the route
+    /// may be stale.
     pub fn may_be_stale(&self) -> bool {
-        matches!(self, BackendError::Connect { .. } | BackendError::Refused(_))
+        matches!(
+            self,
+            BackendError::Connect { .. } | BackendError::Refused(_) | BackendError::Closed(_)
+        )
     }
 }
 
@@ -65,7 +73,7 @@ pub async fn connect(
         stream
             .write_all(&Request::from_args(&args).wire)
             .await
-            .map_err(|e| BackendError::Protocol(e.to_string()))?;
+            .map_err(|e| BackendError::Closed(e.to_string()))?;
         let (hello, leftover) = read_frame(&mut stream, BytesMut::new()).await?;
         if hello.first() == Some(&b'-') {
             return Err(BackendError::Refused(String::from_utf8_lossy(&hello).trim().to_owned()));
@@ -89,10 +97,9 @@ pub(super) async fn read_frame(
             Ok(None) => {}
             Err(e) => return Err(BackendError::Protocol(e.to_string())),
         }
-        let n =
-            stream.read_buf(&mut buf).await.map_err(|e| BackendError::Protocol(e.to_string()))?;
+        let n = stream.read_buf(&mut buf).await.map_err(|e| BackendError::Closed(e.to_string()))?;
         if n == 0 {
-            return Err(BackendError::Protocol("connection closed".into()));
+            return Err(BackendError::Closed("end of stream".into()));
         }
     }
 }

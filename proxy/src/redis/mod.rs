@@ -1,7 +1,8 @@
 //! The Redis front end. The life of a connection:
 //!
 //! ```text
-//!  accept ──▶ pre-auth: only AUTH / HELLO [AUTH] / PING / QUIT / RESET (else -NOAUTH),
+//!  accept ──▶ [TLS handshake: on the TLS-only port, or when the first byte opens one]
+//!        ──▶ pre-auth: only AUTH / HELLO [AUTH] / PING / QUIT / RESET (else -NOAUTH),
 //!             small request limits, one deadline
 //!        ──▶ authenticate: verify the token offline, authorize the database, look up the route,
 //!             check the client's address against the database's allowlist
@@ -10,6 +11,9 @@
 //!        ──▶ relay: classify each command (refuse / answer locally / forward); forward bytes
 //!             unchanged on the shared connection, or on one of the client's own while it holds
 //!             a transaction, a blocking call or subscriptions; every reply in request order
+//!        ──▶ heal: a backend connection that dies (its server crashed or restarted) fails the
+//!             replies it owed; an idle client's next command links afresh to the restarted
+//!             server, unless the client had state there (a transaction, subscriptions)
 //! ```
 //!
 //! Files: `codec` (bytes ↔ frames), `commands` (classification), `backend` (server-side
@@ -32,6 +36,8 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Identity, LoginRefused, TokenVerifier, route_for};
@@ -41,6 +47,7 @@ use crate::limits::{ClientCounts, Ticket};
 use crate::listener::Frontend;
 use crate::routes::RouteCache;
 use crate::throttle::Throttle;
+use crate::tls::{self, ClientStream};
 use backend::BackendError;
 use commands::CommandTable;
 use pool::{PoolLimits, RedisPool, RedisPools};
@@ -51,6 +58,8 @@ pub struct RedisFrontend {
     config: RedisConfig,
     pub(crate) verifier: Arc<TokenVerifier>,
     routes: Arc<RouteCache>,
+    /// Accepts `rediss://` clients; without it every client speaks plaintext.
+    tls: Option<TlsAcceptor>,
     pub(crate) throttle: Arc<Throttle>,
     pub(crate) control: Arc<dyn ControlPlane>,
     /// Built from the first backend's `COMMAND` reply; every instance runs the same server.
@@ -81,6 +90,7 @@ impl RedisFrontend {
         config: RedisConfig,
         verifier: Arc<TokenVerifier>,
         routes: Arc<RouteCache>,
+        tls: Option<TlsAcceptor>,
         throttle: Arc<Throttle>,
         control: Arc<dyn ControlPlane>,
     ) -> Self {
@@ -94,6 +104,7 @@ impl RedisFrontend {
             config,
             verifier,
             routes,
+            tls,
             throttle,
             control,
             table: OnceCell::new(),
@@ -182,6 +193,49 @@ fn as_role(route: &Route, role: crate::claims::Role) -> Route {
     route
 }
 
+/// How a listener's clients may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// TLS when the client's first byte opens a handshake, plaintext otherwise.
+    Either,
+    /// Only TLS (the TLS-only port).
+    TlsOnly,
+}
+
+impl RedisFrontend {
+    /// Runs a client's session, after the TLS handshake if the client starts one. The
+    /// handshake counts against the login deadline.
+    async fn serve(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        ticket: Ticket,
+        transport: Transport,
+        shutdown: CancellationToken,
+    ) {
+        let deadline = Instant::now() + self.config.auth_timeout;
+        let stream = match (&self.tls, transport) {
+            (Some(acceptor), Transport::TlsOnly) => tls::accept(acceptor, tcp, deadline).await,
+            (Some(acceptor), Transport::Either) => {
+                match timeout_at(deadline, tls::opens_with_handshake(&tcp)).await {
+                    Ok(Ok(true)) => tls::accept(acceptor, tcp, deadline).await,
+                    // Silent until the deadline: the session tells it so, in plaintext.
+                    Ok(Ok(false)) | Err(_) => Some(ClientStream::Plain(tcp)),
+                    Ok(Err(_)) => None,
+                }
+            }
+            (None, Transport::TlsOnly) => None,
+            (None, Transport::Either) => Some(ClientStream::Plain(tcp)),
+        };
+        let Some(stream) = stream else { return };
+        let tls = stream.is_tls();
+        let session = session::Session::new(self, peer, ticket, deadline);
+        if let Err(e) = session.run(stream, shutdown).await {
+            tracing::debug!(%peer, tls, error = %e, "redis session ended with an error");
+        }
+    }
+}
+
 #[async_trait]
 impl Frontend for RedisFrontend {
     async fn handle(
@@ -191,13 +245,32 @@ impl Frontend for RedisFrontend {
         ticket: Ticket,
         shutdown: CancellationToken,
     ) {
-        if let Err(e) = session::Session::new(self, peer, ticket).run(stream, shutdown).await {
-            tracing::debug!(%peer, error = %e, "redis session ended with an error");
-        }
+        self.serve(stream, peer, ticket, Transport::Either, shutdown).await;
     }
 
     async fn reject_busy(&self, mut stream: TcpStream) {
         let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// The Redis front end on a port that accepts only TLS.
+pub struct RedisTlsOnly(pub Arc<RedisFrontend>);
+
+#[async_trait]
+impl Frontend for RedisTlsOnly {
+    async fn handle(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        ticket: Ticket,
+        shutdown: CancellationToken,
+    ) {
+        self.0.clone().serve(stream, peer, ticket, Transport::TlsOnly, shutdown).await;
+    }
+
+    async fn reject_busy(&self, mut stream: TcpStream) {
+        // The client expects a TLS handshake: plaintext would be noise to it.
         let _ = stream.shutdown().await;
     }
 }

@@ -33,8 +33,9 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-/// How a client connects: host, port, user, and a command line and URI to paste. `token` fills
-/// the password; without one, a `<token>` placeholder shows where it goes.
+/// How a client connects: host, port, user, and a command line and URI to paste (for Redis also
+/// a `rediss://` one: the same port takes TLS). `token` fills the password; without one, a
+/// `<token>` placeholder shows where it goes.
 pub fn connection(endpoints: &PublicEndpoints, db: &Database, token: Option<&str>) -> Value {
     let host = &endpoints.host;
     let name = &db.name;
@@ -46,6 +47,7 @@ pub fn connection(endpoints: &PublicEndpoints, db: &Database, token: Option<&str
                 "host": host, "port": port, "user": name,
                 "command": format!("redis-cli -h {host} -p {port} --user {name} --pass {secret} --no-auth-warning"),
                 "uri": format!("redis://{name}:{secret}@{host}:{port}"),
+                "tls_uri": format!("rediss://{name}:{secret}@{host}:{port}"),
             })
         }
         EngineKind::Mysql => {

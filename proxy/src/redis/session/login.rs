@@ -199,7 +199,7 @@ impl Session {
     }
 
     /// Links the session to its database's pool for `resp3` and a shared connection in it.
-    async fn link(
+    pub(super) async fn link(
         &mut self,
         identity: &crate::auth::Identity,
         route: crate::control::Route,

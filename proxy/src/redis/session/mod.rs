@@ -6,8 +6,9 @@
 //! buffers, so a slow reader on either side slows the other instead of growing memory.
 //!
 //! Files: `login` (AUTH, HELLO, RESET), `route` (classification, links, local answers),
-//! `replies` (reply ordering, pub/sub frames).
+//! `replies` (reply ordering, pub/sub frames), `heal` (a backend connection that died).
 
+mod heal;
 mod login;
 mod replies;
 mod route;
@@ -26,7 +27,7 @@ use super::RedisFrontend;
 use super::codec::{FrameScanner, ProtocolError, Request, RequestLimits, RequestReader};
 use super::commands::{Action, CommandTable};
 use super::pool::{OwnSlot, RedisPool};
-use super::shared::{Job, Replies, ReplySink, SharedConn};
+use super::shared::{Delivery, Job, ReplySink, SharedConn};
 use crate::auth::Identity;
 use crate::buffers::make_room;
 use crate::control::SessionGuard;
@@ -118,6 +119,10 @@ struct Transaction {
     open: bool,
     failed: bool,
     watching: bool,
+    /// The connection holding the transaction or the watched keys died: commands are refused
+    /// until the client ends the transaction (EXEC, DISCARD, UNWATCH, RESET), so none of them
+    /// runs outside the transaction it was meant for.
+    lost: bool,
 }
 
 /// A backend connection the client has to itself.
@@ -168,7 +173,11 @@ pub(super) struct Session {
     batch_replies: usize,
     /// Where the shared connection delivers this session's replies.
     reply_tx: ReplySink,
-    reply_rx: mpsc::UnboundedReceiver<Replies>,
+    reply_rx: mpsc::UnboundedReceiver<Delivery>,
+    /// Commands a dead shared connection never wrote, to send again on the next one (their
+    /// replies are still pending), and how many replies they owe.
+    resend: BytesMut,
+    resend_replies: usize,
     own: Option<OwnLink>,
     /// Counts this session on its database (for idle suspension and the client limit).
     activity: Option<(SessionGuard, ClientSlot)>,
@@ -177,7 +186,14 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub(super) fn new(front: Arc<RedisFrontend>, peer: SocketAddr, ticket: Ticket) -> Self {
+    /// A session for a client that must authenticate by `auth_deadline`, holding `ticket`
+    /// (its place among the listener's pending or logged-in connections).
+    pub(super) fn new(
+        front: Arc<RedisFrontend>,
+        peer: SocketAddr,
+        ticket: Ticket,
+        auth_deadline: Instant,
+    ) -> Self {
         let (reply_tx, reply_rx) = mpsc::unbounded_channel();
         Self {
             id: front.next_client_id(),
@@ -196,7 +212,7 @@ impl Session {
             transaction: Transaction::default(),
             deferred: None,
             closing: false,
-            auth_deadline: Instant::now(),
+            auth_deadline,
             route: None,
             pool: None,
             shared: None,
@@ -204,6 +220,8 @@ impl Session {
             batch_replies: 0,
             reply_tx,
             reply_rx,
+            resend: BytesMut::new(),
+            resend_replies: 0,
             own: None,
             activity: None,
             ticket,
@@ -219,7 +237,6 @@ impl Session {
         S: AsyncRead + AsyncWrite + Send + Unpin,
     {
         let (mut client_r, mut client_w) = tokio::io::split(stream);
-        self.auth_deadline = Instant::now() + self.front.config.auth_timeout;
         let result = loop {
             if self.closing && self.pending.is_empty() && self.output.is_empty() {
                 let _ = client_w.shutdown().await;
@@ -251,22 +268,26 @@ impl Session {
                         Err(e) => break Err(SessionError::Client(e)),
                     }
                 }
-                replies = self.reply_rx.recv(), if take_replies => {
+                delivery = self.reply_rx.recv(), if take_replies => {
                     // The session holds a sender itself, so the channel never closes.
-                    if let Some(replies) = replies
-                        && let Err(e) = self.on_backend_replies(replies)
+                    if let Some(delivery) = delivery
+                        && let Err(e) = self.on_delivery(delivery)
                     {
                         break Err(e);
+                    }
+                    if !self.resend.is_empty() {
+                        // The client may be waiting for those replies, sending nothing.
+                        self.on_client_input().await;
                     }
                 }
                 written = write_own(own_writer), if own_has_output => {
                     if let Err(e) = written {
                         tracing::debug!(peer = %self.peer, error = %e, "backend write failed");
-                        self.backend_lost();
+                        self.own_lost();
                     }
                 }
                 read = read_own(own_reader), if take_replies => match read {
-                    Ok(0) | Err(_) => self.backend_lost(),
+                    Ok(0) | Err(_) => self.own_lost(),
                     Ok(_) => {
                         if let Err(e) = self.on_own_input() {
                             break Err(e);
@@ -298,6 +319,7 @@ impl Session {
     /// Parses and handles every complete command in the input buffer, then sends the shared
     /// connection's batch.
     async fn on_client_input(&mut self) {
+        self.heal_shared().await;
         while !self.closing {
             if self.deferred.is_none() && self.pass_through() {
                 continue;
@@ -324,13 +346,19 @@ impl Session {
             }
         }
         self.flush_batch();
+        if !self.resend.is_empty() || !self.batch.is_empty() {
+            // The shared connection died under this batch before writing it.
+            self.heal_shared().await;
+            self.flush_batch();
+        }
     }
 
     /// The common case, without making a [`Request`]: a whole command for the shared
     /// connection that the proxy has nothing to do with is copied from the input into the
     /// batch. False when the next command takes the general path (the scan is kept for it).
     fn pass_through(&mut self) -> bool {
-        if self.own.is_some() || self.shared.is_none() || self.transaction.open {
+        let transaction = self.transaction.open || self.transaction.lost;
+        if self.own.is_some() || self.shared.is_none() || transaction {
             return false;
         }
         let limits = self.limits();
@@ -411,6 +439,9 @@ impl Session {
 
     /// Sends a command on the session's link and records what it will be answered with.
     fn send(&mut self, request: &Request, expect: Pending) {
+        if self.own.is_none() && self.shared.is_none() {
+            return self.reply_unlinked();
+        }
         self.send_unanswered(request);
         if self.own.is_none() {
             self.batch_replies += match expect {
@@ -429,8 +460,22 @@ impl Session {
         } else if self.shared.is_some() {
             self.batch.extend_from_slice(&request.wire);
         } else {
-            self.reply(BACKEND_LOST);
+            self.reply_unlinked();
         }
+    }
+
+    /// The answer to a command while the session has no backend connection: linking afresh
+    /// after the backend died did not work (yet); the next command tries again.
+    fn reply_unlinked(&mut self) {
+        let error = self.unavailable();
+        self.reply(&error);
+    }
+
+    /// The error for a command the database cannot take right now.
+    fn unavailable(&self) -> Bytes {
+        let database = self.identity.as_ref().map_or("", |i| i.database.as_str());
+        format!("-ERR Dormouse: database '{database}' is unavailable right now, try again\r\n")
+            .into()
     }
 
     /// Hands the batch to the shared connection.
@@ -444,26 +489,15 @@ impl Session {
             to: self.reply_tx.clone(),
         };
         self.batch_replies = 0;
-        let sent = self.shared.as_ref().is_some_and(|s| s.send(job));
-        if !sent {
-            self.backend_lost();
+        let refused = match self.shared.as_ref() {
+            Some(shared) => shared.send(job).err(),
+            None => Some(job),
+        };
+        if let Some(job) = refused {
+            // It died since `heal_shared` looked: the batch waits for the next link.
+            self.batch.extend_from_slice(&job.wire);
+            self.batch_replies = job.replies;
         }
-    }
-
-    /// The backend went away: every reply still owed becomes an error and the client
-    /// connection closes, as it would if the server itself had gone.
-    fn backend_lost(&mut self) {
-        tracing::debug!(peer = %self.peer, owed = self.pending.len(), "backend connection lost");
-        self.batch.clear();
-        self.batch_replies = 0;
-        for pending in std::mem::take(&mut self.pending) {
-            match pending {
-                Pending::Local(bytes) => self.output.extend_from_slice(&bytes),
-                _ => self.output.extend_from_slice(BACKEND_LOST),
-            }
-        }
-        self.drop_links();
-        self.closing = true;
     }
 
     /// Lets go of every backend connection; an own connection goes back only if clean.

@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::{Pending, Session, SessionError, Subscriptions};
 use crate::redis::codec::{self, FrameScanner};
-use crate::redis::shared::Replies;
+use crate::redis::shared::{Delivery, Replies};
 
 impl Subscriptions {
     pub(super) fn active(&self) -> bool {
@@ -64,6 +64,19 @@ impl Session {
             let Some(len) = own.scanner.scan(&own.rbuf)? else { return Ok(()) };
             let frame = own.rbuf.split_to(len).freeze();
             self.on_backend_frame(frame)?;
+        }
+    }
+
+    /// What the shared connection handed over: replies, or commands it never wrote, which are
+    /// kept to send again on the next link.
+    pub(super) fn on_delivery(&mut self, delivery: Delivery) -> Result<(), SessionError> {
+        match delivery {
+            Delivery::Replies(replies) => self.on_backend_replies(replies),
+            Delivery::Unsent { wire, replies } => {
+                self.resend.extend_from_slice(&wire);
+                self.resend_replies += replies;
+                Ok(())
+            }
         }
     }
 
@@ -156,7 +169,7 @@ impl Session {
         }
     }
 
-    fn flush_local_replies(&mut self) {
+    pub(super) fn flush_local_replies(&mut self) {
         while let Some(Pending::Local(_)) = self.pending.front() {
             if let Some(Pending::Local(bytes)) = self.pending.pop_front() {
                 self.output.extend_from_slice(&bytes);

@@ -25,6 +25,10 @@ impl Session {
         };
         let role = self.identity.as_ref().map_or(Role::Readonly, |i| i.role);
         let action = table.classify(&request.args, role);
+        if self.transaction.lost {
+            self.in_lost_transaction(action);
+            return true;
+        }
         match action {
             Action::Local(_) if self.transaction.open => {
                 let msg = format!(
