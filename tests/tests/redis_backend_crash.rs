@@ -215,11 +215,18 @@ async fn a_pipelining_client_gets_every_reply_in_order_across_a_crash() -> anyho
     progressed?;
 
     let mut last = 0i64;
-    let (mut counts, mut errors) = (0, 0);
+    let (mut counts, mut errors, mut restarts) = (0, 0, 0);
     for frame in &frames {
         if let Some(n) = frame.strip_prefix(b":") {
             let n: i64 = std::str::from_utf8(n)?.trim_end().parse()?;
-            assert!(n > last, "count {n} after {last}: a reply out of order");
+            // The count may go back once, at the crash: with `appendfsync everysec` a server
+            // whose fsync lags (a loaded machine) postpones writing the AOF for up to two
+            // seconds, so replies it sent in that time are lost with it. Any other step back
+            // is a reply given to the wrong command.
+            if n <= last {
+                restarts += 1;
+                assert!(restarts == 1, "count {n} after {last}: a reply out of order");
+            }
             (last, counts) = (n, counts + 1);
         } else {
             assert!(frame.starts_with(b"-ERR Dormouse: "), "{:?}", String::from_utf8_lossy(frame));
