@@ -201,8 +201,9 @@ impl RequestReader {
         limits: RequestLimits,
     ) -> Result<Option<usize>, ProtocolError> {
         if self.count == 0 {
-            let Some(end) = line_end(buf, 1) else {
-                return if buf.len() > MAX_HEADER {
+            // However the bytes arrive, a header line longer than `MAX_HEADER` is refused.
+            let Some(end) = line_end(buf, 1).filter(|&end| end <= MAX_HEADER) else {
+                return if buf.len() > MAX_HEADER + 1 {
                     Err(ProtocolError::MultibulkLength)
                 } else {
                     Ok(None)
@@ -226,8 +227,8 @@ impl RequestReader {
             if first != b'$' {
                 return Err(ProtocolError::ExpectedBulk(first as char));
             }
-            let Some(end) = line_end(buf, pos + 1) else {
-                return if buf.len() - pos > MAX_HEADER {
+            let Some(end) = line_end(buf, pos + 1).filter(|&end| end - pos <= MAX_HEADER) else {
+                return if buf.len() - pos > MAX_HEADER + 1 {
                     Err(ProtocolError::BulkLength)
                 } else {
                     Ok(None)
@@ -257,12 +258,11 @@ fn take_inline(
     buf: &mut BytesMut,
     limits: RequestLimits,
 ) -> Result<Option<Request>, ProtocolError> {
-    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-        return if buf.len() > MAX_INLINE.min(limits.max_bytes) {
-            Err(ProtocolError::InlineTooBig)
-        } else {
-            Ok(None)
-        };
+    let limit = MAX_INLINE.min(limits.max_bytes);
+    // However the bytes arrive, a line longer than the limit is refused: one that came in a
+    // single read with its newline is no smaller than one still waiting for it.
+    let Some(nl) = buf.iter().position(|&b| b == b'\n').filter(|&nl| nl <= limit) else {
+        return if buf.len() > limit { Err(ProtocolError::InlineTooBig) } else { Ok(None) };
     };
     let line = buf.split_to(nl + 1);
     let args = split_inline(&line[..nl])?;
@@ -429,7 +429,8 @@ pub fn array_elements(frame: &[u8]) -> Option<Vec<&[u8]>> {
     let end = line_end(frame, 1)?;
     let count = usize::try_from(parse_int(&frame[1..end])?).ok()?;
     let mut pos = end + 2;
-    let mut out = Vec::with_capacity(count);
+    // Each element takes at least three bytes: room by the count only if the frame has them.
+    let mut out = Vec::with_capacity(count.min(frame.len() / 3));
     for _ in 0..count {
         let len = frame_len(&frame[pos..]).ok()??;
         let element = &frame[pos..pos + len];
@@ -531,6 +532,22 @@ mod tests {
     }
 
     #[test]
+    fn limits_hold_however_the_bytes_arrive() {
+        // Found by fuzzing: an inline line longer than the limit passed when its newline came
+        // in the same read, and a padded header line passed unless it came split.
+        let long_line = [&b"GET "[..], &[b'k'; 2000], b"\r\n"].concat();
+        assert_eq!(take(&long_line), Err(ProtocolError::InlineTooBig));
+        let padded = [&b"*"[..], &[b'0'; 40], b"1\r\n$4\r\nPING\r\n"].concat();
+        assert_eq!(take(&padded), Err(ProtocolError::MultibulkLength));
+        assert_eq!(take(&padded[..20]), Ok(None));
+        let padded_bulk = [&b"*1\r\n$"[..], &[b'0'; 40], b"4\r\nPING\r\n"].concat();
+        assert_eq!(take(&padded_bulk), Err(ProtocolError::BulkLength));
+        // Up to the limit, a line is taken.
+        let line = [&b"GET "[..], &[b'k'; 1018], b"\r\n"].concat();
+        assert!(take(&line).ok().flatten().is_some());
+    }
+
+    #[test]
     fn header_counts_are_plain_decimals() {
         assert_eq!(parse_int(b"123"), Some(123));
         assert_eq!(parse_int(b"-1"), Some(-1));
@@ -629,5 +646,8 @@ mod tests {
         assert!(array_elements(b"+OK\r\n").is_none());
         let nil = array_elements(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n").expect("array");
         assert_eq!((nil[1], integer(nil[2])), (&b""[..], Some(0)));
+        // Found by fuzzing: room was made for the count a header claimed before looking for
+        // the elements (a capacity overflow here).
+        assert!(array_elements(b"*9223372036854775807\r\n:1\r\n").is_none());
     }
 }
