@@ -19,7 +19,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::MysqlFrontend;
 use super::errors::{MyError, ok_payload};
-use super::packet::{CLIENT_CHUNK, Packet, PacketStream, encode};
+use super::packet::{CLIENT_CHUNK, MAX_CHUNK, Packet, PacketStream, encode};
 use crate::tls::ClientStream;
 
 /// Collation announced in the greeting: utf8mb4_general_ci, MariaDB's default.
@@ -116,14 +116,17 @@ fn greeting(front: &MysqlFrontend, connection_id: u32, nonce: &[u8; 20]) -> Vec<
     out
 }
 
+/// Longest packet read before authentication: nothing legitimate is large (a handshake
+/// response, a token, an RSA ciphertext).
+const PRE_AUTH_MAX_PAYLOAD: usize = 64 * 1024;
+
 /// Reads one packet straight off the socket, never past its end: a TLS ClientHello may follow
 /// an SSLRequest in the same segment and must be left for the TLS layer.
 async fn read_exact_packet(tcp: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
     let mut header = [0u8; 4];
     tcp.read_exact(&mut header).await?;
     let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
-    // Before authentication nothing legitimate is large.
-    if len > 64 * 1024 {
+    if len > PRE_AUTH_MAX_PAYLOAD {
         return Err(std::io::ErrorKind::InvalidData.into());
     }
     let mut payload = vec![0u8; len];
@@ -154,10 +157,7 @@ pub async fn accept(front: &MysqlFrontend, mut tcp: TcpStream, peer: SocketAddr)
             return None;
         }
     };
-    let ssl_request = payload.len() == 32
-        && u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]])
-            & CapabilityFlags::CLIENT_SSL.bits()
-            != 0;
+    let ssl_request = is_ssl_request(&payload);
     let (mut stream, seq, payload, tls) = if ssl_request {
         let Some(acceptor) = front.tls.clone() else {
             send_raw(&mut tcp, seq.wrapping_add(1), &MyError::bad_handshake().payload()).await;
@@ -165,6 +165,7 @@ pub async fn accept(front: &MysqlFrontend, mut tcp: TcpStream, peer: SocketAddr)
         };
         let tls = crate::tls::accept(&acceptor, tcp, deadline).await?;
         let mut stream = PacketStream::new(tls, CLIENT_CHUNK);
+        stream.limit(PRE_AUTH_MAX_PAYLOAD);
         let mut conn = Conn { stream: &mut stream, seq: 0, deadline };
         match conn.read().await {
             Ok(response) => {
@@ -177,13 +178,15 @@ pub async fn accept(front: &MysqlFrontend, mut tcp: TcpStream, peer: SocketAddr)
             }
         }
     } else {
-        let stream = PacketStream::new(ClientStream::Plain(tcp), CLIENT_CHUNK);
+        let mut stream = PacketStream::new(ClientStream::Plain(tcp), CLIENT_CHUNK);
+        stream.limit(PRE_AUTH_MAX_PAYLOAD);
         (stream, seq.wrapping_add(1), payload, false)
     };
     let mut conn = Conn { stream: &mut stream, seq, deadline };
     match conn.credentials(front, peer, &nonce, &payload).await {
         Ok((user, schema, caps, collation, passwords)) => {
             let seq = conn.seq;
+            stream.limit(MAX_CHUNK);
             Some(Login {
                 client: stream,
                 seq,
@@ -263,21 +266,9 @@ impl Conn<'_> {
         nonce: &[u8; 20],
         response: &[u8],
     ) -> Result<(String, Option<String>, CapabilityFlags, u8, Vec<Vec<u8>>), MyError> {
-        let hello = HandshakeResponse::deserialize((), &mut ParseBuf(response))
-            .map_err(|_| MyError::bad_handshake())?;
-        let caps = hello.capabilities() & OFFERED_CAPS;
-        if !caps.contains(CapabilityFlags::CLIENT_PROTOCOL_41) {
-            return Err(MyError::bad_handshake());
-        }
-        let user = String::from_utf8_lossy(hello.user()).into_owned();
-        let schema = hello
-            .db_name()
-            .filter(|d| !d.is_empty())
-            .map(|d| String::from_utf8_lossy(d).into_owned());
-        let passwords = self
-            .exchange(front, peer, nonce, &user, hello.auth_plugin().cloned(), hello.scramble_buf())
-            .await?;
-        Ok((user, schema, caps, hello.collation(), passwords))
+        let Hello { user, schema, caps, collation, plugin, scramble } = read_hello(response)?;
+        let passwords = self.exchange(front, peer, nonce, &user, plugin, &scramble).await?;
+        Ok((user, schema, caps, collation, passwords))
     }
 
     /// Turns what the client sent for `plugin` into password readings, with what more it
@@ -346,6 +337,49 @@ impl Conn<'_> {
     }
 }
 
-fn strip_nul(bytes: &[u8]) -> &[u8] {
+/// Whether the client's first packet is an SSLRequest: the first 32 bytes of a handshake
+/// response, with CLIENT_SSL set.
+pub fn is_ssl_request(payload: &[u8]) -> bool {
+    payload.len() == 32
+        && u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]])
+            & CapabilityFlags::CLIENT_SSL.bits()
+            != 0
+}
+
+/// What a handshake response says, before any authentication exchange.
+#[derive(Debug)]
+pub struct Hello {
+    pub user: String,
+    pub schema: Option<String>,
+    /// The client's capabilities masked by what was offered.
+    pub caps: CapabilityFlags,
+    pub collation: u8,
+    pub plugin: Option<AuthPlugin<'static>>,
+    pub scramble: Vec<u8>,
+}
+
+/// Reads a handshake response; clients without protocol 4.1 are refused.
+pub fn read_hello(response: &[u8]) -> Result<Hello, MyError> {
+    let hello = HandshakeResponse::deserialize((), &mut ParseBuf(response))
+        .map_err(|_| MyError::bad_handshake())?;
+    let caps = hello.capabilities() & OFFERED_CAPS;
+    if !caps.contains(CapabilityFlags::CLIENT_PROTOCOL_41) {
+        return Err(MyError::bad_handshake());
+    }
+    Ok(Hello {
+        user: String::from_utf8_lossy(hello.user()).into_owned(),
+        schema: hello
+            .db_name()
+            .filter(|d| !d.is_empty())
+            .map(|d| String::from_utf8_lossy(d).into_owned()),
+        caps,
+        collation: hello.collation(),
+        plugin: hello.auth_plugin().cloned().map(AuthPlugin::into_owned),
+        scramble: hello.scramble_buf().to_vec(),
+    })
+}
+
+/// The password in a cleartext reply: the bytes, without the NUL some clients end it with.
+pub fn strip_nul(bytes: &[u8]) -> &[u8] {
     bytes.strip_suffix(&[0]).unwrap_or(bytes)
 }

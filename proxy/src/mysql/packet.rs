@@ -61,12 +61,19 @@ pub struct PacketStream<S> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     chunk: usize,
+    /// Longest payload accepted; a longer one is refused on its header.
+    max_payload: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
     /// A stream read `chunk` bytes at a time (at least).
     pub fn new(stream: S, chunk: usize) -> Self {
-        Self { stream, rbuf: BytesMut::new(), wbuf: BytesMut::new(), chunk }
+        Self { stream, rbuf: BytesMut::new(), wbuf: BytesMut::new(), chunk, max_payload: MAX_CHUNK }
+    }
+
+    /// Refuses chunks longer than `max_payload` (`InvalidData`) as soon as their header is read.
+    pub fn limit(&mut self, max_payload: usize) {
+        self.max_payload = max_payload;
     }
 
     /// The next chunk; `None` on a clean end of stream between packets.
@@ -78,7 +85,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
                 if self.rbuf.len() >= 4 + len {
                     return Ok(Some(Packet { bytes: self.rbuf.split_to(4 + len).freeze() }));
                 }
-                self.rbuf.reserve(4 + len - self.rbuf.len());
+                if len > self.max_payload {
+                    return Err(std::io::ErrorKind::InvalidData.into());
+                }
+                // Room for the rest of the packet as it arrives, doubling at most: a header
+                // alone must not make the proxy set aside the 16 MiB it may announce.
+                let missing = 4 + len - self.rbuf.len();
+                self.rbuf.reserve(missing.min(self.rbuf.len().max(self.chunk)));
             } else if self.rbuf.is_empty() && self.rbuf.capacity() > SHRINK_ABOVE {
                 self.rbuf = BytesMut::new();
             }
@@ -170,6 +183,28 @@ mod tests {
         assert_eq!(stream.read().await?.expect("chunk").payload().len(), 0);
         assert!(stream.read().await?.is_none());
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn room_grows_with_the_bytes_not_with_the_header() {
+        // Found by fuzzing: a 4-byte header announcing 16 MiB had that much reserved at once.
+        let mut wire = vec![0xff, 0xff, 0xff, 0];
+        wire.extend_from_slice(&[1; 100]);
+        let mut stream = PacketStream::new(std::io::Cursor::new(wire), CLIENT_CHUNK);
+        assert!(stream.read().await.is_err(), "truncated");
+        assert!(stream.rbuf.capacity() < 64 * 1024, "{} bytes reserved", stream.rbuf.capacity());
+    }
+
+    #[tokio::test]
+    async fn a_limited_stream_refuses_a_long_packet_on_its_header() {
+        let mut stream = PacketStream::new(std::io::Cursor::new(vec![0, 1, 0, 0]), CLIENT_CHUNK);
+        stream.limit(255);
+        let e = stream.read().await.err().map(|e| e.kind());
+        assert_eq!(e, Some(std::io::ErrorKind::InvalidData));
+        let mut stream =
+            PacketStream::new(std::io::Cursor::new(vec![1, 0, 0, 0, 0x0e]), CLIENT_CHUNK);
+        stream.limit(1);
+        assert!(stream.read().await.is_ok_and(|p| p.is_some()));
     }
 
     #[tokio::test]
