@@ -414,7 +414,12 @@ impl FrameScanner {
                 }
             }
             self.pos = next;
-            self.remaining = self.remaining - 1 + more;
+            // Counts near i64::MAX (a `|` attribute's 2n+1 elements) must not overflow.
+            let Some(remaining) = (self.remaining - 1).checked_add(more) else {
+                self.remaining = 0;
+                return Err(ProtocolError::BadReply);
+            };
+            self.remaining = remaining;
         }
         Ok(Some(std::mem::take(&mut self.pos)))
     }
@@ -606,6 +611,10 @@ mod tests {
             }
         }
         assert_eq!(frame_len(b"?x\r\n"), Err(ProtocolError::BadReply));
+        // Element counts whose sum does not fit are refused (it overflowed in debug builds).
+        let huge = b"*2\r\n|9223372036854775807\r\n";
+        assert_eq!(frame_len(huge), Err(ProtocolError::BadReply));
+        assert_eq!(frame_len(b"*9223372036854775807\r\n:1\r\n"), Ok(None));
     }
 
     #[test]
