@@ -16,6 +16,7 @@
 //! - `upstream`: connections to the databases' servers (Unix socket or TCP).
 //! - [`redis`]: the Redis front end: codec, commands, backend connections, the session relay.
 //! - [`mysql`]: the MySQL front end: login, backend connections and their pool, the relay.
+//! - `fuzzing` (feature `fuzzing`): fuzz harnesses for every decoder of network input.
 
 pub mod allowlist;
 pub mod auth;
@@ -23,6 +24,8 @@ mod buffers;
 pub mod claims;
 pub mod config;
 pub mod control;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod limits;
 pub mod listener;
 pub mod mysql;

@@ -1,0 +1,2 @@
+#![no_main]
+dormouse_fuzz::target!(resp_replies);
