@@ -9,9 +9,11 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::claims::Role;
 use crate::mysql::command::{self, Command};
 use crate::mysql::login::{self, OFFERED_CAPS};
 use crate::mysql::packet::{MAX_CHUNK, PacketStream};
+use crate::mysql::policy;
 use crate::mysql::response::{Response, Shape};
 use crate::mysql::sql::{self, Lexeme};
 use crate::mysql::statements::{self, ClientStmt};
@@ -195,7 +197,8 @@ pub fn mysql_responses(data: &[u8]) {
     }
 }
 
-/// The SQL lexer and what is read with it: statement splitting, KILL targets, session effects.
+/// The SQL lexer and what is read with it: statement splitting, KILL targets, session effects,
+/// the statement policy.
 pub fn sql(data: &[u8]) {
     let range = data.as_ptr_range();
     let mut ends = 0;
@@ -223,6 +226,26 @@ pub fn sql(data: &[u8]) {
     assert_eq!(sql::statements(&prefixed).len(), statements.len() + 1);
     assert_eq!(sql::kill_targets(&prefixed), kills);
     assert_eq!(sql::inspect(&prefixed), traits);
+    policy_sees_through_wrappers(data, &prefixed);
+}
+
+/// The statement policy: a refusal survives any wrapping the server still runs, a statement in
+/// front or an executable comment around the text, and (for text without quotes or
+/// backslashes) a `PREPARE … FROM '…'` literal.
+fn policy_sees_through_wrappers(data: &[u8], prefixed: &[u8]) {
+    for role in [Role::Readonly, Role::Readwrite] {
+        let verdict = policy::review(data, role);
+        assert_eq!(policy::review(prefixed, role), verdict);
+        let _ = policy::prepare_refusal(data, role);
+        if verdict.is_err() {
+            let commented = [&b"/*! "[..], data, b" */"].concat();
+            assert!(policy::review(&commented, role).is_err(), "lost in a comment");
+            if !data.iter().any(|b| matches!(b, b'\'' | b'\\')) {
+                let prepared = [&b"PREPARE s FROM '"[..], data, b"'"].concat();
+                assert!(policy::review(&prepared, role).is_err(), "lost in PREPARE");
+            }
+        }
+    }
 }
 
 /// Every request and the first error, reading `wire` as the session does: appended to a
