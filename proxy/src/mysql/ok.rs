@@ -52,7 +52,8 @@ pub(super) fn lenenc(buf: &[u8], pos: &mut usize) -> Option<u64> {
 
 pub(super) fn lenenc_bytes<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     let len = usize::try_from(lenenc(buf, pos)?).ok()?;
-    let bytes = buf.get(*pos..*pos + len)?;
+    // A length near 2^64 must not wrap around to a short one.
+    let bytes = buf.get(*pos..pos.checked_add(len)?)?;
     *pos += len;
     Some(bytes)
 }
@@ -207,6 +208,16 @@ mod tests {
         info.extend_from_slice(b"Records: 2  Duplicates: 0  Warnings: 0");
         let ok = parse(&info).expect("ok");
         assert_eq!(without_tracking(0x00, &ok), info);
+    }
+
+    #[test]
+    fn lengths_past_the_end_are_refused() {
+        // Found by fuzzing: an 8-byte length near 2^64 overflowed the end position.
+        let row = b"\xfe\xfe\xff\xff\xff\xff\xff\xff\xffabc";
+        assert_eq!(first_text_value(row), None);
+        assert!(
+            parse(b"\x00\x00\x00\x02\x40\x00\x00\xfe\xff\xff\xff\xff\xff\xff\xff\xff").is_none()
+        );
     }
 
     #[test]
