@@ -48,6 +48,15 @@ unsafe impl GlobalAlloc for Bounded {
 
 /// Runs `target` on `data` with allocations bounded by the input's size.
 pub fn run(target: fn(&[u8]), data: &[u8]) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        // A panic's report (its backtrace) allocates freely: the bound is for the decoders.
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            LIMIT.store(usize::MAX, Ordering::Relaxed);
+            report(info);
+        }));
+    });
     let limit = BASE.saturating_add(data.len().saturating_mul(PER_INPUT_BYTE));
     LIMIT.store(limit, Ordering::Relaxed);
     target(data);

@@ -17,7 +17,7 @@ use crate::mysql::policy;
 use crate::mysql::response::{Response, Shape};
 use crate::mysql::sql::{self, Lexeme};
 use crate::mysql::statements::{self, ClientStmt};
-use crate::mysql::{fastauth::FastAuth, ok};
+use crate::mysql::{errors, fastauth::FastAuth, ok};
 use crate::redis::codec::{self, FrameScanner, ProtocolError, Request, RequestLimits};
 
 /// A harness: panics when a decoder misbehaves on `data`.
@@ -169,8 +169,8 @@ pub fn mysql_command(data: &[u8]) {
     }
 }
 
-/// Responses from a server (whose rows a tenant writes): where each ends, and OK packets with
-/// session state.
+/// Responses from a server (whose rows a tenant writes): where each ends, OK packets with
+/// session state, and rows and errors rewritten for the client.
 pub fn mysql_responses(data: &[u8]) {
     let ([shape, flags], mut rest) = control::<2>(data);
     let shape =
@@ -193,6 +193,9 @@ pub fn mysql_responses(data: &[u8]) {
             );
         }
         let _ = ok::first_text_value(payload);
+        // Rows and errors the proxy rewrites so the internal account stays unnamed.
+        let _ = errors::row_in_clients_terms(payload, "dormouse", "shop");
+        let _ = errors::err_in_clients_terms(payload, "dormouse", "shop");
         let _ = crate::mysql::response::status_of(payload, flags & 2 == 2);
     }
 }
