@@ -3,6 +3,7 @@
 //! by the server), which would lock every other client out. Control has the agent put the
 //! accounts back, at most once a second per database, and keeps a note for `last_error`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -19,6 +20,9 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct AccessRepairs {
     last: DashMap<InstanceId, Repair>,
+    /// One repair of a database at a time: a caller that finds one under way waits for it
+    /// rather than retrying its login before the account is back.
+    running: DashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// A repair of a database's accounts, as `last_error` shows it.
@@ -37,6 +41,7 @@ impl AccessRepairs {
 
     pub fn forget(&self, id: &InstanceId) {
         self.last.remove(id);
+        self.running.remove(id);
     }
 }
 
@@ -51,6 +56,8 @@ impl ControlService {
             .map_err(|e| ControlError::Unavailable(e.to_string()))?;
         let Some(db) = db else { return Ok(false) };
         let repairs = self.access_repairs();
+        let lock = repairs.running.entry(db.id.clone()).or_default().clone();
+        let _one_at_a_time = lock.lock().await;
         if repairs.last(&db.id).is_some_and(|r| r.when.elapsed() < MIN_INTERVAL) {
             return Ok(true);
         }

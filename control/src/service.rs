@@ -402,6 +402,7 @@ impl ControlService {
         // Mirror the store's revocations for the proxy (merged: a concurrent revoke stays).
         self.revoked.write().unwrap_or_else(|e| e.into_inner()).extend(revoked);
         self.activity.forget(&tenant.id, name);
+        self.access_repairs.forget(&db.id);
         Ok(())
     }
 

@@ -156,6 +156,7 @@ pub fn mysql_command(data: &[u8]) {
                 params: u16::from(params),
                 types: (own & 1 == 1).then(|| vec![0x0f; 2 * usize::from(params)]),
                 traits: sql::Traits::default(),
+                shows_accounts: false,
             };
             if let Some(out) = statements::rewrite_execute(payload, 7, &mut stmt) {
                 assert_eq!(statements::stmt_id(&out), Some(7));
@@ -239,7 +240,7 @@ fn policy_sees_through_wrappers(data: &[u8], prefixed: &[u8]) {
     for role in [Role::Readonly, Role::Readwrite] {
         let verdict = policy::review(data, role);
         assert_eq!(policy::review(prefixed, role), verdict);
-        let _ = policy::prepare_refusal(data, role);
+        let _ = policy::review_prepare(data, role);
         if verdict.is_err() {
             let commented = [&b"/*! "[..], data, b" */"].concat();
             assert!(policy::review(&commented, role).is_err(), "lost in a comment");

@@ -381,3 +381,50 @@ async fn api_request_bodies_are_bounded_in_size_and_time() -> anyhow::Result<()>
     cluster.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_unauthenticated_redis_client_neither_resets_nor_stalls_its_way_past_the_deadline()
+-> anyhow::Result<()> {
+    let timeout = Duration::from_secs(2);
+    let cluster = Cluster::start_with(|config| {
+        if let Some(proxy) = config.proxy.as_mut() {
+            proxy.set_login_timeout(timeout);
+        }
+    })
+    .await?;
+    let port = cluster.redis_port();
+    let started = Instant::now();
+    // RESET before login must not start the clock again.
+    let mut resetting = connect_from("127.0.0.2", port).await?;
+    let resets = async {
+        loop {
+            if resetting.write_all(&resp(&["RESET"])).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 256];
+            match tokio::time::timeout(Duration::from_millis(500), resetting.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(timeout * 4, resets).await.context("RESET kept the client in")?;
+    assert!(started.elapsed() < timeout * 3, "closed after {:?}", started.elapsed());
+    // A client that never reads what it is owed (16 KiB PING echoes) is dropped all the same:
+    // its writes fail once the proxy has closed (and reset) the connection. Before, the
+    // session waited to flush for ever and the writes only blocked.
+    let mut stalled = connect_from("127.0.0.3", port).await?;
+    let big = "x".repeat(16 * 1024 - 64);
+    let started = Instant::now();
+    let flood = async {
+        loop {
+            if stalled.write_all(&resp(&["PING", &big])).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(timeout * 5, flood).await.context("a stalled client was kept")?;
+    assert!(started.elapsed() < timeout * 5, "closed after {:?}", started.elapsed());
+    cluster.stop().await;
+    Ok(())
+}

@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod routes;
 pub mod server;
+mod write_deadline;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

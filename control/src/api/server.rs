@@ -122,6 +122,8 @@ pub async fn serve(
             }
         };
         let service = TowerToHyperService::new(app.clone());
+        // The header deadline bounds a client that sends slowly; this one that reads slowly.
+        let stream = super::write_deadline::WriteDeadline::new(stream, limits.header_timeout);
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {

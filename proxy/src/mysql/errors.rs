@@ -173,6 +173,26 @@ fn without_password(text: &[u8]) -> Option<Vec<u8>> {
     found.then_some(out)
 }
 
+/// `payload` with the hash of every ` IDENTIFIED BY PASSWORD '…'` clause overwritten with
+/// `*`, or `None` when it has none: for rows whose layout the proxy does not parse (binary
+/// rows), as nothing moves.
+pub fn scrub_password_hashes(payload: &[u8]) -> Option<Vec<u8>> {
+    const CLAUSE: &[u8] = b" IDENTIFIED BY PASSWORD '";
+    let mut out: Option<Vec<u8>> = None;
+    let mut from = 0;
+    while let Some(at) =
+        payload[from..].windows(CLAUSE.len()).position(|w| w.eq_ignore_ascii_case(CLAUSE))
+    {
+        let hash = from + at + CLAUSE.len();
+        let end =
+            payload[hash..].iter().position(|&b| b == b'\'').map_or(payload.len(), |e| hash + e);
+        let scrubbed = out.get_or_insert_with(|| payload.to_vec());
+        scrubbed[hash..end].fill(b'*');
+        from = end;
+    }
+    out
+}
+
 /// A server's ERR payload in the client's terms (see [`named_for_client`]), or `None` when it
 /// needs no change: for errors relayed as they came.
 pub fn err_in_clients_terms(payload: &[u8], internal: &str, client: &str) -> Option<Vec<u8>> {
@@ -304,6 +324,16 @@ mod tests {
         let out = row_in_clients_terms(&row, "dormouse", "shop").expect("rewritten");
         assert!(!String::from_utf8_lossy(&out).contains("*AB"));
         assert!(String::from_utf8_lossy(&out).ends_with("`x`@`h` ACCOUNT LOCK"));
+    }
+
+    #[test]
+    fn binary_rows_keep_their_layout_without_the_hash() {
+        let row = b"\x00\x00\x2aGRANT USAGE ON *.* TO `d`@`h` IDENTIFIED BY PASSWORD '*AB12'\x01";
+        let out = scrub_password_hashes(row).expect("scrubbed");
+        assert_eq!(out.len(), row.len());
+        assert!(out.ends_with(b"PASSWORD '*****'\x01"), "{}", String::from_utf8_lossy(&out));
+        assert_eq!(scrub_password_hashes(b"\x00\x00\x03abc"), None);
+        assert!(scrub_password_hashes(b" IDENTIFIED BY PASSWORD 'cut").is_some());
     }
 
     #[test]

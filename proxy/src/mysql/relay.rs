@@ -4,7 +4,7 @@
 //! and diagnostics rows that name the internal account (the client's named instead).
 
 use super::backend::BackendConn;
-use super::errors::{MyError, err_in_clients_terms, row_in_clients_terms};
+use super::errors::{MyError, err_in_clients_terms, row_in_clients_terms, scrub_password_hashes};
 use super::ok;
 use super::packet::PacketStream;
 use super::response::{Response, Role, Shape};
@@ -55,6 +55,9 @@ pub struct ClientView<'a> {
     pub user: &'a str,
     /// The rows are diagnostics (`SHOW WARNINGS`): their messages get the same renaming.
     pub diagnostics: bool,
+    /// Binary rows that may show an account's definition (a prepared `CALL`): password
+    /// hashes in them are blanked in place, which keeps every length as it was.
+    pub scrub: bool,
 }
 
 /// Relays the response to the command just sent on `backend`. `client_stmt` is the id the
@@ -122,6 +125,12 @@ pub async fn relay(
                         None => client.queue_raw(&packet),
                     }
                 }
+                Role::Row if view.scrub && !continuing => match scrub_password_hashes(payload) {
+                    Some(scrubbed) => {
+                        client.queue(packet.seq(), &scrubbed);
+                    }
+                    None => client.queue_raw(&packet),
+                },
                 _ if first && shape == Shape::Prepare && payload.first() == Some(&0x00) => {
                     let (Some(backend_id), Some(id)) = (stmt_id(payload), client_stmt) else {
                         return Err(End::Broken);

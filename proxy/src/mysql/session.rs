@@ -50,6 +50,16 @@ pub struct Session<'a> {
     pub ticket: crate::limits::Ticket,
 }
 
+/// What the proxy does to the rows of a response.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    AsTheyAre,
+    /// Text rows naming the client instead of the internal account, without password hashes.
+    InClientsTerms,
+    /// Binary rows with password hashes blanked in place.
+    Scrubbed,
+}
+
 /// A command answered with an error already: the session goes on.
 struct Answered;
 
@@ -411,9 +421,10 @@ impl Session<'_> {
     }
 
     async fn prepare(&mut self, chunks: &[Packet], sql: &[u8], seq: u8) -> Result<(), Stop> {
-        if let Some(e) = policy::prepare_refusal(sql, self.identity.role) {
-            return self.fail(e, seq).await;
-        }
+        let shows_accounts = match policy::review_prepare(sql, self.identity.role) {
+            Ok(shows) => shows,
+            Err(e) => return self.fail(e, seq).await,
+        };
         self.borrow(false, seq).await?;
         self.forward(chunks).await?;
         let id = self.stmts.free_id();
@@ -428,7 +439,14 @@ impl Session<'_> {
             }
         }
         let traits = inspect(&sql);
-        let stmt = ClientStmt { sql, schema, params: prepared.params, types: None, traits };
+        let stmt = ClientStmt {
+            sql,
+            schema,
+            params: prepared.params,
+            types: None,
+            traits,
+            shows_accounts,
+        };
         self.stmts.insert(id, stmt);
         Ok(())
     }
@@ -508,7 +526,8 @@ impl Session<'_> {
             kept.types.clone_from(&stmt.types);
         }
         self.send(&rewritten).await?;
-        let relayed = self.relay(Shape::Results, None).await?;
+        let rows = if stmt.shows_accounts { Rows::Scrubbed } else { Rows::AsTheyAre };
+        let relayed = self.relay_as(Shape::Results, None, rows).await?;
         self.state.long_data.remove(&id);
         let cursor = relayed.outcome.status.is_some_and(|s| s & SERVER_STATUS_CURSOR_EXISTS != 0);
         if cursor {
@@ -694,19 +713,21 @@ impl Session<'_> {
     }
 
     async fn relay(&mut self, shape: Shape, client_stmt: Option<u32>) -> Result<Relayed, Stop> {
-        self.relay_as(shape, client_stmt, false).await
+        self.relay_as(shape, client_stmt, Rows::AsTheyAre).await
     }
 
-    /// Relays a statement's results; `diagnostics` when they list warnings or errors.
-    async fn relay_rows(&mut self, shape: Shape, diagnostics: bool) -> Result<Relayed, Stop> {
-        self.relay_as(shape, None, diagnostics).await
+    /// Relays a statement's results; `in_clients_terms` when they list warnings or errors or
+    /// may show an account's definition.
+    async fn relay_rows(&mut self, shape: Shape, in_clients_terms: bool) -> Result<Relayed, Stop> {
+        let rows = if in_clients_terms { Rows::InClientsTerms } else { Rows::AsTheyAre };
+        self.relay_as(shape, None, rows).await
     }
 
     async fn relay_as(
         &mut self,
         shape: Shape,
         client_stmt: Option<u32>,
-        diagnostics: bool,
+        rows: Rows,
     ) -> Result<Relayed, Stop> {
         let Some(conn) = self.lease.as_mut().map(Lease::conn) else {
             return Err(End::Broken.into());
@@ -715,7 +736,8 @@ impl Session<'_> {
             session_track: self.session_track,
             internal_user: &self.flavour.user,
             user: &self.identity.database,
-            diagnostics,
+            diagnostics: rows == Rows::InClientsTerms,
+            scrub: rows == Rows::Scrubbed,
         };
         let relayed = relay(self.client, conn, shape, &view, client_stmt).await?;
         if relayed.outcome.warnings > 0 || relayed.outcome.error {

@@ -30,7 +30,15 @@ pub enum Lexeme<'a> {
 
 /// Calls `f` with every lexeme of `sql`, skipping comments but reading the inside of
 /// executable ones.
-pub fn lex<'a>(sql: &'a [u8], mut f: impl FnMut(Lexeme<'a>)) {
+pub fn lex<'a>(sql: &'a [u8], f: impl FnMut(Lexeme<'a>)) {
+    lex_as(sql, true, f);
+}
+
+/// [`lex`], with backslashes escaping quotes in strings or not. They do not with
+/// `sql_mode=NO_BACKSLASH_ESCAPES`, inside `"…"` under `ANSI_QUOTES`, nor where a multi-byte
+/// character set (GBK, SJIS, Big5) has a character ending in the byte `\`: a check that
+/// must not be fooled reads a text with backslashes both ways.
+pub fn lex_as<'a>(sql: &'a [u8], backslash_escapes: bool, mut f: impl FnMut(Lexeme<'a>)) {
     let mut i = 0;
     while i < sql.len() {
         let c = sql[i];
@@ -67,13 +75,13 @@ pub fn lex<'a>(sql: &'a [u8], mut f: impl FnMut(Lexeme<'a>)) {
             }
             b'*' if sql.get(i + 1) == Some(&b'/') => i += 2,
             b'\'' | b'"' => {
-                let end = skip_quoted(sql, i);
+                let end = skip_quoted(sql, i, backslash_escapes);
                 let inner_end = if end > i + 1 && sql[end - 1] == c { end - 1 } else { end };
                 f(Lexeme::Str(&sql[i + 1..inner_end.max(i + 1)]));
                 i = end;
             }
             b'`' => {
-                i = skip_quoted(sql, i);
+                i = skip_quoted(sql, i, backslash_escapes);
                 f(Lexeme::Other(b'`'));
             }
             c if c.is_ascii_whitespace() => i += 1,
@@ -140,13 +148,13 @@ fn find(sql: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
 }
 
 /// Skips a quoted string or identifier starting at `i`; quotes are escaped by doubling, and
-/// backslash escapes apply in strings.
-fn skip_quoted(sql: &[u8], i: usize) -> usize {
+/// backslash escapes apply in strings when `backslash_escapes`.
+fn skip_quoted(sql: &[u8], i: usize, backslash_escapes: bool) -> usize {
     let quote = sql[i];
     let mut j = i + 1;
     while j < sql.len() {
         match sql[j] {
-            b'\\' if quote != b'`' => j += 2,
+            b'\\' if quote != b'`' && backslash_escapes => j += 2,
             c if c == quote && sql.get(j + 1) == Some(&quote) => j += 2,
             c if c == quote => return j + 1,
             _ => j += 1,

@@ -22,6 +22,8 @@ pub struct ClientStmt {
     /// different one each time, so every execute carries them.
     pub types: Option<Vec<u8>>,
     pub traits: Traits,
+    /// Its rows may show an account's definition (see `policy::review`).
+    pub shows_accounts: bool,
 }
 
 /// A client session's prepared statements.
@@ -139,6 +141,7 @@ mod tests {
             params,
             types: None,
             traits: Traits::default(),
+            shows_accounts: false,
         }
     }
 

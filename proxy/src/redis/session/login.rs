@@ -264,9 +264,12 @@ impl Session {
         self.reply(b"+RESET\r\n");
     }
 
-    /// Back to unauthenticated (RESET, a failed re-login): the pre-auth clock starts again.
+    /// Back to unauthenticated (RESET, a failed re-login): the pre-auth clock starts again for
+    /// a session that had logged in. One that never did keeps its deadline, or a `RESET`
+    /// every few seconds would hold a pending place for ever.
     pub(super) fn unauthenticate(&mut self) {
-        self.identity = None;
-        self.auth_deadline = tokio::time::Instant::now() + self.front.config.auth_timeout;
+        if self.identity.take().is_some() {
+            self.auth_deadline = tokio::time::Instant::now() + self.front.config.auth_timeout;
+        }
     }
 }

@@ -185,6 +185,9 @@ pub(super) struct Session {
     ticket: Ticket,
 }
 
+/// How long an unauthenticated client past its deadline has to read what it is owed.
+const UNREAD_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Session {
     /// A session for a client that must authenticate by `auth_deadline`, holding `ticket`
     /// (its place among the listener's pending or logged-in connections).
@@ -261,6 +264,11 @@ impl Session {
                 () = tokio::time::sleep_until(self.auth_deadline), if self.identity.is_none() && !self.closing => {
                     self.reply(b"-ERR Dormouse: authentication timeout\r\n");
                     self.closing = true;
+                }
+                // A client that does not read (its `PING` echoes filled the socket) gets a
+                // moment to take the timeout error, then is dropped unflushed.
+                () = tokio::time::sleep_until(self.auth_deadline + UNREAD_GRACE), if self.identity.is_none() && self.closing => {
+                    break Ok(());
                 }
                 written = client_w.write(&self.output), if !self.output.is_empty() => {
                     match written {
