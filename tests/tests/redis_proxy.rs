@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use dormouse_proxy::claims::{Claims, Role};
-use dormouse_tests::{Cluster, stdout, unix_socket_connections};
+use dormouse_tests::{Cluster, eventually, stdout, unix_socket_connections};
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::json;
@@ -153,6 +153,23 @@ async fn pubsub_delivers_messages_in_resp2_and_resp3() -> anyhow::Result<()> {
             .map(|m| (m.get_channel_name().to_owned(), m.get_payload().unwrap_or_default()))
             .collect();
         assert_eq!(got, [("news".into(), "hello".into()), ("sport.tennis".into(), "ace".into())]);
+        // The subscriber's own server connection closes after it leaves, not with it: the
+        // next round counts receivers once it has.
+        drop(messages);
+        drop(pubsub);
+        eventually(Duration::from_secs(10), "the subscriber's connection to close", || {
+            let mut publisher = publisher.clone();
+            async move {
+                let subs: Option<(String, i64)> = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg("news")
+                    .query_async(&mut publisher)
+                    .await
+                    .ok();
+                subs.filter(|(_, n)| *n == 0)
+            }
+        })
+        .await?;
     }
 
     // RESP2 by hand: after unsubscribing from everything the connection is an ordinary one again.
