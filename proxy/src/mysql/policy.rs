@@ -179,6 +179,11 @@ fn denied(why: &str) -> MyError {
 /// statements run by `EXECUTE` or a procedure), and must be rewritten.
 pub fn review(sql: &[u8], role: Role) -> Result<bool, MyError> {
     let found = inspect(sql, 0);
+    verdict(&found, role)?;
+    Ok(found.shows_account || found.runs_unseen)
+}
+
+fn verdict(found: &Findings, role: Role) -> Result<(), MyError> {
     if found.account {
         return Err(denied(
             "Dormouse manages this database's accounts: give access with tokens \
@@ -197,15 +202,16 @@ pub fn review(sql: &[u8], role: Role) -> Result<bool, MyError> {
              which Dormouse reads before it runs",
         ));
     }
-    Ok(found.shows_account || found.runs_unseen)
+    Ok(())
 }
 
 /// Reviews a statement being prepared, as [`review`] does a query; besides, statements whose
 /// binary rows would show an account's definition are refused (the same statement as a plain
 /// query works, and is rewritten). `Ok(true)` when its rows must still be scrubbed (`CALL`).
 pub fn review_prepare(sql: &[u8], role: Role) -> Result<bool, MyError> {
-    let shows = review(sql, role)?;
-    if inspect(sql, 0).shows_account {
+    let found = inspect(sql, 0);
+    verdict(&found, role)?;
+    if found.shows_account {
         return Err(MyError::new(
             1295,
             "HY000",
@@ -213,7 +219,7 @@ pub fn review_prepare(sql: &[u8], role: Role) -> Result<bool, MyError> {
              run it as a plain query",
         ));
     }
-    Ok(shows)
+    Ok(found.runs_unseen)
 }
 
 #[cfg(test)]
