@@ -16,6 +16,9 @@ use dashmap::DashMap;
 use rand::RngCore;
 use tokio_util::sync::CancellationToken;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::backup::{Format, Taken};
 use crate::confine::{Confiner, ancestor_dir_mode};
 use crate::engine::{Engine, EngineError};
 use crate::spec::{Endpoint, EngineKind, InstanceId, InstanceSpec};
@@ -61,6 +64,33 @@ pub trait HostAgent: Send + Sync {
     /// Puts the internal accounts of a running instance back as they must be, when a session
     /// changed them (a tenant's `SET PASSWORD`) and the proxy can no longer log in.
     async fn repair_access(&self, id: &InstanceId) -> Result<(), AgentError>;
+    /// Bytes the instance's data takes on disk: what a backup of it will roughly read, for
+    /// progress. Zero when it has no directory.
+    async fn data_size(&self, id: &InstanceId) -> u64;
+    /// A fingerprint of the instance's data that changes whenever the data may have changed
+    /// (a running server's write position, a stopped directory's file sizes and times): a
+    /// backup whose fingerprint equals the last one's need not be copied again.
+    async fn data_version(&self, spec: &InstanceSpec) -> Result<String, AgentError>;
+    /// Writes a consistent copy of the instance's data to `out`: from the running server
+    /// without stopping it (clients keep working), else from its stopped directory without
+    /// starting a server. The caller keeps the instance from starting or stopping meanwhile.
+    /// A failure (the tool died, `out` refused bytes) is an error, never a short copy.
+    async fn backup(
+        &self,
+        spec: &InstanceSpec,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<Taken, AgentError>;
+    /// Replaces the data of the stopped instance `spec` (provisioned first if it has no
+    /// directory) with a backup in `format` read from `input`, taken from a database whose name
+    /// was `source_name`. The new data is unpacked beside the old and swapped in only once
+    /// `input` has ended without an error; otherwise the old data stays as it was.
+    async fn restore(
+        &self,
+        spec: &InstanceSpec,
+        format: Format,
+        source_name: &str,
+        input: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> Result<(), AgentError>;
     /// Observed state of the instance's server.
     fn state(&self, id: &InstanceId) -> InstanceState;
     /// Where the instance listens while it is running.
@@ -338,6 +368,32 @@ impl HostAgent for LocalAgent {
         let supervisor =
             supervisor.ok_or_else(|| EngineError::Failed("the server is not running".into()))?;
         Ok(supervisor.repair_access().await?)
+    }
+
+    async fn data_size(&self, _id: &InstanceId) -> u64 {
+        0
+    }
+
+    async fn data_version(&self, _spec: &InstanceSpec) -> Result<String, AgentError> {
+        Err(EngineError::Failed("backups are not built yet".into()).into())
+    }
+
+    async fn backup(
+        &self,
+        _spec: &InstanceSpec,
+        _out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<Taken, AgentError> {
+        Err(EngineError::Failed("backups are not built yet".into()).into())
+    }
+
+    async fn restore(
+        &self,
+        _spec: &InstanceSpec,
+        _format: Format,
+        _source_name: &str,
+        _input: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> Result<(), AgentError> {
+        Err(EngineError::Failed("backups are not built yet".into()).into())
     }
 
     fn state(&self, id: &InstanceId) -> InstanceState {

@@ -9,10 +9,12 @@
 //! - [`process`]: spawning a server process with captured output, SIGTERM-then-SIGKILL stop.
 //! - [`confine`]: each server's own uid, Landlock, cgroup and rlimit limits.
 //! - [`supervisor`]: one task per instance: start, wait for readiness, restart with backoff.
+//! - [`backup`]: what a backup is to a host: a format, a position, plain bytes.
 //! - [`agent`]: the `HostAgent` trait and the in-process implementation `dormouse up` uses.
 //! - [`ports`]: picking free loopback ports.
 
 pub mod agent;
+pub mod backup;
 pub mod confine;
 pub mod engine;
 pub mod mariadb;
