@@ -7,6 +7,7 @@
 //! - [`keys`]: the token-signing key, JWKS.
 //! - [`lifecycle`]: database status transitions, instance start and destroy.
 //! - [`service`]: the operations (tenants, databases, tokens, routes).
+//! - [`backup`]: backups and restores: object store, encryption, jobs.
 //! - [`access`]: repairing a database's internal accounts when a session changed them.
 //! - [`activity`]: client sessions per database, as proxies report them.
 //! - [`reconciler`]: moves observed state toward intent.
@@ -20,6 +21,7 @@
 pub mod access;
 pub mod activity;
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod keys;
 pub mod lifecycle;

@@ -65,6 +65,9 @@ pub struct Start {
     pub was: DatabaseStatus,
 }
 
+/// Proof that a database's lock is held (see [`Lifecycle::hold`]); dropping it releases it.
+pub struct Held(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
+
 pub struct Lifecycle {
     store: Arc<dyn Store>,
     agent: Arc<dyn HostAgent>,
@@ -242,6 +245,31 @@ impl Lifecycle {
         self.agent.stop(&db.id).await?;
         self.transition(&db, DatabaseStatus::Suspended, None).await?;
         Ok(true)
+    }
+
+    /// Holds the database's lock (no start, suspend or destroy of it meanwhile) and returns its
+    /// row as it is now: for work that must see its instance stay as it is (a backup, a
+    /// restore). Release it before calling the other methods, which take it themselves.
+    pub async fn hold(&self, db: &Database) -> Result<(Held, Database), LifecycleError> {
+        let guard = self.lock(&db.id).lock_owned().await;
+        let db = self.reread(db).await?;
+        Ok((Held(guard), db))
+    }
+
+    /// Stops the server of a database whose lock `_held` is held and marks it `suspended`;
+    /// `before_stop` runs first (to drop proxy routes and pooled connections).
+    pub async fn suspend_held(
+        &self,
+        _held: &Held,
+        db: &Database,
+        before_stop: impl FnOnce(),
+    ) -> Result<Database, LifecycleError> {
+        before_stop();
+        self.agent.stop(&db.id).await?;
+        if db.status != DatabaseStatus::Suspended {
+            self.transition(db, DatabaseStatus::Suspended, None).await?;
+        }
+        self.reread(db).await
     }
 
     /// Marks a new database `suspended` without starting it (lazy creation: the first client

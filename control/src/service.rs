@@ -14,6 +14,7 @@ use dormouse_proxy::control::{
 use rand::RngCore;
 
 use crate::activity::ActivityBook;
+use crate::backup::Backups;
 use crate::keys::{KeyError, KeyRing};
 use crate::lifecycle::{Attempt, Lifecycle, LifecycleError, Start, failure_reason, retry_after};
 use crate::metrics::Metrics;
@@ -38,7 +39,7 @@ fn start_failure_message(name: &str, failure: &StartFailure, retry_in: i64) -> S
     )
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buf);
     buf.iter().map(|b| format!("{b:02x}")).collect()
@@ -66,6 +67,9 @@ pub enum ServiceError {
     Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A backup failed its checks (changed, cut short, not ours).
+    #[error("{0}")]
+    Corrupt(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -121,6 +125,7 @@ pub struct ControlService {
     metrics: Metrics,
     hooks: RwLock<Vec<EventHook>>,
     access_repairs: crate::access::AccessRepairs,
+    backups: Backups,
 }
 
 impl ControlService {
@@ -128,6 +133,7 @@ impl ControlService {
         store: Arc<dyn Store>,
         keys: KeyRing,
         agent: Arc<dyn HostAgent>,
+        backups: Backups,
     ) -> Result<Self, ServiceError> {
         let revoked = store.revoked_tokens(now()).await?.into_iter().collect();
         Ok(Self {
@@ -140,7 +146,12 @@ impl ControlService {
             metrics: Metrics::new(),
             hooks: RwLock::default(),
             access_repairs: Default::default(),
+            backups,
         })
+    }
+
+    pub fn backups(&self) -> &Backups {
+        &self.backups
     }
 
     pub fn access_repairs(&self) -> &crate::access::AccessRepairs {
@@ -270,17 +281,34 @@ impl ControlService {
                 message: format!("invalid database name: {}", names::NAME_RULE),
             });
         }
-        let engine: EngineKind = req.engine.parse().map_err(|_| ServiceError::Invalid {
-            field: "engine",
-            message: format!("unknown engine {:?}: expected \"mysql\" or \"redis\"", req.engine),
-        })?;
+        let source = match &req.restore {
+            Some(from) => Some(self.restore_source(tenant, from).await?),
+            None => None,
+        };
+        let engine: EngineKind = match (&source, req.engine.as_str()) {
+            (Some(backup), "") => backup.engine,
+            _ => req.engine.parse().map_err(|_| ServiceError::Invalid {
+                field: "engine",
+                message: format!(
+                    "unknown engine {:?}: expected \"mysql\" or \"redis\"",
+                    req.engine
+                ),
+            })?,
+        };
+        if let Some(backup) = &source {
+            self.restorable(tenant, &backup.id, Some(engine)).await?;
+        }
         if let Some(why) = engine.reserved(name) {
             return Err(ServiceError::Invalid {
                 field: "name",
                 message: format!("the name {name:?} is reserved for {engine} databases ({why})"),
             });
         }
-        let plan_name = req.plan.as_deref().unwrap_or(names::DEFAULT_PLAN);
+        let plan_name = req
+            .plan
+            .as_deref()
+            .or(source.as_ref().map(|b| b.plan.as_str()))
+            .unwrap_or(names::DEFAULT_PLAN);
         if names::plan(plan_name).is_none() {
             return Err(ServiceError::Invalid {
                 field: "plan",
@@ -324,6 +352,14 @@ impl ControlService {
             }
             other => other?,
         }
+        if let Some(backup) = &source
+            && let Err(e) = self.restore_new(&db, backup).await
+        {
+            if let Err(cleanup) = self.lifecycle.destroy(&db).await {
+                tracing::error!(db = %db.name, error = %cleanup, "cleaning up a failed restore");
+            }
+            return Err(e);
+        }
         let outcome = if req.lazy {
             self.lifecycle.defer(&db).await.map(|()| None)
         } else {
@@ -357,6 +393,58 @@ impl ControlService {
             self.issue(Some(&tenant.id), Some(name), Role::Readwrite, DEFAULT_TOKEN_TTL).await?;
         tracing::info!(tenant = %tenant.name, db = %db.name, engine = %engine, lazy = req.lazy, "database created");
         Ok((db, token))
+    }
+
+    /// The backup a new database is restored from.
+    async fn restore_source(
+        &self,
+        tenant: &Tenant,
+        from: &RestoreFrom,
+    ) -> Result<crate::store::BackupRecord, ServiceError> {
+        let invalid = |message: String| ServiceError::Invalid { field: "restore", message };
+        match (from.backup.as_deref(), from.database.as_deref(), from.time.as_deref()) {
+            (Some(id), None, None) => self.restorable(tenant, id, None).await,
+            (None, Some(_), Some(time)) => {
+                humantime::parse_rfc3339_weak(time).map_err(|e| {
+                    invalid(format!("restore.time {time:?} is not an RFC 3339 time: {e}"))
+                })?;
+                Err(invalid(
+                    "point-in-time recovery is not available yet: restore a backup by id, or the \
+                     newest backup of a database"
+                        .into(),
+                ))
+            }
+            (None, Some(name), None) => {
+                let backups = self.store.list_backups(&tenant.id, Some(name)).await?;
+                let newest = backups
+                    .into_iter()
+                    .find(|b| b.status == crate::store::BackupStatus::Completed)
+                    .ok_or_else(|| {
+                        ServiceError::NotFound(format!(
+                            "database {name:?} has no completed backup to restore"
+                        ))
+                    })?;
+                Ok(newest)
+            }
+            _ => Err(invalid(
+                "restore takes {\"backup\": id} or {\"database\": name} (with \"time\" for a \
+                 point in time)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Fills a new database's instance from a backup before its first start.
+    async fn restore_new(
+        &self,
+        db: &Database,
+        backup: &crate::store::BackupRecord,
+    ) -> Result<(), ServiceError> {
+        let (held, db) = self.lifecycle.hold(db).await.map_err(|e| {
+            ServiceError::Internal(format!("holding a new database for its restore: {e}"))
+        })?;
+        self.restore_held(&held, &db, backup).await?;
+        Ok(())
     }
 
     pub async fn database(&self, tenant: &Tenant, name: &str) -> Result<Database, ServiceError> {
@@ -430,7 +518,7 @@ impl ControlService {
         self.hooks.write().unwrap_or_else(|e| e.into_inner()).push(hook);
     }
 
-    fn emit(&self, event: &ControlEvent) {
+    pub(crate) fn emit(&self, event: &ControlEvent) {
         for hook in self.hooks.read().unwrap_or_else(|e| e.into_inner()).iter() {
             hook(event);
         }
@@ -611,6 +699,8 @@ impl ControlService {
 #[serde(deny_unknown_fields)]
 pub struct NewDatabase {
     pub name: String,
+    /// Required, unless restoring: then the backup's engine.
+    #[serde(default)]
     pub engine: String,
     pub plan: Option<String>,
     /// Seconds without client connections before it is suspended; 0 = never. Default 300.
@@ -621,6 +711,20 @@ pub struct NewDatabase {
     /// Client addresses it accepts (CIDRs or single addresses); absent, null or empty: any.
     #[serde(default)]
     pub allowed_cidrs: Option<Vec<String>>,
+    /// Start from a backup instead of empty: a branch of another database's data.
+    #[serde(default)]
+    pub restore: Option<RestoreFrom>,
+}
+
+/// Which data a new database starts from: a backup by id, or the newest backup of a
+/// database (a deleted one too).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreFrom {
+    pub backup: Option<String>,
+    pub database: Option<String>,
+    /// RFC 3339: the state the database had at that time.
+    pub time: Option<String>,
 }
 
 /// Longest idle timeout a database may have: a week.

@@ -55,6 +55,8 @@ pub struct UpConfig {
     pub warm_pool: usize,
     /// Connection caps and timeouts of the API.
     pub api: ApiLimits,
+    /// Where backups go and how many run at once.
+    pub backup: crate::backup::BackupConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +87,7 @@ impl UpConfig {
         Self {
             proxy: Some(ProxyConfig::ephemeral(proxy_keys_dir(&data_dir))),
             templates_dir: data_dir.join("templates"),
+            backup: crate::backup::BackupConfig::local(&data_dir),
             data_dir,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             public_host: None,
@@ -276,11 +279,14 @@ pub async fn start(config: UpConfig, shutdown: CancellationToken) -> anyhow::Res
         )?
         .with_warm_pool(config.warm_pool),
     );
-    let service =
-        Arc::new(ControlService::new(store, keys, agent.clone() as Arc<dyn HostAgent>).await?);
+    let backups = crate::backup::Backups::open(&config.backup, dir)?;
+    let service = Arc::new(
+        ControlService::new(store, keys, agent.clone() as Arc<dyn HostAgent>, backups).await?,
+    );
     let (admin_token, admin_token_path) = ensure_admin_token(&service, dir).await?;
 
     reconciler::reconcile_once(&service).await;
+    service.recover_backups().await?;
 
     let health = Arc::new(Health { proxy_expected: config.proxy.is_some(), ..Health::default() });
     let api = tokio::net::TcpListener::bind(config.api_listen)

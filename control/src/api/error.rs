@@ -43,6 +43,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound(m) => Self::not_found(m),
             ServiceError::Unauthorized(m) => Self::new(StatusCode::UNAUTHORIZED, "unauthorized", m),
             ServiceError::Forbidden(m) => Self::forbidden(m),
+            ServiceError::Corrupt(m) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "backup_corrupt", m)
+            }
             ServiceError::Unavailable(m) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
             }

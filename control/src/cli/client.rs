@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::{Cli, DbCommand, TenantCommand, TokenCommand};
+use super::{BackupCommand, Cli, DbCommand, TenantCommand, TokenCommand};
 use crate::up::ADMIN_TOKEN_FILE;
 
 /// `--token`, else the admin token a local `dormouse up` wrote into the data directory.
@@ -90,8 +90,23 @@ pub async fn tenant(cli: &Cli, cmd: &TenantCommand) -> anyhow::Result<()> {
 
 pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
     match cmd {
-        DbCommand::Create { name, engine, plan, idle_timeout, lazy, allow } => {
+        DbCommand::Create {
+            name,
+            engine,
+            plan,
+            idle_timeout,
+            lazy,
+            allow,
+            from_backup,
+            from_database,
+        } => {
+            let restore = match (from_backup, from_database) {
+                (Some(id), _) => json!({ "backup": id }),
+                (None, Some(db)) => json!({ "database": db }),
+                (None, None) => Value::Null,
+            };
             let req = json!({
+                "restore": restore,
                 "name": name,
                 "engine": engine,
                 "plan": plan,
@@ -200,6 +215,23 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
                 println!("it accepts clients from {}", allowed(&body));
             }
         }
+        DbCommand::Restore { name, backup } => {
+            let req = json!({ "backup": backup });
+            let path = format!("/v1/databases/{name}/restore");
+            let body = call(cli, Method::POST, &path, Some(req)).await?.unwrap_or_default();
+            if cli.json {
+                print_json(&body);
+            } else {
+                println!(
+                    "database {name} restored from {backup}; it is {}",
+                    text(&body["database"], "status")
+                );
+                println!(
+                    "what it held before is backup {} (restore it to undo)",
+                    text(&body["previous_data"], "id")
+                );
+            }
+        }
         DbCommand::Suspend { name } => {
             let body =
                 call(cli, Method::POST, &format!("/v1/databases/{name}/suspend"), None).await?;
@@ -268,4 +300,142 @@ pub async fn token(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> anyhow::Result<()> {
+    match cmd {
+        BackupCommand::Create { database, name, wait } => {
+            let path = format!("/v1/databases/{database}/backups");
+            let body = call(cli, Method::POST, &path, Some(json!({ "name": name }))).await?;
+            let mut body = body.unwrap_or_default();
+            if *wait {
+                body = wait_for_backup(cli, text(&body, "id")).await?;
+            }
+            if cli.json {
+                print_json(&body);
+            } else {
+                print_backup(&body);
+            }
+            if *wait && text(&body, "status") == "failed" {
+                bail!("backup {} failed: {}", text(&body, "id"), text(&body, "reason"));
+            }
+        }
+        BackupCommand::List { database } => {
+            let path = match database {
+                Some(db) => format!("/v1/databases/{db}/backups"),
+                None => "/v1/backups".to_owned(),
+            };
+            let body = call(cli, Method::GET, &path, None).await?.unwrap_or_default();
+            if cli.json {
+                print_json(&body);
+            } else {
+                println!(
+                    "{:<20} {:<20} {:<11} {:<10} {:>10} {:<20} NAME",
+                    "ID", "DATABASE", "KIND", "STATUS", "SIZE", "CREATED"
+                );
+                for b in body["backups"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<20} {:<20} {:<11} {:<10} {:>10} {:<20} {}",
+                        text(b, "id"),
+                        text(b, "database"),
+                        text(b, "kind"),
+                        text(b, "status"),
+                        human_bytes(b["size_bytes"].as_u64().unwrap_or_default()),
+                        text(b, "created_at"),
+                        text(b, "name"),
+                    );
+                }
+            }
+        }
+        BackupCommand::Show { id } => {
+            let body = call(cli, Method::GET, &format!("/v1/backups/{id}"), None)
+                .await?
+                .unwrap_or_default();
+            if cli.json {
+                print_json(&body);
+            } else {
+                print_backup(&body);
+            }
+        }
+        BackupCommand::Delete { id } => {
+            call(cli, Method::DELETE, &format!("/v1/backups/{id}"), None).await?;
+            if cli.json {
+                print_json(&json!({ "deleted": id }));
+            } else {
+                println!("backup {id} deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Polls a backup until it has finished, with a progress bar on a terminal.
+async fn wait_for_backup(cli: &Cli, id: &str) -> anyhow::Result<Value> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({percent}%)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    if cli.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_message(format!("backup {id}"));
+    loop {
+        let body =
+            call(cli, Method::GET, &format!("/v1/backups/{id}"), None).await?.unwrap_or_default();
+        let status = text(&body, "status");
+        if let Some(p) = body["progress"].as_object() {
+            bar.set_length(p["bytes_total"].as_u64().unwrap_or_default());
+            bar.set_position(p["bytes_done"].as_u64().unwrap_or_default());
+        }
+        bar.set_message(format!("backup {id} {status}"));
+        if status == "completed" || status == "failed" {
+            bar.finish_and_clear();
+            return Ok(body);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn print_backup(b: &Value) {
+    for key in ["id", "name", "database", "engine", "kind", "status", "reason"] {
+        if let Some(v) = b[key].as_str() {
+            println!("{key:<13} {v}");
+        }
+    }
+    if b["status"] == "completed" {
+        println!("{:<13} {}", "size", human_bytes(b["size_bytes"].as_u64().unwrap_or_default()));
+        println!(
+            "{:<13} {}",
+            "stored",
+            human_bytes(b["stored_bytes"].as_u64().unwrap_or_default())
+        );
+        println!(
+            "{:<13} {}",
+            "taken",
+            if b["hot"] == true { "hot, from the running server" } else { "cold, from disk" }
+        );
+    }
+    let position = &b["position"];
+    if let Some(time) = position["time"].as_str() {
+        println!("{:<13} {time}", "consistent at");
+    }
+    if let Some(gtid) = position["gtid"].as_str() {
+        println!("{:<13} {gtid}", "gtid");
+    }
+    println!("{:<13} {}", "created", text(b, "created_at"));
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }

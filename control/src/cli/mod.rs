@@ -50,6 +50,33 @@ pub enum Command {
     /// Manage tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Take, list and delete backups.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up a database now (hot if it runs; a suspended one is not woken).
+    Create {
+        database: String,
+        /// A name to remember it by.
+        #[arg(long)]
+        name: Option<String>,
+        /// Wait until it has finished, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List backups, newest first.
+    List {
+        /// Only this database's.
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Show one backup.
+    Show { id: String },
+    /// Delete a backup.
+    Delete { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +107,55 @@ pub struct ListenArgs {
     /// Largest API request body, in bytes.
     #[arg(long, env = "DORMOUSE_API_MAX_BODY", default_value_t = 64 * 1024)]
     pub api_max_body: usize,
+    #[command(flatten)]
+    pub backup: BackupArgs,
+}
+
+/// Where backups are kept.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// `local` (the data directory's backups/) or `s3://bucket/prefix` for any S3-compatible
+    /// store.
+    #[arg(long, env = "DORMOUSE_BACKUP_STORE", default_value = "local", value_parser = parse_store)]
+    pub backup_store: Option<crate::backup::S3Config>,
+    /// The S3 endpoint, for stores other than AWS (`http://` is allowed only when given here).
+    #[arg(long, env = "DORMOUSE_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "DORMOUSE_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Default: AWS_ACCESS_KEY_ID.
+    #[arg(long, env = "DORMOUSE_S3_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+    /// Default: AWS_SECRET_ACCESS_KEY.
+    #[arg(long, env = "DORMOUSE_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// Backups that run at once on this host; the rest wait in a queue.
+    #[arg(long, env = "DORMOUSE_BACKUP_CONCURRENCY", default_value_t = 1)]
+    pub backup_concurrency: usize,
+}
+
+impl BackupArgs {
+    pub fn config(&self, data_dir: &std::path::Path) -> crate::backup::BackupConfig {
+        let mut config = crate::backup::BackupConfig::local(data_dir);
+        config.concurrency = self.backup_concurrency.max(1);
+        if let Some(s3) = &self.backup_store {
+            let mut s3 = s3.clone();
+            s3.endpoint = self.s3_endpoint.clone();
+            s3.region = self.s3_region.clone();
+            s3.access_key_id = self.s3_access_key_id.clone();
+            s3.secret_access_key = self.s3_secret_access_key.clone();
+            config.storage = crate::backup::StorageConfig::S3(s3);
+        }
+        config
+    }
+}
+
+/// `local` is `None`; else an `s3://` address.
+fn parse_store(value: &str) -> Result<Option<crate::backup::S3Config>, String> {
+    if value == "local" {
+        return Ok(None);
+    }
+    crate::backup::S3Config::from_url(value).map(Some)
 }
 
 #[derive(Debug, Args)]
@@ -165,8 +241,8 @@ pub enum DbCommand {
     /// Create a database and print how to connect.
     Create {
         name: String,
-        /// mysql or redis.
-        #[arg(long)]
+        /// mysql or redis (may be left out with --from-backup or --from-database).
+        #[arg(long, default_value = "")]
         engine: String,
         /// micro, small or medium.
         #[arg(long)]
@@ -181,6 +257,18 @@ pub enum DbCommand {
         /// Default: any address.
         #[arg(long = "allow", value_name = "CIDR")]
         allow: Vec<String>,
+        /// Start from this backup's data (a branch); the engine may then be left out.
+        #[arg(long, value_name = "BACKUP_ID", conflicts_with = "from_database")]
+        from_backup: Option<String>,
+        /// Start from the newest backup of this database (a deleted one too).
+        #[arg(long, value_name = "DATABASE")]
+        from_database: Option<String>,
+    },
+    /// Replace a database's data with a backup's; what it held is kept as a new backup.
+    Restore {
+        name: String,
+        #[arg(long, value_name = "BACKUP_ID")]
+        backup: String,
     },
     /// Change a database's settings.
     Set {
@@ -259,6 +347,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Tenant(cmd) => client::tenant(&cli, cmd).await,
         Command::Db(cmd) => client::db(&cli, cmd).await,
         Command::Token(cmd) => client::token(&cli, cmd).await,
+        Command::Backup(cmd) => client::backup(&cli, cmd).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

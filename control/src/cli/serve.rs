@@ -58,6 +58,7 @@ fn up_config(cli: &Cli, listen: &ListenArgs, proxy: Option<ProxyConfig>) -> UpCo
             body_timeout: listen.api_body_timeout,
             max_body_bytes: listen.api_max_body,
         },
+        backup: listen.backup.config(&cli.data_dir),
     }
 }
 

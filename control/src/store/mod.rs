@@ -8,6 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use dormouse_engines::backup::{Format, Position};
 use dormouse_engines::{EngineKind, InstanceId, Secret};
 use dormouse_proxy::allowlist::AllowList;
 use dormouse_proxy::claims::Role;
@@ -123,6 +124,94 @@ pub struct TokenRecord {
     pub created_at: i64,
 }
 
+/// Where a backup is in its life. Only `completed` backups can be restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+}
+
+/// Why a backup was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupKind {
+    /// Asked for through the API.
+    Manual,
+    /// By the database's schedule.
+    Scheduled,
+    /// When the database was deleted, so it can be undeleted.
+    Final,
+    /// Of the data an in-place restore replaced, so the restore can be undone.
+    PreRestore,
+}
+
+macro_rules! text_enum {
+    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $text),+ }
+            }
+        }
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($ty::$variant),)+
+                    other => Err(format!("unknown {} {other:?}", stringify!($ty))),
+                }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum!(BackupStatus {
+    Queued => "queued",
+    Running => "running",
+    Completed => "completed",
+    Failed => "failed",
+});
+
+text_enum!(BackupKind {
+    Manual => "manual",
+    Scheduled => "scheduled",
+    Final => "final",
+    PreRestore => "pre_restore",
+});
+
+/// One backup of one database; kept after the database is deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub database_id: InstanceId,
+    pub database_name: String,
+    pub engine: EngineKind,
+    pub plan: String,
+    pub name: Option<String>,
+    pub kind: BackupKind,
+    pub status: BackupStatus,
+    /// Why it failed.
+    pub reason: Option<String>,
+    pub format: Option<Format>,
+    pub hot: bool,
+    pub parent_id: Option<String>,
+    pub object_key: Option<String>,
+    pub plain_bytes: u64,
+    pub stored_bytes: u64,
+    pub sha256: Option<String>,
+    pub position: Option<Position>,
+    pub data_version: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Cheap liveness check for `/healthz`.
@@ -168,4 +257,30 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<String>, StoreError>;
     /// Ids of revoked tokens that have not expired by `now`.
     async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StoreError>;
+
+    async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError>;
+    /// Writes every field of an existing backup.
+    async fn update_backup(&self, backup: &BackupRecord) -> Result<(), StoreError>;
+    async fn backup(&self, id: &str) -> Result<Option<BackupRecord>, StoreError>;
+    /// A tenant's backups, of one database name if given, newest first.
+    async fn list_backups(
+        &self,
+        tenant_id: &str,
+        database_name: Option<&str>,
+    ) -> Result<Vec<BackupRecord>, StoreError>;
+    /// Every backup in `status`, oldest first (the queue, and recovery after a restart).
+    async fn backups_with_status(
+        &self,
+        status: BackupStatus,
+    ) -> Result<Vec<BackupRecord>, StoreError>;
+    async fn delete_backup(&self, id: &str) -> Result<(), StoreError>;
+    /// The database's sealed backup key, if it has one.
+    async fn backup_key(&self, database_id: &InstanceId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Records the database's sealed key unless it has one already; returns the one it has.
+    async fn ensure_backup_key(
+        &self,
+        database_id: &InstanceId,
+        wrapped: &[u8],
+        at: i64,
+    ) -> Result<Vec<u8>, StoreError>;
 }

@@ -10,7 +10,10 @@ use dormouse_proxy::allowlist::AllowList;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{Database, DatabaseStatus, StartFailure, Store, StoreError, Tenant, TokenRecord};
+use super::{
+    BackupRecord, BackupStatus, Database, DatabaseStatus, StartFailure, Store, StoreError, Tenant,
+    TokenRecord,
+};
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -105,6 +108,84 @@ fn token_row(row: sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
         revoked_at: row.try_get("revoked_at")?,
         created_at: row.try_get("created_at")?,
     })
+}
+
+fn backup_row(row: sqlx::sqlite::SqliteRow) -> Result<BackupRecord, StoreError> {
+    let database_id: String = row.try_get("database_id")?;
+    let count = |name: &str| -> Result<u64, StoreError> {
+        u64::try_from(row.try_get::<i64, _>(name)?)
+            .map_err(|_| StoreError::Corrupt(format!("{name} below zero")))
+    };
+    Ok(BackupRecord {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        database_id: InstanceId::new(database_id.clone())
+            .map_err(|_| StoreError::Corrupt(format!("instance id {database_id:?}")))?,
+        database_name: row.try_get("database_name")?,
+        engine: parse(row.try_get("engine")?, "engine")?,
+        plan: row.try_get("plan")?,
+        name: row.try_get("name")?,
+        kind: parse(row.try_get("kind")?, "backup kind")?,
+        status: parse(row.try_get("status")?, "backup status")?,
+        reason: row.try_get("reason")?,
+        format: row
+            .try_get::<Option<String>, _>("format")?
+            .map(|f| parse(f, "backup format"))
+            .transpose()?,
+        hot: row.try_get::<i64, _>("hot")? != 0,
+        parent_id: row.try_get("parent_id")?,
+        object_key: row.try_get("object_key")?,
+        plain_bytes: count("plain_bytes")?,
+        stored_bytes: count("stored_bytes")?,
+        sha256: row.try_get("sha256")?,
+        position: row
+            .try_get::<Option<String>, _>("position")?
+            .map(|p| {
+                serde_json::from_str(&p).map_err(|e| StoreError::Corrupt(format!("position: {e}")))
+            })
+            .transpose()?,
+        data_version: row.try_get("data_version")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+    })
+}
+
+macro_rules! backup_columns {
+    () => {
+        "id, tenant_id, database_id, database_name, engine, plan, name, kind, status, reason, \
+         format, hot, parent_id, object_key, plain_bytes, stored_bytes, sha256, position, \
+         data_version, created_at, started_at, completed_at"
+    };
+}
+
+/// Binds every backup column but `id`, in [`backup_columns`] order.
+fn bind_backup<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    b: &'q BackupRecord,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    query
+        .bind(&b.tenant_id)
+        .bind(b.database_id.as_str())
+        .bind(&b.database_name)
+        .bind(b.engine.as_str())
+        .bind(&b.plan)
+        .bind(&b.name)
+        .bind(b.kind.as_str())
+        .bind(b.status.as_str())
+        .bind(&b.reason)
+        .bind(b.format.map(|f| f.as_str()))
+        .bind(i64::from(b.hot))
+        .bind(&b.parent_id)
+        .bind(&b.object_key)
+        .bind(i64::try_from(b.plain_bytes).unwrap_or(i64::MAX))
+        .bind(i64::try_from(b.stored_bytes).unwrap_or(i64::MAX))
+        .bind(&b.sha256)
+        .bind(b.position.as_ref().and_then(|p| serde_json::to_string(p).ok()))
+        .bind(&b.data_version)
+        .bind(b.created_at)
+        .bind(b.started_at)
+        .bind(b.completed_at)
 }
 
 /// The `databases` columns, as a literal so queries stay static strings.
@@ -351,6 +432,109 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await?;
         rows.into_iter().map(|r| r.try_get("id").map_err(StoreError::from)).collect()
+    }
+
+    async fn insert_backup(&self, b: &BackupRecord) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "INSERT INTO backups (tenant_id, database_id, database_name, engine, plan, name, kind, \
+             status, reason, format, hot, parent_id, object_key, plain_bytes, stored_bytes, sha256, \
+             position, data_version, created_at, started_at, completed_at, id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        );
+        bind_backup(query, b).bind(&b.id).execute(&self.pool).await.map_err(conflict_or)?;
+        Ok(())
+    }
+
+    async fn update_backup(&self, b: &BackupRecord) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "UPDATE backups SET tenant_id = ?, database_id = ?, database_name = ?, engine = ?, \
+             plan = ?, name = ?, kind = ?, status = ?, reason = ?, format = ?, hot = ?, \
+             parent_id = ?, object_key = ?, plain_bytes = ?, stored_bytes = ?, sha256 = ?, \
+             position = ?, data_version = ?, created_at = ?, started_at = ?, completed_at = ? \
+             WHERE id = ?",
+        );
+        bind_backup(query, b).bind(&b.id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn backup(&self, id: &str) -> Result<Option<BackupRecord>, StoreError> {
+        sqlx::query(concat!("SELECT ", backup_columns!(), " FROM backups WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(backup_row)
+            .transpose()
+    }
+
+    async fn list_backups(
+        &self,
+        tenant_id: &str,
+        database_name: Option<&str>,
+    ) -> Result<Vec<BackupRecord>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            backup_columns!(),
+            " FROM backups WHERE tenant_id = ? AND (? IS NULL OR database_name = ?) \
+             ORDER BY created_at DESC, rowid DESC"
+        ))
+        .bind(tenant_id)
+        .bind(database_name)
+        .bind(database_name)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(backup_row)
+        .collect()
+    }
+
+    async fn backups_with_status(
+        &self,
+        status: BackupStatus,
+    ) -> Result<Vec<BackupRecord>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            backup_columns!(),
+            " FROM backups WHERE status = ? ORDER BY created_at, rowid"
+        ))
+        .bind(status.as_str())
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(backup_row)
+        .collect()
+    }
+
+    async fn delete_backup(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM backups WHERE id = ?").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn backup_key(&self, database_id: &InstanceId) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query("SELECT wrapped FROM backup_keys WHERE database_id = ?")
+            .bind(database_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("wrapped").map_err(StoreError::from)).transpose()
+    }
+
+    async fn ensure_backup_key(
+        &self,
+        database_id: &InstanceId,
+        wrapped: &[u8],
+        at: i64,
+    ) -> Result<Vec<u8>, StoreError> {
+        sqlx::query(
+            "INSERT INTO backup_keys (database_id, wrapped, created_at) VALUES (?, ?, ?) \
+             ON CONFLICT (database_id) DO NOTHING",
+        )
+        .bind(database_id.as_str())
+        .bind(wrapped)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        self.backup_key(database_id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("backup key vanished".into()))
     }
 }
 

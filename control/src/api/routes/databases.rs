@@ -75,7 +75,7 @@ fn observed_status(service: &ControlService, db: &Database) -> &'static str {
     }
 }
 
-fn view(service: &ControlService, db: &Database, token: Option<&str>) -> Value {
+pub fn view(service: &ControlService, db: &Database, token: Option<&str>) -> Value {
     json!({
         "name": db.name,
         "engine": db.engine,
@@ -100,7 +100,7 @@ fn view(service: &ControlService, db: &Database, token: Option<&str>) -> Value {
 }
 
 /// A database-scoped token may only see its own database.
-fn visible(caller: &Caller, name: &str) -> bool {
+pub fn visible(caller: &Caller, name: &str) -> bool {
     match caller {
         Caller::Tenant { database: Some(scope), .. } => scope == name,
         _ => true,

@@ -1,5 +1,6 @@
 //! Handlers, one file per resource.
 
+pub mod backups;
 pub mod databases;
 pub mod health;
 pub mod internal;

@@ -1,0 +1,37 @@
+-- Backups: one row per backup, kept after its database is deleted (that is what makes an
+-- undelete possible), and the per-database keys they are encrypted with, sealed by the
+-- installation's master key (`backup.key` in the data directory).
+
+CREATE TABLE backups (
+    id             TEXT PRIMARY KEY,            -- b-<hex>; also names its objects
+    tenant_id      TEXT NOT NULL REFERENCES tenants(id),
+    database_id    TEXT NOT NULL,               -- the database's id when taken
+    database_name  TEXT NOT NULL,
+    engine         TEXT NOT NULL,               -- redis | mysql
+    plan           TEXT NOT NULL,               -- the database's plan when taken
+    name           TEXT,
+    kind           TEXT NOT NULL,               -- manual | scheduled | final | pre_restore
+    status         TEXT NOT NULL,               -- queued | running | completed | failed
+    reason         TEXT,                        -- why it failed
+    format         TEXT,                        -- xbstream | rdb | tar
+    hot            INTEGER NOT NULL DEFAULT 0,  -- taken from the running server
+    parent_id      TEXT REFERENCES backups(id), -- the backup an incremental one builds on
+    object_key     TEXT,
+    plain_bytes    INTEGER NOT NULL DEFAULT 0,
+    stored_bytes   INTEGER NOT NULL DEFAULT 0,
+    sha256         TEXT,                        -- of the stored object
+    position       TEXT,                        -- JSON: time, binlog file/position, GTID
+    data_version   TEXT,                        -- the data's fingerprint when taken
+    created_at     INTEGER NOT NULL,
+    started_at     INTEGER,
+    completed_at   INTEGER
+);
+
+CREATE INDEX backups_by_database ON backups (tenant_id, database_name, created_at);
+CREATE INDEX backups_unfinished ON backups (status) WHERE status IN ('queued', 'running');
+
+CREATE TABLE backup_keys (
+    database_id  TEXT PRIMARY KEY,
+    wrapped      BLOB NOT NULL,
+    created_at   INTEGER NOT NULL
+);

@@ -1,0 +1,168 @@
+//! `/v1/backups` and `/v1/databases/{name}/backups`: take, list, show and delete backups, and
+//! `/v1/databases/{name}/restore`: restore one over its database.
+
+use axum::Json as JsonResponse;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::AppState;
+use crate::api::error::ApiError;
+use crate::api::extract::{Json, Path, tenant_of};
+use crate::api::routes::databases::{view as database_view, visible};
+use crate::api::routes::timestamp;
+use crate::service::{Caller, ControlService};
+use crate::store::{BackupKind, BackupRecord};
+
+/// A backup as tenants see it.
+pub fn view(service: &ControlService, b: &BackupRecord) -> Value {
+    let progress = service.backups().progress(&b.id).map(|(done, total, percent)| {
+        json!({ "bytes_done": done, "bytes_total": total, "percent": percent })
+    });
+    json!({
+        "id": b.id,
+        "name": b.name,
+        "database": b.database_name,
+        "engine": b.engine,
+        "kind": b.kind.as_str(),
+        "status": b.status.as_str(),
+        "reason": b.reason,
+        "format": b.format,
+        "hot": b.hot,
+        "parent_id": b.parent_id,
+        "size_bytes": b.plain_bytes,
+        "stored_bytes": b.stored_bytes,
+        "sha256": b.sha256,
+        "position": b.position.as_ref().map(|p| json!({
+            "time": timestamp(p.time),
+            "binlog_file": p.binlog_file,
+            "binlog_position": p.binlog_position,
+            "gtid": p.gtid,
+        })),
+        "created_at": timestamp(b.created_at),
+        "started_at": b.started_at.map(timestamp),
+        "completed_at": b.completed_at.map(timestamp),
+        "progress": progress,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewBackup {
+    name: Option<String>,
+}
+
+/// `POST /v1/databases/{name}/backups`: queue a backup; 202 with its row.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, JsonResponse<Value>), ApiError> {
+    // The body is optional: no body is a backup without a name.
+    let req: NewBackup = if body.iter().all(u8::is_ascii_whitespace) {
+        NewBackup::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid body: {e}")))?
+    };
+    let tenant = tenant_of(&caller, true)?;
+    if !visible(&caller, &name) {
+        return Err(ApiError::not_found(format!("no database named {name:?}")));
+    }
+    let label = req.name;
+    let backup = state.service.request_backup(tenant, &name, label, BackupKind::Manual).await?;
+    Ok((StatusCode::ACCEPTED, JsonResponse(view(&state.service, &backup))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    database: Option<String>,
+}
+
+/// `GET /v1/backups[?database=name]`, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let tenant = tenant_of(&caller, false)?;
+    let backups = state
+        .service
+        .store()
+        .list_backups(&tenant.id, query.database.as_deref())
+        .await
+        .map_err(crate::service::ServiceError::from)?;
+    let backups: Vec<Value> = backups
+        .iter()
+        .filter(|b| visible(&caller, &b.database_name))
+        .map(|b| view(&state.service, b))
+        .collect();
+    Ok(JsonResponse(json!({ "backups": backups })))
+}
+
+/// `GET /v1/backups/{id}`.
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let tenant = tenant_of(&caller, false)?;
+    let backup = state.service.backup_of(tenant, &id).await?;
+    if !visible(&caller, &backup.database_name) {
+        return Err(ApiError::not_found(format!("no backup with id {id:?}")));
+    }
+    Ok(JsonResponse(view(&state.service, &backup)))
+}
+
+/// `DELETE /v1/backups/{id}`.
+pub async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = tenant_of(&caller, true)?;
+    let backup = state.service.backup_of(tenant, &id).await?;
+    if !visible(&caller, &backup.database_name) {
+        return Err(ApiError::not_found(format!("no backup with id {id:?}")));
+    }
+    state.service.delete_backup(tenant, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    backup: String,
+}
+
+/// `POST /v1/databases/{name}/restore {"backup": id}`: replace its data with the backup's,
+/// keeping what it held as a new backup.
+pub async fn restore(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(req): Json<RestoreRequest>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let tenant = tenant_of(&caller, true)?;
+    if !visible(&caller, &name) {
+        return Err(ApiError::not_found(format!("no database named {name:?}")));
+    }
+    let (db, kept) = state.service.restore_in_place(tenant, &name, &req.backup).await?;
+    Ok(JsonResponse(json!({
+        "database": database_view(&state.service, &db, None),
+        "restored_from": req.backup,
+        "previous_data": view(&state.service, &kept),
+    })))
+}
+
+/// `GET /v1/databases/{name}/backups`: one database's backups, newest first.
+pub async fn list_for_database(
+    state: State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    list(state, caller, Query(ListQuery { database: Some(name) })).await
+}
