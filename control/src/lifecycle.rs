@@ -285,19 +285,26 @@ impl Lifecycle {
     /// scoped to it and removes its row. Safe to repeat after a crash at any step. Returns the
     /// ids of the tokens it revoked.
     pub async fn destroy(&self, db: &Database) -> Result<Vec<String>, LifecycleError> {
-        let lock = self.lock(&db.id);
-        let guard = lock.lock().await;
-        let db = match self.reread(db).await {
-            Ok(db) => db,
+        let (held, db) = match self.hold(db).await {
+            Ok(held) => held,
             Err(LifecycleError::Gone(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        self.transition(&db, DatabaseStatus::Deleting, None).await?;
+        self.destroy_held(held, &db).await
+    }
+
+    /// [`Self::destroy`] of a database whose lock is held (and released here).
+    pub async fn destroy_held(
+        &self,
+        held: Held,
+        db: &Database,
+    ) -> Result<Vec<String>, LifecycleError> {
+        self.transition(db, DatabaseStatus::Deleting, None).await?;
         self.agent.destroy(&db.id).await?;
         let now = crate::service::now();
         let revoked = self.store.revoke_database_tokens(&db.tenant_id, &db.name, now).await?;
         self.store.delete_database(&db.id).await?;
-        drop(guard);
+        drop(held);
         self.locks.remove(&db.id);
         tracing::info!(db = %db.name, instance = %db.id, "database deleted");
         Ok(revoked)

@@ -320,6 +320,7 @@ impl ControlService {
         }
         let idle_timeout_seconds = validate_idle_timeout(req.idle_timeout_seconds)?;
         let allowed_cidrs = validate_allowlist(req.allowed_cidrs.as_deref())?;
+        let expires_at = validate_expiry(req.expires_at.as_deref(), req.ttl_seconds)?;
         if !self.lifecycle.agent().engines().contains(&engine) {
             return Err(ServiceError::Unavailable(format!(
                 "{engine} databases are not available on this installation (is the {} package installed?)",
@@ -343,6 +344,7 @@ impl ControlService {
             last_wake_ms: None,
             start_failure: None,
             allowed_cidrs,
+            expires_at,
         };
         match self.store.insert_database(&db).await {
             Err(StoreError::Conflict) => {
@@ -482,16 +484,92 @@ impl ControlService {
         self.database(tenant, name).await
     }
 
-    pub async fn delete_database(&self, tenant: &Tenant, name: &str) -> Result<(), ServiceError> {
+    /// Deletes a database. Unless `now`, its data is first kept as a final backup that
+    /// [`Self::undelete_database`] restores for [`UNDO_WINDOW`]; if that backup fails, nothing
+    /// is deleted. Returns the final backup.
+    pub async fn delete_database(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        now: bool,
+    ) -> Result<Option<crate::store::BackupRecord>, ServiceError> {
         let db = self.database(tenant, name).await?;
+        let internal = |e: LifecycleError| ServiceError::Internal(e.to_string());
+        let (held, db) = self.lifecycle.hold(&db).await.map_err(internal)?;
         self.emit(&ControlEvent::Deleted { tenant: tenant.id.clone(), database: name.into() });
-        let revoked =
-            self.lifecycle.destroy(&db).await.map_err(|e| ServiceError::Internal(e.to_string()))?;
+        // A database that never ran (created lazily) has nothing to keep.
+        let provisioned = self.lifecycle.agent().data_size(&db.id).await > 0;
+        let keep = !now && db.status != DatabaseStatus::Deleting && provisioned;
+        let final_backup = if keep {
+            let db = self.lifecycle.suspend_held(&held, &db, || {}).await.map_err(internal)?;
+            let mut kept = self
+                .backup_now(&held, &db, crate::store::BackupKind::Final)
+                .await
+                .map_err(|e| {
+                    ServiceError::Unavailable(format!(
+                        "{e}; the database was not deleted (delete it with ?now=true to skip \
+                         the final backup)"
+                    ))
+                })?;
+            kept.expires_at = Some(crate::service::now() + UNDO_WINDOW);
+            self.store.update_backup(&kept).await?;
+            Some(kept)
+        } else {
+            None
+        };
+        let revoked = self.lifecycle.destroy_held(held, &db).await.map_err(internal)?;
         // Mirror the store's revocations for the proxy (merged: a concurrent revoke stays).
         self.revoked.write().unwrap_or_else(|e| e.into_inner()).extend(revoked);
         self.activity.forget(&tenant.id, name);
         self.access_repairs.forget(&db.id);
-        Ok(())
+        Ok(final_backup)
+    }
+
+    /// Brings back a database deleted within [`UNDO_WINDOW`] from its final backup, suspended:
+    /// no compute runs until a client connects. Returns it with a new token scoped to it (the
+    /// deletion revoked the old ones).
+    pub async fn undelete_database(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+    ) -> Result<(Database, IssuedToken), ServiceError> {
+        if self.store.database(&tenant.id, name).await?.is_some() {
+            return Err(ServiceError::Conflict(format!(
+                "a database named {name:?} exists; only a deleted one can be undeleted"
+            )));
+        }
+        let at = now();
+        let kept = self
+            .store
+            .list_backups(&tenant.id, Some(name))
+            .await?
+            .into_iter()
+            .find(|b| {
+                b.kind == crate::store::BackupKind::Final
+                    && b.status == crate::store::BackupStatus::Completed
+                    && b.expires_at.is_some_and(|t| t > at)
+            })
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!(
+                    "no deleted database named {name:?} can be undeleted (deleted databases are \
+                     kept {} days, unless deleted with now=true)",
+                    UNDO_WINDOW / 86_400
+                ))
+            })?;
+        let req = NewDatabase {
+            name: name.into(),
+            lazy: true,
+            restore: Some(RestoreFrom { backup: Some(kept.id.clone()), ..RestoreFrom::default() }),
+            ..NewDatabase::default()
+        };
+        let (db, token) = self.create_database(tenant, &req).await?;
+        // Used: the database holds its data again, and a later deletion keeps its own. The
+        // backup stays, as an ordinary one its tenant deletes when they wish.
+        let mut used = kept;
+        used.expires_at = None;
+        self.store.update_backup(&used).await?;
+        tracing::info!(tenant = %tenant.name, db = %name, backup = %used.id, "database undeleted");
+        Ok((db, token))
     }
 
     /// Revokes a token. Tenants may revoke their own tenant's tokens; the operator any.
@@ -714,6 +792,35 @@ pub struct NewDatabase {
     /// Start from a backup instead of empty: a branch of another database's data.
     #[serde(default)]
     pub restore: Option<RestoreFrom>,
+    /// Delete it (the safe way: a final backup, undeletable for a while) at this RFC 3339
+    /// time; for preview environments and tests.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// The same as a lifetime from now.
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// When a new database is to be deleted, from an RFC 3339 time or a lifetime (not both).
+fn validate_expiry(at: Option<&str>, ttl: Option<u64>) -> Result<Option<i64>, ServiceError> {
+    let invalid = |message: String| ServiceError::Invalid { field: "expires_at", message };
+    let when = match (at, ttl) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(invalid("give expires_at or ttl_seconds, not both".into()));
+        }
+        (Some(text), None) => {
+            let t = humantime::parse_rfc3339_weak(text).map_err(|e| {
+                invalid(format!("expires_at {text:?} is not an RFC 3339 time: {e}"))
+            })?;
+            t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+        }
+        (None, Some(ttl)) => now().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)),
+    };
+    if when <= now() {
+        return Err(invalid("the expiry must be in the future".into()));
+    }
+    Ok(Some(when))
 }
 
 /// Which data a new database starts from: a backup by id, or the newest backup of a
@@ -726,6 +833,9 @@ pub struct RestoreFrom {
     /// RFC 3339: the state the database had at that time.
     pub time: Option<String>,
 }
+
+/// How long a deleted database can be undeleted: its final backup is kept this long.
+pub const UNDO_WINDOW: i64 = 7 * 24 * 3600;
 
 /// Longest idle timeout a database may have: a week.
 pub const MAX_IDLE_TIMEOUT: u32 = 7 * 24 * 3600;

@@ -320,6 +320,7 @@ pub async fn start(config: UpConfig, shutdown: CancellationToken) -> anyhow::Res
     tasks.spawn(crate::api::server::serve(api, app, config.api, shutdown.clone()));
     tasks.spawn(reconciler::run(service.clone(), config.reconcile_every, shutdown.clone()));
     tasks.spawn(crate::suspender::run(service.clone(), config.idle_check_every, shutdown.clone()));
+    tasks.spawn(crate::backup::schedule::run(service.clone(), shutdown.clone()));
     tasks.spawn(agent.clone().run_warm_pool(shutdown.clone()));
 
     let stopping = agent.clone();

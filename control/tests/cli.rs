@@ -186,8 +186,20 @@ fn the_cli_drives_a_running_dormouse_up() -> anyhow::Result<()> {
     let (ok, out, _) = cli(&["db", "show", "guarded"])?;
     assert!(ok && out.contains("allowed     any address"), "{out}");
 
-    let (ok, _, _) = dormouse(&up.api, dir.path(), Some(&token), &["db", "delete", "cache"])?;
-    assert!(ok);
+    let (ok, _, err) = cli(&["db", "delete", "cache"])?;
+    assert!(!ok && err.contains("--yes"), "nothing typed, nothing deleted: {err}");
+    let (ok, out, err) = cli(&["db", "delete", "cache", "--yes"])?;
+    assert!(ok && out.contains("dormouse db undelete cache"), "{out}{err}");
+    let (ok, out, err) = cli(&["backup", "list", "--database", "cache"])?;
+    assert!(ok && out.contains(" final ") && out.contains("completed"), "{out}{err}");
+    let (ok, out, err) = cli(&["db", "undelete", "cache"])?;
+    assert!(ok && out.contains("database cache is back (suspended)"), "{out}{err}");
+    let (ok, out, err) = cli(&["backup", "create", "cache", "--wait", "--name", "nightly"])?;
+    assert!(ok && out.contains("status        completed"), "{out}{err}");
+    let (ok, _, err) = cli(&["db", "delete", "cache", "--yes", "--now"])?;
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&["db", "undelete", "cache"])?;
+    assert!(!ok && err.contains("no deleted database named \"cache\""), "deleted for good: {err}");
 
     // SIGTERM stops everything, including the demo database's server.
     nix::sys::signal::kill(

@@ -14,6 +14,7 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 pub mod resp;
+pub mod s3;
 pub mod scripted;
 
 /// A running Dormouse in a temporary directory; everything stops when it is dropped.
@@ -21,6 +22,8 @@ pub struct Cluster {
     running: Option<Running>,
     /// The data directory: `_dir` itself, or a directory inside it.
     data: std::path::PathBuf,
+    /// Where backups go: kept across restarts.
+    backup: dormouse_control::backup::BackupConfig,
     _dir: TempDir,
     http: reqwest::Client,
 }
@@ -70,8 +73,9 @@ impl Cluster {
         let data = dir.path().join(subdir);
         std::fs::create_dir_all(&data)?;
         let config = Self::config(&data, configure)?;
+        let backup = config.backup.clone();
         let running = up::start(config, CancellationToken::new()).await?;
-        Ok(Self { running: Some(running), data, _dir: dir, http: reqwest::Client::new() })
+        Ok(Self { running: Some(running), data, backup, _dir: dir, http: reqwest::Client::new() })
     }
 
     /// Test configuration: what a user gets, except that every test cluster shares one MariaDB
@@ -164,7 +168,8 @@ impl Cluster {
         if let Some(running) = self.running.take() {
             running.stop().await;
         }
-        let config = Self::config(&self.data, |_| {})?;
+        let backup = self.backup.clone();
+        let config = Self::config(&self.data, |c| c.backup = backup)?;
         self.running = Some(up::start(config, CancellationToken::new()).await?);
         Ok(())
     }

@@ -24,11 +24,26 @@ CREATE TABLE backups (
     data_version   TEXT,                        -- the data's fingerprint when taken
     created_at     INTEGER NOT NULL,
     started_at     INTEGER,
-    completed_at   INTEGER
+    completed_at   INTEGER,
+    expires_at     INTEGER                      -- deleted then (a final backup's undo window)
 );
 
 CREATE INDEX backups_by_database ON backups (tenant_id, database_name, created_at);
 CREATE INDEX backups_unfinished ON backups (status) WHERE status IN ('queued', 'running');
+
+-- A database's backup schedule and retention, and what its schedule last did.
+CREATE TABLE backup_schedules (
+    database_id    TEXT PRIMARY KEY,
+    every          TEXT NOT NULL,               -- an interval ("1d", "6h") or a cron expression
+    keep_count     INTEGER NOT NULL,            -- scheduled backups kept at least ...
+    keep_days      INTEGER NOT NULL,            -- ... and those younger than this
+    last_run_at    INTEGER,
+    last_result    TEXT,                        -- completed | unchanged | failed: reason
+    last_backup_id TEXT
+);
+
+-- Scheduled deletion: the database is deleted (the safe way) at this time.
+ALTER TABLE databases ADD COLUMN expires_at INTEGER;
 
 CREATE TABLE backup_keys (
     database_id  TEXT PRIMARY KEY,

@@ -51,6 +51,22 @@ fn path_rejection(rejection: PathRejection) -> ApiError {
     ApiError::new(rejection.status(), "invalid_path", rejection.body_text())
 }
 
+/// `axum::extract::Query` whose rejections use our error format.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(rejection) => {
+                Err(ApiError::new(rejection.status(), "invalid_query", rejection.body_text()))
+            }
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 

@@ -51,9 +51,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/databases/{name}/suspend", post(routes::databases::suspend))
         .route("/v1/databases/{name}/resume", post(routes::databases::resume))
         .route("/v1/databases/{name}/restore", post(routes::backups::restore))
+        .route("/v1/databases/{name}/undelete", post(routes::databases::undelete))
         .route(
             "/v1/databases/{name}/backups",
             post(routes::backups::create).get(routes::backups::list_for_database),
+        )
+        .route(
+            "/v1/databases/{name}/backup-schedule",
+            get(routes::backups::show_schedule).patch(routes::backups::change_schedule),
         )
         .route("/v1/backups", get(routes::backups::list))
         .route("/v1/backups/{id}", get(routes::backups::show).delete(routes::backups::remove))

@@ -439,5 +439,6 @@ fn new_record(
         created_at: now(),
         started_at: None,
         completed_at: None,
+        expires_at: None,
     }
 }

@@ -6,10 +6,12 @@
 //! - [`crypto`]: per-database keys and the encrypted stream format.
 //! - [`pipeline`]: agent bytes → zstd → encryption → SHA-256 → object store, and back.
 //! - [`jobs`]: the backup queue, durable states, restore into a new database and in place.
+//! - [`schedule`]: scheduled backups, retention, scheduled deletion.
 
 pub mod crypto;
 pub mod jobs;
 pub mod pipeline;
+pub mod schedule;
 pub mod storage;
 
 use std::path::Path;

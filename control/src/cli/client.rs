@@ -99,6 +99,7 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
             allow,
             from_backup,
             from_database,
+            expires_in,
         } => {
             let restore = match (from_backup, from_database) {
                 (Some(id), _) => json!({ "backup": id }),
@@ -107,6 +108,7 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
             };
             let req = json!({
                 "restore": restore,
+                "ttl_seconds": expires_in.map(|d| d.as_secs().max(1)),
                 "name": name,
                 "engine": engine,
                 "plan": plan,
@@ -242,16 +244,48 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
                 call(cli, Method::POST, &format!("/v1/databases/{name}/resume"), None).await?;
             print_state(cli, &body.unwrap_or_default());
         }
-        DbCommand::Delete { name } => {
-            call(cli, Method::DELETE, &format!("/v1/databases/{name}"), None).await?;
+        DbCommand::Delete { name, yes, now } => {
+            if !*yes && !confirm_deletion(name, *now)? {
+                bail!("not deleted: the name typed was not {name:?}");
+            }
+            let path = format!("/v1/databases/{name}{}", if *now { "?now=true" } else { "" });
+            call(cli, Method::DELETE, &path, None).await?;
             if cli.json {
                 print_json(&json!({ "deleted": name }));
+            } else if *now {
+                println!("database {name} deleted, without a final backup");
             } else {
-                println!("database {name} deleted");
+                println!(
+                    "database {name} deleted; its data is kept 7 days: `dormouse db undelete {name}`"
+                );
+            }
+        }
+        DbCommand::Undelete { name } => {
+            let path = format!("/v1/databases/{name}/undelete");
+            let body = call(cli, Method::POST, &path, None).await?.unwrap_or_default();
+            if cli.json {
+                print_json(&body);
+            } else {
+                println!("database {name} is back ({}); connect:", text(&body, "status"));
+                println!("{}", text(&body["connection"], "command"));
             }
         }
     }
     Ok(())
+}
+
+/// Asks for the database's name to be typed, as a guard against deleting the wrong one.
+fn confirm_deletion(name: &str, now: bool) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        bail!("deleting needs --yes when nothing can be typed (stdin is not a terminal)");
+    }
+    let what = if now { "for good, without a final backup" } else { "(undeletable for 7 days)" };
+    print!("delete database {name} {what}? type its name to confirm: ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim() == name)
 }
 
 /// A database's allowlist in words: its CIDRs, or "any address".
@@ -355,6 +389,30 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> anyhow::Result<()> {
                 print_json(&body);
             } else {
                 print_backup(&body);
+            }
+        }
+        BackupCommand::Schedule { database, every, keep, keep_days } => {
+            let path = format!("/v1/databases/{database}/backup-schedule");
+            let change = every.is_some() || keep.is_some() || keep_days.is_some();
+            let body = if change {
+                let req = json!({ "every": every, "keep_count": keep, "keep_days": keep_days });
+                call(cli, Method::PATCH, &path, Some(req)).await?
+            } else {
+                call(cli, Method::GET, &path, None).await?
+            };
+            let body = body.unwrap_or_default();
+            if cli.json {
+                print_json(&body);
+            } else {
+                println!("{:<10} {}", "every", text(&body, "every"));
+                println!(
+                    "{:<10} the newest {} and any younger than {} days",
+                    "keeps", body["keep_count"], body["keep_days"]
+                );
+                println!("{:<10} {}", "next run", text(&body, "next_run_at"));
+                if let Some(last) = body["last_run_at"].as_str() {
+                    println!("{:<10} {last}: {}", "last run", text(&body, "last_result"));
+                }
             }
         }
         BackupCommand::Delete { id } => {

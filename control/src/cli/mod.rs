@@ -77,6 +77,19 @@ pub enum BackupCommand {
     Show { id: String },
     /// Delete a backup.
     Delete { id: String },
+    /// Show a database's backup schedule, or change it.
+    Schedule {
+        database: String,
+        /// How often: an interval (6h, 1d) or a cron expression ("0 3 * * *", UTC).
+        #[arg(long)]
+        every: Option<String>,
+        /// Scheduled backups kept whatever their age.
+        #[arg(long)]
+        keep: Option<u32>,
+        /// Scheduled backups younger than this many days are kept too.
+        #[arg(long)]
+        keep_days: Option<u32>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +276,9 @@ pub enum DbCommand {
         /// Start from the newest backup of this database (a deleted one too).
         #[arg(long, value_name = "DATABASE")]
         from_database: Option<String>,
+        /// Delete it (the safe way) after this long, e.g. 2h, 7d: for previews and tests.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
     },
     /// Replace a database's data with a backup's; what it held is kept as a new backup.
     Restore {
@@ -292,8 +308,19 @@ pub enum DbCommand {
     List,
     /// Show one database.
     Show { name: String },
-    /// Delete a database and all its data.
-    Delete { name: String },
+    /// Delete a database. Its data is kept as a final backup for 7 days (see `undelete`),
+    /// unless --now.
+    Delete {
+        name: String,
+        /// Do not ask for the name to be typed.
+        #[arg(long)]
+        yes: bool,
+        /// Skip the final backup: it cannot be undeleted.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Bring back a database deleted in the last 7 days (it comes back suspended).
+    Undelete { name: String },
 }
 
 #[derive(Debug, Subcommand)]

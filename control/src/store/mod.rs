@@ -101,6 +101,8 @@ pub struct Database {
     pub start_failure: Option<StartFailure>,
     /// Client addresses it accepts; empty = any.
     pub allowed_cidrs: AllowList,
+    /// When it is deleted (the safe way), if it was created with an expiry.
+    pub expires_at: Option<i64>,
 }
 
 /// Why a database's last start failed.
@@ -210,6 +212,24 @@ pub struct BackupRecord {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub completed_at: Option<i64>,
+    /// Deleted at this time whatever the retention (a final backup's undo window).
+    pub expires_at: Option<i64>,
+}
+
+/// A database's backup schedule and retention, and what the schedule last did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRecord {
+    pub database_id: InstanceId,
+    /// An interval (`1d`, `6h`) or a cron expression (`0 3 * * *`, UTC).
+    pub every: String,
+    /// Scheduled backups kept whatever their age ...
+    pub keep_count: u32,
+    /// ... and those younger than this, whatever their number.
+    pub keep_days: u32,
+    pub last_run_at: Option<i64>,
+    /// `queued`, `unchanged`, or why it could not run.
+    pub last_result: Option<String>,
+    pub last_backup_id: Option<String>,
 }
 
 #[async_trait]
@@ -274,6 +294,12 @@ pub trait Store: Send + Sync {
         status: BackupStatus,
     ) -> Result<Vec<BackupRecord>, StoreError>;
     async fn delete_backup(&self, id: &str) -> Result<(), StoreError>;
+    /// The database's schedule, if it was ever set or ran.
+    async fn schedule(
+        &self,
+        database_id: &InstanceId,
+    ) -> Result<Option<ScheduleRecord>, StoreError>;
+    async fn put_schedule(&self, schedule: &ScheduleRecord) -> Result<(), StoreError>;
     /// The database's sealed backup key, if it has one.
     async fn backup_key(&self, database_id: &InstanceId) -> Result<Option<Vec<u8>>, StoreError>;
     /// Records the database's sealed key unless it has one already; returns the one it has.

@@ -11,8 +11,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    BackupRecord, BackupStatus, Database, DatabaseStatus, StartFailure, Store, StoreError, Tenant,
-    TokenRecord,
+    BackupRecord, BackupStatus, Database, DatabaseStatus, ScheduleRecord, StartFailure, Store,
+    StoreError, Tenant, TokenRecord,
 };
 
 pub struct SqliteStore {
@@ -84,6 +84,7 @@ fn database_row(row: sqlx::sqlite::SqliteRow) -> Result<Database, StoreError> {
             None => None,
         },
         allowed_cidrs: allowed_cidrs(row.try_get("allowed_cidrs")?)?,
+        expires_at: row.try_get("expires_at")?,
     })
 }
 
@@ -148,6 +149,7 @@ fn backup_row(row: sqlx::sqlite::SqliteRow) -> Result<BackupRecord, StoreError> 
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         completed_at: row.try_get("completed_at")?,
+        expires_at: row.try_get("expires_at")?,
     })
 }
 
@@ -155,7 +157,7 @@ macro_rules! backup_columns {
     () => {
         "id, tenant_id, database_id, database_name, engine, plan, name, kind, status, reason, \
          format, hot, parent_id, object_key, plain_bytes, stored_bytes, sha256, position, \
-         data_version, created_at, started_at, completed_at"
+         data_version, created_at, started_at, completed_at, expires_at"
     };
 }
 
@@ -186,6 +188,7 @@ fn bind_backup<'q>(
         .bind(b.created_at)
         .bind(b.started_at)
         .bind(b.completed_at)
+        .bind(b.expires_at)
 }
 
 /// The `databases` columns, as a literal so queries stay static strings.
@@ -193,7 +196,7 @@ macro_rules! database_columns {
     () => {
         "id, tenant_id, name, engine, plan, status, port, password, created_at, \
          idle_timeout_seconds, last_wake_ms, last_error, last_error_at, failed_starts, \
-         allowed_cidrs"
+         allowed_cidrs, expires_at"
     };
 }
 
@@ -236,8 +239,8 @@ impl Store for SqliteStore {
     async fn insert_database(&self, d: &Database) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO databases (id, tenant_id, name, engine, plan, status, port, password, \
-             created_at, idle_timeout_seconds, allowed_cidrs) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             created_at, idle_timeout_seconds, allowed_cidrs, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(d.id.as_str())
         .bind(&d.tenant_id)
@@ -250,6 +253,7 @@ impl Store for SqliteStore {
         .bind(d.created_at)
         .bind(i64::from(d.idle_timeout_seconds))
         .bind(stored_cidrs(&d.allowed_cidrs))
+        .bind(d.expires_at)
         .execute(&self.pool)
         .await
         .map_err(conflict_or)?;
@@ -309,10 +313,16 @@ impl Store for SqliteStore {
     }
 
     async fn delete_database(&self, id: &InstanceId) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM backup_schedules WHERE database_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM databases WHERE id = ?")
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -438,8 +448,8 @@ impl Store for SqliteStore {
         let query = sqlx::query(
             "INSERT INTO backups (tenant_id, database_id, database_name, engine, plan, name, kind, \
              status, reason, format, hot, parent_id, object_key, plain_bytes, stored_bytes, sha256, \
-             position, data_version, created_at, started_at, completed_at, id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             position, data_version, created_at, started_at, completed_at, expires_at, id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         );
         bind_backup(query, b).bind(&b.id).execute(&self.pool).await.map_err(conflict_or)?;
         Ok(())
@@ -450,8 +460,8 @@ impl Store for SqliteStore {
             "UPDATE backups SET tenant_id = ?, database_id = ?, database_name = ?, engine = ?, \
              plan = ?, name = ?, kind = ?, status = ?, reason = ?, format = ?, hot = ?, \
              parent_id = ?, object_key = ?, plain_bytes = ?, stored_bytes = ?, sha256 = ?, \
-             position = ?, data_version = ?, created_at = ?, started_at = ?, completed_at = ? \
-             WHERE id = ?",
+             position = ?, data_version = ?, created_at = ?, started_at = ?, completed_at = ?, \
+             expires_at = ? WHERE id = ?",
         );
         bind_backup(query, b).bind(&b.id).execute(&self.pool).await?;
         Ok(())
@@ -506,6 +516,54 @@ impl Store for SqliteStore {
 
     async fn delete_backup(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM backups WHERE id = ?").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn schedule(
+        &self,
+        database_id: &InstanceId,
+    ) -> Result<Option<ScheduleRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT every, keep_count, keep_days, last_run_at, last_result, last_backup_id \
+             FROM backup_schedules WHERE database_id = ?",
+        )
+        .bind(database_id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let small = |name: &str| -> Result<u32, StoreError> {
+            u32::try_from(row.try_get::<i64, _>(name)?)
+                .map_err(|_| StoreError::Corrupt(format!("schedule {name}")))
+        };
+        Ok(Some(ScheduleRecord {
+            database_id: database_id.clone(),
+            every: row.try_get("every")?,
+            keep_count: small("keep_count")?,
+            keep_days: small("keep_days")?,
+            last_run_at: row.try_get("last_run_at")?,
+            last_result: row.try_get("last_result")?,
+            last_backup_id: row.try_get("last_backup_id")?,
+        }))
+    }
+
+    async fn put_schedule(&self, s: &ScheduleRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO backup_schedules (database_id, every, keep_count, keep_days, last_run_at, \
+             last_result, last_backup_id) VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (database_id) DO UPDATE SET every = excluded.every, \
+             keep_count = excluded.keep_count, keep_days = excluded.keep_days, \
+             last_run_at = excluded.last_run_at, last_result = excluded.last_result, \
+             last_backup_id = excluded.last_backup_id",
+        )
+        .bind(s.database_id.as_str())
+        .bind(&s.every)
+        .bind(i64::from(s.keep_count))
+        .bind(i64::from(s.keep_days))
+        .bind(s.last_run_at)
+        .bind(&s.last_result)
+        .bind(&s.last_backup_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -568,6 +626,7 @@ mod tests {
             last_wake_ms: None,
             start_failure: None,
             allowed_cidrs: AllowList::default(),
+            expires_at: None,
         }
     }
 

@@ -2,17 +2,18 @@
 //! `/v1/databases/{name}/restore`: restore one over its database.
 
 use axum::Json as JsonResponse;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
-use crate::api::extract::{Json, Path, tenant_of};
+use crate::api::extract::{Json, Path, Query, tenant_of};
 use crate::api::routes::databases::{view as database_view, visible};
 use crate::api::routes::timestamp;
-use crate::service::{Caller, ControlService};
+use crate::backup::schedule;
+use crate::service::{Caller, ControlService, ServiceError};
 use crate::store::{BackupKind, BackupRecord};
 
 /// A backup as tenants see it.
@@ -94,7 +95,7 @@ pub async fn list(
         .store()
         .list_backups(&tenant.id, query.database.as_deref())
         .await
-        .map_err(crate::service::ServiceError::from)?;
+        .map_err(ServiceError::from)?;
     let backups: Vec<Value> = backups
         .iter()
         .filter(|b| visible(&caller, &b.database_name))
@@ -165,4 +166,75 @@ pub async fn list_for_database(
     Path(name): Path<String>,
 ) -> Result<JsonResponse<Value>, ApiError> {
     list(state, caller, Query(ListQuery { database: Some(name) })).await
+}
+
+/// A schedule as tenants see it.
+fn schedule_view(db: &crate::store::Database, s: &crate::store::ScheduleRecord) -> Value {
+    json!({
+        "database": db.name,
+        "every": s.every,
+        "keep_count": s.keep_count,
+        "keep_days": s.keep_days,
+        "last_run_at": s.last_run_at.map(timestamp),
+        "last_result": s.last_result,
+        "last_backup": s.last_backup_id,
+        "next_run_at": schedule::next_run(db, s).map(timestamp),
+    })
+}
+
+/// `GET /v1/databases/{name}/backup-schedule`.
+pub async fn show_schedule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let tenant = tenant_of(&caller, false)?;
+    if !visible(&caller, &name) {
+        return Err(ApiError::not_found(format!("no database named {name:?}")));
+    }
+    let db = state.service.database(tenant, &name).await?;
+    let stored = state.service.store().schedule(&db.id).await.map_err(ServiceError::from)?;
+    Ok(JsonResponse(schedule_view(&db, &schedule::schedule_or_default(&db, stored))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleChange {
+    every: Option<String>,
+    keep_count: Option<u32>,
+    keep_days: Option<u32>,
+}
+
+/// `PATCH /v1/databases/{name}/backup-schedule`: change how often and how long.
+pub async fn change_schedule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(req): Json<ScheduleChange>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let tenant = tenant_of(&caller, true)?;
+    if !visible(&caller, &name) {
+        return Err(ApiError::not_found(format!("no database named {name:?}")));
+    }
+    let db = state.service.database(tenant, &name).await?;
+    let stored = state.service.store().schedule(&db.id).await.map_err(ServiceError::from)?;
+    let mut s = schedule::schedule_or_default(&db, stored);
+    if let Some(every) = req.every {
+        schedule::Every::parse(&every).map_err(|m| ApiError::bad_request("invalid_every", m))?;
+        s.every = every;
+    }
+    if let Some(count) = req.keep_count {
+        if !(1..=1000).contains(&count) {
+            return Err(ApiError::bad_request("invalid_keep_count", "keep_count is 1 to 1000"));
+        }
+        s.keep_count = count;
+    }
+    if let Some(days) = req.keep_days {
+        if !(1..=3650).contains(&days) {
+            return Err(ApiError::bad_request("invalid_keep_days", "keep_days is 1 to 3650"));
+        }
+        s.keep_days = days;
+    }
+    state.service.store().put_schedule(&s).await.map_err(ServiceError::from)?;
+    Ok(JsonResponse(schedule_view(&db, &s)))
 }

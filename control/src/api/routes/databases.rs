@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
-use crate::api::extract::{Json, Path, tenant_of};
+use crate::api::extract::{Json, Path, Query, tenant_of};
 use crate::api::routes::timestamp;
 use crate::lifecycle::Attempt;
 use crate::service::{Caller, ControlService, NewDatabase, PublicEndpoints, validate_allowlist};
@@ -85,6 +85,7 @@ pub fn view(service: &ControlService, db: &Database, token: Option<&str>) -> Val
         "idle_timeout_seconds": db.idle_timeout_seconds,
         // Empty: any address.
         "allowed_cidrs": db.allowed_cidrs,
+        "expires_at": db.expires_at.map(timestamp),
         "last_wake_ms": db.last_wake_ms,
         "last_error": db.start_failure.as_ref().map(|f| json!({
             "reason": f.reason,
@@ -152,14 +153,40 @@ pub async fn show(
     Ok(JsonResponse(view(&state.service, &db, None)))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// Skip the final backup: the data is gone at once and cannot be undeleted.
+    #[serde(default)]
+    now: bool,
+}
+
+/// `DELETE /v1/databases/{name}[?now=true]`: deletes it, keeping a final backup that
+/// `POST /v1/databases/{name}/undelete` restores within the undo window.
 pub async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = tenant_of(&caller, true)?;
-    state.service.delete_database(tenant, &name).await?;
+    state.service.delete_database(tenant, &name, query.now).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/databases/{name}/undelete`: brings back a database deleted within the undo
+/// window, suspended, with a new token scoped to it.
+pub async fn undelete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, JsonResponse<Value>), ApiError> {
+    let tenant = tenant_of(&caller, true)?;
+    let (db, token) = state.service.undelete_database(tenant, &name).await?;
+    let mut body = view(&state.service, &db, Some(&token.token));
+    body["token"] =
+        json!({ "id": token.id, "token": token.token, "expires_at": timestamp(token.expires_at) });
+    Ok((StatusCode::CREATED, JsonResponse(body)))
 }
 
 /// `PATCH /v1/databases/{name}`: change the idle timeout or the address allowlist. Every
