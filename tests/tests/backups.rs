@@ -182,7 +182,7 @@ async fn mysql_backups_in_s3_branch_under_a_new_name_and_a_tampered_one_is_refus
         .await?;
     assert_eq!(
         dormouse_tests::stdout(&out),
-        "name\none\ntwo\nthree\n",
+        "name\none\ntwo\nthree",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -206,7 +206,7 @@ async fn mysql_backups_in_s3_branch_under_a_new_name_and_a_tampered_one_is_refus
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
     let out =
         cluster.mariadb("shop", &token, &["shop", "-e", "SELECT COUNT(*) AS n FROM items"]).await?;
-    assert_eq!(dormouse_tests::stdout(&out), "n\n3\n");
+    assert_eq!(dormouse_tests::stdout(&out), "n\n3");
     cluster.stop().await;
     Ok(())
 }
@@ -337,7 +337,6 @@ async fn schedules_skip_unchanged_data_and_retention_prunes_old_backups() -> any
             let [id] = pass.queued.as_slice() else { anyhow::bail!("hour {hour}: {pass:?}") };
             assert_eq!(status(&finished(&cluster, &admin, id).await?), "completed");
             taken.push(id.clone());
-            let () = conn.incr("k", 1).await?;
         } else {
             assert_eq!(pass.unchanged, ["s"], "hour {hour}: {pass:?}");
             // A write after the backup makes the next pass take one.

@@ -129,8 +129,8 @@ pub struct ListenArgs {
 pub struct BackupArgs {
     /// `local` (the data directory's backups/) or `s3://bucket/prefix` for any S3-compatible
     /// store.
-    #[arg(long, env = "DORMOUSE_BACKUP_STORE", default_value = "local", value_parser = parse_store)]
-    pub backup_store: Option<crate::backup::S3Config>,
+    #[arg(long, env = "DORMOUSE_BACKUP_STORE", default_value = "local", value_parser = check_store)]
+    pub backup_store: String,
     /// The S3 endpoint, for stores other than AWS (`http://` is allowed only when given here).
     #[arg(long, env = "DORMOUSE_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
@@ -151,8 +151,8 @@ impl BackupArgs {
     pub fn config(&self, data_dir: &std::path::Path) -> crate::backup::BackupConfig {
         let mut config = crate::backup::BackupConfig::local(data_dir);
         config.concurrency = self.backup_concurrency.max(1);
-        if let Some(s3) = &self.backup_store {
-            let mut s3 = s3.clone();
+        // Checked when parsed: anything but `local` is a valid `s3://` address.
+        if let Ok(mut s3) = crate::backup::S3Config::from_url(&self.backup_store) {
             s3.endpoint = self.s3_endpoint.clone();
             s3.region = self.s3_region.clone();
             s3.access_key_id = self.s3_access_key_id.clone();
@@ -163,12 +163,12 @@ impl BackupArgs {
     }
 }
 
-/// `local` is `None`; else an `s3://` address.
-fn parse_store(value: &str) -> Result<Option<crate::backup::S3Config>, String> {
-    if value == "local" {
-        return Ok(None);
+/// `local`, or an `s3://` address.
+fn check_store(value: &str) -> Result<String, String> {
+    if value != "local" {
+        crate::backup::S3Config::from_url(value)?;
     }
-    crate::backup::S3Config::from_url(value).map(Some)
+    Ok(value.to_owned())
 }
 
 #[derive(Debug, Args)]
@@ -382,5 +382,39 @@ pub async fn run(cli: Cli) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::StorageConfig;
+
+    fn backup_config(args: &[&str]) -> Result<crate::backup::BackupConfig, clap::Error> {
+        let cli =
+            Cli::try_parse_from(["dormouse", "--data-dir", "/d", "control"].iter().chain(args))?;
+        let Command::Control(control) = &cli.command else { panic!("parsed as control") };
+        Ok(control.listen.backup.config(&cli.data_dir))
+    }
+
+    #[test]
+    fn backups_go_to_the_data_directory_or_the_s3_store_named() -> Result<(), clap::Error> {
+        let local = backup_config(&[])?;
+        assert_eq!(local.storage, StorageConfig::Local { dir: "/d/backups".into() });
+        let s3 = backup_config(&[
+            "--backup-store",
+            "s3://bucket/some/prefix",
+            "--s3-endpoint",
+            "http://127.0.0.1:9000",
+            "--backup-concurrency",
+            "2",
+        ])?;
+        let StorageConfig::S3(s3_config) = &s3.storage else { panic!("s3: {s3:?}") };
+        assert_eq!(s3_config.bucket, "bucket");
+        assert_eq!(s3_config.prefix, "some/prefix");
+        assert_eq!(s3_config.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s3.concurrency, 2);
+        assert!(backup_config(&["--backup-store", "ftp://x"]).is_err());
+        Ok(())
     }
 }
