@@ -18,11 +18,21 @@ use tokio_util::sync::CancellationToken;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::backup::{Format, Taken};
-use crate::confine::{Confiner, ancestor_dir_mode};
-use crate::engine::{Engine, EngineError};
+use crate::backup::{Format, Position, Taken};
+use crate::confine::{Confiner, Owner, ancestor_dir_mode};
+use crate::datadir;
+use crate::engine::{Engine, EngineError, Instance};
+use crate::redis::write_private;
 use crate::spec::{Endpoint, EngineKind, InstanceId, InstanceSpec};
 use crate::supervisor::{InstanceState, RestartPolicy, Supervisor};
+
+/// Every engine keeps its data in this subdirectory of the instance directory; backups copy
+/// it and restores replace it, and nothing else.
+pub const DATA_DIR: &str = "data";
+
+/// Changed by every restore, in the instance directory: part of the data version, so data
+/// restored from elsewhere never passes for data already backed up.
+const GENERATION_FILE: &str = "generation";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -273,6 +283,98 @@ impl LocalAgent {
         }
     }
 
+    fn engine(&self, kind: EngineKind) -> Result<&Arc<dyn Engine>, AgentError> {
+        self.engines.get(&kind).ok_or(AgentError::EngineUnavailable(kind))
+    }
+
+    /// The instance as its running server sees it; `None` unless it is running.
+    fn running(&self, spec: &InstanceSpec) -> Option<Instance> {
+        match self.state(&spec.id) {
+            InstanceState::Running { port, .. } => {
+                Some(Instance { spec: spec.clone(), dir: self.instance_dir(&spec.id), port })
+            }
+            _ => None,
+        }
+    }
+
+    /// Fails when a server of the instance is starting, running or about to be restarted.
+    fn check_not_live(&self, id: &InstanceId) -> Result<(), AgentError> {
+        match self.state(id) {
+            InstanceState::Stopped | InstanceState::Failed { .. } => Ok(()),
+            state => Err(EngineError::Failed(format!(
+                "instance {id} has a server ({state:?}); stop it first"
+            ))
+            .into()),
+        }
+    }
+
+    async fn hot_backup(
+        &self,
+        engine: &dyn Engine,
+        instance: &Instance,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<Taken, AgentError> {
+        let scratch = self.root.join(format!(".{}.backup", instance.spec.id));
+        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        create_private_dir(&scratch)
+            .map_err(EngineError::io(format!("creating {}", scratch.display())))?;
+        let taken = engine.hot_backup(instance, &scratch, out).await;
+        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        Ok(taken?)
+    }
+
+    /// Unpacks a backup into `scratch/data` and, once that worked and `input` has ended, puts
+    /// it in place of `dir/data` and gives it to `owner`. The old data is kept until then.
+    async fn unpack_and_swap(
+        &self,
+        engine: &dyn Engine,
+        dir: &Path,
+        scratch: &Path,
+        owner: Option<Owner>,
+        format: Format,
+        input: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> Result<(), AgentError> {
+        let _ = tokio::fs::remove_dir_all(scratch).await;
+        create_private_dir(scratch)
+            .map_err(EngineError::io(format!("creating {}", scratch.display())))?;
+        if let Some(owner) = owner {
+            // The restore's tools run as the instance's user and write here.
+            std::os::unix::fs::chown(scratch, Some(owner.uid), Some(owner.gid))
+                .map_err(EngineError::io(format!("giving {} away", scratch.display())))?;
+        }
+        let fresh = scratch.join(DATA_DIR);
+        match format {
+            Format::Tar => datadir::untar_in(scratch, input).await?,
+            Format::Xbstream | Format::Rdb => {
+                engine.unpack(format, input, &fresh, owner).await?;
+            }
+        }
+        let live = dir.join(DATA_DIR);
+        let old = scratch.join("replaced");
+        match tokio::fs::rename(&live, &old).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(EngineError::io(format!("moving {} away", live.display()))(e).into());
+            }
+        }
+        if let Err(e) = tokio::fs::rename(&fresh, &live).await {
+            let _ = tokio::fs::rename(&old, &live).await;
+            return Err(
+                EngineError::io(format!("moving the restored data to {}", live.display()))(e)
+                    .into(),
+            );
+        }
+        if let Some(owner) = owner {
+            let context = format!("giving {} to its server's user", live.display());
+            tokio::task::spawn_blocking(move || crate::confine::owner::hand_over(&live, owner))
+                .await
+                .map_err(|e| EngineError::Failed(format!("handing the data over: {e}")))?
+                .map_err(EngineError::io(context))?;
+        }
+        Ok(())
+    }
+
     async fn stop_locked(&self, id: &InstanceId) {
         if let Some((_, supervisor)) = self.supervisors.remove(id) {
             supervisor.stop().await;
@@ -370,30 +472,93 @@ impl HostAgent for LocalAgent {
         Ok(supervisor.repair_access().await?)
     }
 
-    async fn data_size(&self, _id: &InstanceId) -> u64 {
-        0
+    async fn data_size(&self, id: &InstanceId) -> u64 {
+        let data = self.instance_dir(id).join(DATA_DIR);
+        tokio::task::spawn_blocking(move || datadir::size(&data).unwrap_or(0)).await.unwrap_or(0)
     }
 
-    async fn data_version(&self, _spec: &InstanceSpec) -> Result<String, AgentError> {
-        Err(EngineError::Failed("backups are not built yet".into()).into())
+    async fn data_version(&self, spec: &InstanceSpec) -> Result<String, AgentError> {
+        let engine = self.engine(spec.engine)?;
+        let dir = self.instance_dir(&spec.id);
+        let generation = datadir::read_marker(&dir.join(GENERATION_FILE))
+            .map_err(EngineError::io("reading the data generation"))?
+            .unwrap_or_default();
+        if let Some(instance) = self.running(spec) {
+            let position = engine.data_version(&instance).await?;
+            return Ok(format!("{}:running:{position}", generation.trim()));
+        }
+        self.check_not_live(&spec.id)?;
+        let data = dir.join(DATA_DIR);
+        let files = tokio::task::spawn_blocking(move || datadir::fingerprint(&data))
+            .await
+            .map_err(|e| EngineError::Failed(format!("reading the data directory: {e}")))?
+            .map_err(EngineError::io("reading the data directory"))?;
+        Ok(format!("{}:files:{files}", generation.trim()))
     }
 
     async fn backup(
         &self,
-        _spec: &InstanceSpec,
-        _out: &mut (dyn AsyncWrite + Send + Unpin),
+        spec: &InstanceSpec,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<Taken, AgentError> {
-        Err(EngineError::Failed("backups are not built yet".into()).into())
+        let engine = self.engine(spec.engine)?.clone();
+        let lock = self.lock(&spec.id);
+        let guard = lock.lock().await;
+        if let Some(instance) = self.running(spec) {
+            // Not held while copying: a wake of the running server must not wait for a backup.
+            drop(guard);
+            return self.hot_backup(engine.as_ref(), &instance, out).await;
+        }
+        self.check_not_live(&spec.id)?;
+        // Held: no server starts on the directory while it is read.
+        let data = self.instance_dir(&spec.id).join(DATA_DIR);
+        if !data.is_dir() {
+            return Err(EngineError::Failed(format!(
+                "instance {} has no data directory to back up",
+                spec.id
+            ))
+            .into());
+        }
+        let bytes = datadir::tar_out(&data, out).await?;
+        let newest = tokio::task::spawn_blocking(move || datadir::newest_mtime(&data))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        let position =
+            Position { time: newest.unwrap_or_else(datadir::now), ..Position::default() };
+        Ok(Taken { format: Format::Tar, position, bytes, hot: false })
     }
 
     async fn restore(
         &self,
-        _spec: &InstanceSpec,
-        _format: Format,
-        _source_name: &str,
-        _input: &mut (dyn AsyncRead + Send + Unpin),
+        spec: &InstanceSpec,
+        format: Format,
+        source_name: &str,
+        input: &mut (dyn AsyncRead + Send + Unpin),
     ) -> Result<(), AgentError> {
-        Err(EngineError::Failed("backups are not built yet".into()).into())
+        let engine = self.engine(spec.engine)?.clone();
+        let lock = self.lock(&spec.id);
+        let _guard = lock.lock().await;
+        self.check_not_live(&spec.id)?;
+        let dir = self.provision(engine.as_ref(), spec, &mut StartTiming::default()).await?;
+        let owner = self
+            .confiner
+            .owner_for(&self.root, &dir)
+            .await
+            .map_err(EngineError::io(format!("giving {} to its server's user", dir.display())))?;
+        let scratch = self.root.join(format!(".{}.restoring", spec.id));
+        let swapped = self.unpack_and_swap(engine.as_ref(), &dir, &scratch, owner, format, input);
+        let result = swapped.await;
+        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        result?;
+        engine.restored(&dir, spec, source_name).await?;
+        let mut generation = [0u8; 8];
+        rand::rng().fill_bytes(&mut generation);
+        write_private(&dir.join(GENERATION_FILE), hex::encode(generation).as_bytes())
+            .await
+            .map_err(EngineError::io("recording the data generation"))?;
+        Ok(())
     }
 
     fn state(&self, id: &InstanceId) -> InstanceState {

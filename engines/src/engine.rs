@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::confine::Resources;
+use crate::backup::{Format, Taken};
+use crate::confine::{Owner, Resources};
 use crate::spec::{EngineKind, InstanceSpec, Limits};
 
 /// One instance as the engine sees it at a start: its spec, its directory and its port.
@@ -95,6 +97,51 @@ pub trait Engine: Send + Sync + 'static {
     /// the running server, when the proxy could no longer log in with them.
     async fn repair_access(&self, _instance: &Instance) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    /// Writes a consistent copy of the running server's data to `out` without stopping it,
+    /// using `scratch` (an empty private directory the caller removes) for the tool's files.
+    async fn hot_backup(
+        &self,
+        _instance: &Instance,
+        _scratch: &Path,
+        _out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<Taken, EngineError> {
+        Err(EngineError::Failed(format!("{} cannot back up a running server", self.kind())))
+    }
+
+    /// Fills `data` (not existing yet; its parent is an empty private directory owned by
+    /// `owner`) from a backup in one of this engine's own hot formats read from `input` to its
+    /// end. Tools run as `owner`.
+    async fn unpack(
+        &self,
+        format: Format,
+        _input: &mut (dyn AsyncRead + Send + Unpin),
+        _data: &Path,
+        _owner: Option<Owner>,
+    ) -> Result<(), EngineError> {
+        Err(EngineError::Failed(format!(
+            "a {} backup cannot be restored into a {} database",
+            format.as_str(),
+            self.kind()
+        )))
+    }
+
+    /// Records, in the stopped instance's directory `dir`, that its data was just restored
+    /// from a database named `source_name`, for what the next start must adjust.
+    async fn restored(
+        &self,
+        _dir: &Path,
+        _spec: &InstanceSpec,
+        _source_name: &str,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// The running server's write position: the same while nothing is written, different
+    /// after any write (see [`crate::HostAgent::data_version`]).
+    async fn data_version(&self, _instance: &Instance) -> Result<String, EngineError> {
+        Err(EngineError::Failed(format!("{} cannot tell its write position", self.kind())))
     }
 
     /// The Unix socket the server in `dir` also listens on, if it has one; clients on the

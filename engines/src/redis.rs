@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::confine::Resources;
+use crate::backup::{Format, Position, Taken};
+use crate::confine::{Owner, Resources};
+use crate::datadir;
 use crate::engine::{Engine, EngineError, Instance, Launch, ProbeError, find_program, socket_path};
 use crate::spec::{EngineKind, InstanceSpec, Limits};
+use crate::tool;
 
 /// The ACL user the proxy authenticates as for read-write tokens.
 pub const INTERNAL_USER: &str = "dormouse";
@@ -22,6 +25,11 @@ pub const READONLY_USER: &str = "dormouse_ro";
 /// The ACL user that may run `INFO` and nothing else. The other users may not, so that a
 /// script cannot read what the proxy filters out of `INFO` (paths, ports, pids, the kernel).
 pub const INFO_USER: &str = "dormouse_info";
+
+/// The ACL user backups take their snapshot as, over the replication protocol (`SYNC`), which
+/// no tenant user may speak: it could read every key at once, and `REPLCONF` changes what
+/// the server sends.
+pub const BACKUP_USER: &str = "dormouse_backup";
 
 /// Commands no tenant session may run, from Lua either, beyond the `@admin` category. Mirrors
 /// what the proxy refuses (`proxy/src/redis/commands.rs`), so a script cannot get round it.
@@ -118,7 +126,9 @@ impl RedisEngine {
 ///   instance directory), `default` user off, the proxy's users as [`acl_users`] says;
 /// - one numbered database (`databases 1`): a Dormouse database is its own server, so
 ///   `SELECT`, `MOVE`, `SWAPDB` and `COPY … DB` cannot reach data the proxy does not show;
-/// - no `DEBUG` or `MODULE` commands, and `RESTORE` payloads checked before they are loaded.
+/// - no `DEBUG` or `MODULE` commands, and `RESTORE` payloads checked before they are loaded;
+/// - a backup's snapshot starts at once (`repl-diskless-sync-delay 0`) instead of waiting
+///   5 s for more replicas that never come.
 pub fn render_config(instance: &Instance) -> String {
     let dir = instance.dir.display();
     let limits = instance.spec.limits;
@@ -147,6 +157,7 @@ pub fn render_config(instance: &Instance) -> String {
          enable-module-command no\n\
          enable-protected-configs no\n\
          sanitize-dump-payload yes\n\
+         repl-diskless-sync-delay 0\n\
          {users}",
         id = instance.spec.id,
         users = acl_users(&hash),
@@ -165,9 +176,10 @@ pub fn render_config(instance: &Instance) -> String {
 /// - `default`: off;
 /// - [`INTERNAL_USER`]: every command but `@admin` and [`DENIED`];
 /// - [`READONLY_USER`]: the same without `@write` and [`READONLY_DENIED`];
-/// - [`INFO_USER`]: `INFO` only, and no keys or channels.
+/// - [`INFO_USER`]: `INFO` only, and no keys or channels;
+/// - [`BACKUP_USER`]: what `redis-cli --rdb` sends (`SYNC` and `REPLCONF`, `PSYNC`, `PING`).
 ///
-/// All three share the instance's password (stored as its SHA-256 `hash`). Rules apply to
+/// All four share the instance's password (stored as its SHA-256 `hash`). Rules apply to
 /// commands called from Lua and functions as well, which the proxy cannot see.
 pub fn acl_users(hash: &str) -> String {
     let denied: String = DENIED.iter().map(|c| format!(" -{c}")).collect();
@@ -176,7 +188,8 @@ pub fn acl_users(hash: &str) -> String {
         "user default off\n\
          user {INTERNAL_USER} on #{hash} ~* &* +@all -@admin{denied}\n\
          user {READONLY_USER} on #{hash} ~* &* +@all -@admin{denied} -@write{readonly}\n\
-         user {INFO_USER} on #{hash} resetchannels -@all +info\n"
+         user {INFO_USER} on #{hash} resetchannels -@all +info\n\
+         user {BACKUP_USER} on #{hash} resetchannels -@all +sync +psync +replconf +ping\n"
     )
 }
 
@@ -287,6 +300,35 @@ impl Engine for RedisEngine {
         Ok(Launch { program: self.server.clone(), args: vec![path.into_os_string()] })
     }
 
+    async fn hot_backup(
+        &self,
+        instance: &Instance,
+        scratch: &Path,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<Taken, EngineError> {
+        hot_backup(instance, scratch, out).await
+    }
+
+    async fn unpack(
+        &self,
+        format: Format,
+        input: &mut (dyn AsyncRead + Send + Unpin),
+        data: &Path,
+        owner: Option<Owner>,
+    ) -> Result<(), EngineError> {
+        if format != Format::Rdb {
+            return Err(EngineError::Failed(format!(
+                "a {} backup cannot be restored into a Redis database",
+                format.as_str()
+            )));
+        }
+        unpack_rdb(input, data, owner).await
+    }
+
+    async fn data_version(&self, instance: &Instance) -> Result<String, EngineError> {
+        data_version(instance).await
+    }
+
     async fn probe(&self, instance: &Instance) -> Result<(), ProbeError> {
         let attempt = async {
             let mut stream = TcpStream::connect(("127.0.0.1", instance.port))
@@ -302,6 +344,125 @@ impl Engine for RedisEngine {
             .await
             .unwrap_or(Err(ProbeError::Timeout))
     }
+}
+
+/// Points a `redis-cli` command at the server on `port` as `user`, with the password in its
+/// environment (never on its command line, which other users can read).
+fn connect_cli<'a>(
+    cmd: &'a mut tokio::process::Command,
+    user: &str,
+    instance: &Instance,
+) -> &'a mut tokio::process::Command {
+    cmd.env("REDISCLI_AUTH", instance.spec.password.expose())
+        .args(["-h", "127.0.0.1", "-p"])
+        .arg(instance.port.to_string())
+        .args(["--user", user])
+}
+
+fn redis_cli() -> Result<PathBuf, EngineError> {
+    tool::require("redis-cli", "redis-tools")
+}
+
+/// An RDB snapshot over the replication protocol into a file of `scratch` (to stdout,
+/// `redis-cli` 7.0 leaves the 40-byte end marker of a diskless transfer at the end), then
+/// copied to `out`.
+async fn hot_backup(
+    instance: &Instance,
+    scratch: &Path,
+    out: &mut (dyn AsyncWrite + Send + Unpin),
+) -> Result<Taken, EngineError> {
+    let file = scratch.join("dump.rdb");
+    let log = scratch.join("redis-cli.log");
+    let mut cmd = tool::command(&redis_cli()?, &log, None)?;
+    connect_cli(&mut cmd, BACKUP_USER, instance).arg("--rdb").arg(&file);
+    tool::run(cmd, "redis-cli --rdb", &log).await?;
+    let time = datadir::now();
+    let mut snapshot = tokio::fs::File::open(&file)
+        .await
+        .map_err(EngineError::io(format!("opening {}", file.display())))?;
+    let bytes =
+        tokio::io::copy(&mut snapshot, out).await.map_err(EngineError::io("writing the backup"))?;
+    out.flush().await.map_err(EngineError::io("writing the backup"))?;
+    let position = Position { time, ..Position::default() };
+    Ok(Taken { format: Format::Rdb, position, bytes, hot: true })
+}
+
+/// Where the append-only files live in [`DATA_DIR`], and their manifest, as Redis 7 names them.
+const AOF_DIR: &str = "appendonlydir";
+const AOF_BASE: &str = "appendonly.aof.1.base.rdb";
+const AOF_MANIFEST: &str = "appendonly.aof.manifest";
+
+/// Makes `data` a data directory holding the RDB read from `input` as the base of the
+/// append-only file: with `appendonly yes`, a `dump.rdb` would be ignored and the server would
+/// start empty. The file is checked with `redis-check-rdb` (as `owner`) when it is installed.
+async fn unpack_rdb(
+    input: &mut (dyn AsyncRead + Send + Unpin),
+    data: &Path,
+    owner: Option<Owner>,
+) -> Result<(), EngineError> {
+    let aof = data.join(AOF_DIR);
+    tokio::fs::create_dir_all(&aof)
+        .await
+        .map_err(EngineError::io(format!("creating {}", aof.display())))?;
+    let base = aof.join(AOF_BASE);
+    let mut file = tokio::fs::File::create_new(&base)
+        .await
+        .map_err(EngineError::io(format!("creating {}", base.display())))?;
+    tokio::io::copy(input, &mut file)
+        .await
+        .map_err(|e| EngineError::Failed(format!("reading the backup: {e}")))?;
+    file.sync_all().await.map_err(EngineError::io(format!("writing {}", base.display())))?;
+    let manifest = format!("file {AOF_BASE} seq 1 type b\n");
+    tokio::fs::write(aof.join(AOF_MANIFEST), manifest)
+        .await
+        .map_err(EngineError::io("writing the append-only file's manifest"))?;
+    if let Some(owner) = owner {
+        let data = data.to_owned();
+        tokio::task::spawn_blocking(move || crate::confine::owner::hand_over(&data, owner))
+            .await
+            .map_err(|e| EngineError::Failed(format!("handing the data over: {e}")))?
+            .map_err(EngineError::io("giving the restored data to its server's user"))?;
+    }
+    if let Some(check) = find_program("redis-check-rdb") {
+        let log = data.parent().unwrap_or(data).join("redis-check-rdb.log");
+        let mut cmd = tool::command(&check, &log, owner)?;
+        cmd.arg(&base);
+        tool::run(cmd, "redis-check-rdb", &log).await?;
+    }
+    Ok(())
+}
+
+/// The server's run id (a restart may reset the counters) and the counters that move with
+/// every write: changes since the last save and the append-only file's sizes.
+async fn data_version(instance: &Instance) -> Result<String, EngineError> {
+    let mut cmd = tokio::process::Command::new(redis_cli()?);
+    connect_cli(&mut cmd, INFO_USER, instance).arg("INFO").kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+        .await
+        .map_err(|_| EngineError::Failed("redis-cli INFO timed out".into()))?
+        .map_err(EngineError::io("running redis-cli"))?;
+    if !out.status.success() {
+        return Err(EngineError::Failed(format!(
+            "redis-cli INFO failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let out = out.stdout;
+    let text = String::from_utf8_lossy(&out);
+    let fields = ["run_id", "rdb_changes_since_last_save", "aof_current_size", "aof_base_size"];
+    let values: Vec<&str> = fields
+        .iter()
+        .map(|f| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(f)?.strip_prefix(':'))
+                .map(str::trim)
+                .unwrap_or("")
+        })
+        .collect();
+    if values[0].is_empty() {
+        return Err(EngineError::Failed(format!("unexpected INFO reply: {}", text.trim())));
+    }
+    Ok(values.join("/"))
 }
 
 /// Writes a file readable by its owner only, as a new file: the directory belongs to the
@@ -386,6 +547,13 @@ mod tests {
         assert!(!rw.contains("-@write") && ro.contains(" -@write"));
         assert!(ro.contains(" -script|flush") && ro.contains(" -eval ") && !rw.contains("-eval"));
         assert!(info.ends_with(" resetchannels -@all +info"), "{info}");
+        let backup = line(BACKUP_USER);
+        assert!(backup.contains(" on #abc "), "{backup}");
+        assert!(backup.ends_with(" resetchannels -@all +sync +psync +replconf +ping"), "{backup}");
+        // Replication stays closed to the tenants' users.
+        for rule in [" -sync", " -psync", " -replconf"] {
+            assert!(rw.contains(rule) && ro.contains(rule), "{rule}");
+        }
     }
 
     #[test]

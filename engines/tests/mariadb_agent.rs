@@ -62,6 +62,13 @@ async fn a_mariadb_instance_keeps_its_data_restarts_after_a_crash_and_is_destroy
     assert!(grants.contains("GRANT ALL PRIVILEGES ON `my-app`.*"), "{grants}");
     assert!(!grants.contains("ON *.* TO") || grants.contains("GRANT USAGE ON *.*"), "{grants}");
     sql(ep.port, &spec, "CREATE TABLE t (v INT); INSERT INTO t VALUES (42)").await?;
+    // Every change goes to the binary log, which tenants can neither read nor purge.
+    for statement in ["SHOW BINARY LOGS", "PURGE BINARY LOGS BEFORE NOW()", "SHOW BINLOG EVENTS"] {
+        let refused = sql(ep.port, &spec, statement).await.expect_err(statement).to_string();
+        assert!(refused.contains("Access denied"), "{statement}: {refused}");
+    }
+    let binlog = tmp.path().join("instances").join(spec.id.as_str()).join("data/binlog.000001");
+    assert!(binlog.is_file(), "binary logging is on");
 
     agent.stop(&spec.id).await?;
     let ep = agent.start(&spec).await?.endpoint;

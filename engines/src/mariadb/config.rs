@@ -33,7 +33,11 @@ pub fn common_settings(out: &mut String) {
 /// - session tracking is on globally, so every pooled connection reports its state changes
 ///   (COM_RESET_CONNECTION resets session settings to these global values).
 /// - no `user=`: the agent starts it as the instance's own unprivileged user (see
-///   [`crate::confine`]).
+///   [`crate::confine`]);
+/// - a binary log of every change, in row format and synced at each commit, for
+///   point-in-time recovery from a backup. Named relative to the data directory, so its
+///   index lists `./binlog.000001` and a copy of the directory elsewhere still finds it (an
+///   absolute path would be written into the index and point at the old instance).
 pub fn render_my_cnf(instance: &Instance) -> String {
     let dir = instance.dir.display();
     let limits = instance.spec.limits;
@@ -54,7 +58,10 @@ pub fn render_my_cnf(instance: &Instance) -> String {
          secure-file-priv={dir}/files\n\
          tmpdir={dir}/{TMP_DIR}\n\
          local-infile=0\n\
-         skip-log-bin\n\
+         log_bin=binlog\n\
+         binlog_format=ROW\n\
+         server_id=1\n\
+         sync_binlog=1\n\
          innodb_buffer_pool_size={pool}M\n\
          innodb_flush_log_at_trx_commit=1\n\
          max_connections={max_connections}\n\
@@ -119,9 +126,15 @@ pub const READONLY_USER: &str = "dormouse_ro";
 /// internal user exists twice: at `127.0.0.1` for TCP and at `localhost`, which is what the
 /// server calls Unix-socket clients. The two accounts must always change together: views and
 /// routines a client creates are defined by whichever one its backend connection used.
-pub fn render_init_sql(instance: &Instance) -> String {
+///
+/// After a restore of a database that had another name (`rename_from`), one more line moves
+/// its tables into this schema (see [`super::backup::rename_sql`]); it does nothing once done.
+pub fn render_init_sql(instance: &Instance, rename_from: Option<&str>) -> String {
     let schema = quote_ident(&instance.spec.name);
     let mut sql = format!("CREATE DATABASE IF NOT EXISTS {schema};\n");
+    if let Some(from) = rename_from.filter(|f| *f != instance.spec.name) {
+        sql.push_str(&super::backup::rename_sql(from, &instance.spec.name));
+    }
     sql.push_str(&render_accounts_sql(instance));
     sql
 }
@@ -194,7 +207,7 @@ mod tests {
 
     #[test]
     fn init_sql_grants_the_schema_only_and_hides_the_password() {
-        let sql = render_init_sql(&instance());
+        let sql = render_init_sql(&instance(), None);
         assert!(!sql.contains("'pw'"));
         assert!(sql.contains("GRANT ALL PRIVILEGES ON `my-db`.* TO 'dormouse'@'127.0.0.1';"));
         assert!(sql.contains("GRANT SELECT, SHOW VIEW ON `my-db`.* TO 'dormouse_ro'@'127.0.0.1';"));
@@ -203,6 +216,10 @@ mod tests {
         assert!(sql.contains("REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'dormouse'@'localhost';"));
         assert!(!sql.contains("*.*"));
         assert_eq!(sql.lines().count(), 17);
+        let renamed = render_init_sql(&instance(), Some("old"));
+        assert_eq!(renamed.lines().count(), 18);
+        assert!(renamed.lines().nth(1).is_some_and(|l| l.starts_with("BEGIN NOT ATOMIC")));
+        assert_eq!(render_init_sql(&instance(), Some("my-db")), sql);
     }
 
     #[test]
@@ -212,7 +229,7 @@ mod tests {
         assert_eq!(grant_pattern("shop-1"), "shop-1");
         let mut wild = instance();
         wild.spec.name = "m_sql".into();
-        let sql = render_init_sql(&wild);
+        let sql = render_init_sql(&wild, None);
         assert!(sql.starts_with("CREATE DATABASE IF NOT EXISTS `m_sql`;\n"), "{sql}");
         assert!(sql.contains("GRANT ALL PRIVILEGES ON `m\\_sql`.* TO 'dormouse'@'localhost';"));
         assert!(!sql.contains("ON `m_sql`"), "{sql}");
@@ -240,6 +257,9 @@ mod tests {
             "session_track_state_change=ON",
             "session_track_system_variables=*",
             "performance_schema=OFF",
+            "log_bin=binlog",
+            "binlog_format=ROW",
+            "sync_binlog=1",
         ] {
             assert!(conf.lines().any(|l| l == line), "missing {line}");
         }

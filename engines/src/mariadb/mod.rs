@@ -2,6 +2,7 @@
 //! directory, with a schema named after the database and one internal user that holds every
 //! privilege on that schema only. Readiness means that user can log in.
 
+pub mod backup;
 mod config;
 mod probe;
 mod template;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use config::{
     INTERNAL_USER, READONLY_USER, SOCKET_FILE, grant_pattern, native_password_hash, quote_ident,
@@ -17,7 +19,9 @@ pub use config::{
 use config::{TMP_DIR, render_accounts_sql, render_init_sql, render_my_cnf};
 use template::{Template, copy_tree};
 
-use crate::confine::Resources;
+use crate::backup::{Format, Taken};
+use crate::confine::{Owner, Resources};
+use crate::datadir;
 use crate::engine::{Engine, EngineError, Instance, Launch, ProbeError, find_program, socket_path};
 use crate::redis::write_private;
 use crate::spec::{EngineKind, InstanceSpec, Limits};
@@ -52,6 +56,44 @@ impl MariaDbEngine {
             .map_err(EngineError::io("resolving the template directory"))?;
         let client = find_program("mariadb");
         Ok(Self { server, client, template: Template::new(root, install_db, version) })
+    }
+
+    /// Runs `sql` as root over the Unix socket and returns what it printed (tab-separated,
+    /// no column names). Root exists only at `localhost`, which is the socket, inside the
+    /// instance's private directory. The socket is named relative to the instance directory
+    /// so a deep path still fits, and the statements go through stdin, never the command line
+    /// other users can read.
+    async fn root_sql(&self, dir: &Path, sql: &str) -> Result<String, EngineError> {
+        use tokio::io::AsyncWriteExt;
+        let client = self
+            .client
+            .as_ref()
+            .ok_or(EngineError::NotInstalled { program: "mariadb", package: "mariadb-client" })?;
+        let mut child = tokio::process::Command::new(client)
+            .args(["--no-defaults", "--user=root", "--batch", "--silent", "--skip-column-names"])
+            .arg(format!("--socket={SOCKET_FILE}"))
+            .current_dir(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(EngineError::io("running mariadb"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(sql.as_bytes()).await.map_err(EngineError::io("writing to mariadb"))?;
+        }
+        let run = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output());
+        let out = run
+            .await
+            .map_err(|_| EngineError::Failed("the mariadb client timed out".into()))?
+            .map_err(EngineError::io("running mariadb"))?;
+        if !out.status.success() {
+            return Err(EngineError::Failed(format!(
+                "mariadb failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Builds the template now rather than at the first create.
@@ -116,8 +158,10 @@ impl Engine for MariaDbEngine {
         write_private(&cnf, render_my_cnf(instance).as_bytes())
             .await
             .map_err(EngineError::io(format!("writing {}", cnf.display())))?;
+        let rename_from = datadir::read_marker(&instance.dir.join(backup::RENAME_FROM_FILE))
+            .map_err(EngineError::io("reading the restore's rename marker"))?;
         let init = instance.dir.join("init.sql");
-        write_private(&init, render_init_sql(instance).as_bytes())
+        write_private(&init, render_init_sql(instance, rename_from.as_deref()).as_bytes())
             .await
             .map_err(EngineError::io(format!("writing {}", init.display())))?;
         // --defaults-file must come first, and keeps /etc/mysql out.
@@ -134,44 +178,83 @@ impl Engine for MariaDbEngine {
         Some(format!("the database's setup failed: {}", line.trim()))
     }
 
-    /// Runs the account statements of `init.sql` as root over the Unix socket (root exists only
-    /// at `localhost`, which is the socket, inside the instance's private directory). The
-    /// socket is named relative to the instance directory so a deep path still fits, and the
-    /// statements go through stdin, never the command line other users can read.
+    /// Runs the account statements of `init.sql` as root over the Unix socket (see
+    /// [`MariaDbEngine::root_sql`]).
     async fn repair_access(&self, instance: &Instance) -> Result<(), EngineError> {
-        use tokio::io::AsyncWriteExt;
-        let client = self
-            .client
-            .as_ref()
-            .ok_or(EngineError::NotInstalled { program: "mariadb", package: "mariadb-client" })?;
-        let mut child = tokio::process::Command::new(client)
-            .args(["--no-defaults", "--user=root", "--batch", "--silent"])
-            .arg(format!("--socket={SOCKET_FILE}"))
-            .current_dir(&instance.dir)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(EngineError::io("running mariadb"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(render_accounts_sql(instance).as_bytes())
-                .await
-                .map_err(EngineError::io("writing to mariadb"))?;
-        }
-        let run = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output());
-        let out = run
+        self.root_sql(&instance.dir, &render_accounts_sql(instance))
             .await
-            .map_err(|_| EngineError::Failed("repairing the internal accounts timed out".into()))?
-            .map_err(EngineError::io("running mariadb"))?;
-        if !out.status.success() {
+            .map(drop)
+            .map_err(|e| EngineError::Failed(format!("repairing the internal accounts: {e}")))
+    }
+
+    async fn hot_backup(
+        &self,
+        instance: &Instance,
+        scratch: &Path,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<Taken, EngineError> {
+        backup::hot_backup(instance, scratch, out).await
+    }
+
+    async fn unpack(
+        &self,
+        format: Format,
+        input: &mut (dyn AsyncRead + Send + Unpin),
+        data: &Path,
+        owner: Option<Owner>,
+    ) -> Result<(), EngineError> {
+        if format != Format::Xbstream {
             return Err(EngineError::Failed(format!(
-                "repairing the internal accounts failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
+                "a {} backup cannot be restored into a MariaDB database",
+                format.as_str()
             )));
         }
-        Ok(())
+        backup::unpack(input, data, owner).await
+    }
+
+    /// Data restored from a database of another name has its tables in that name's schema:
+    /// the next start moves them (see [`backup::rename_sql`]). A restore of a database's own
+    /// backup removes what an earlier restore asked for.
+    async fn restored(
+        &self,
+        dir: &Path,
+        spec: &InstanceSpec,
+        source_name: &str,
+    ) -> Result<(), EngineError> {
+        let marker = dir.join(backup::RENAME_FROM_FILE);
+        if source_name == spec.name {
+            return match tokio::fs::remove_file(&marker).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(EngineError::io(format!("removing {}", marker.display()))(e))
+                }
+                _ => Ok(()),
+            };
+        }
+        if backup::is_system_schema(source_name) || source_name.is_empty() {
+            return Err(EngineError::Failed(format!(
+                "cannot move tables out of the schema {source_name:?}"
+            )));
+        }
+        write_private(&marker, source_name.as_bytes())
+            .await
+            .map_err(EngineError::io(format!("writing {}", marker.display())))
+    }
+
+    /// The GTID of the last binary-logged transaction and InnoDB's current log sequence
+    /// number, which moves with every change to an InnoDB table, logged or not.
+    async fn data_version(&self, instance: &Instance) -> Result<String, EngineError> {
+        let out = self
+            .root_sql(
+                &instance.dir,
+                "SELECT @@gtid_binlog_pos, variable_value FROM information_schema.global_status \
+                 WHERE variable_name = 'INNODB_LSN_CURRENT';\n",
+            )
+            .await?;
+        let version = out.trim().replace('\t', "/");
+        if version.is_empty() {
+            return Err(EngineError::Failed("the server did not tell its log position".into()));
+        }
+        Ok(version)
     }
 
     fn socket(&self, dir: &Path) -> Option<PathBuf> {

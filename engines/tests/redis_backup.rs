@@ -1,0 +1,200 @@
+//! Backups of real `redis-server` instances through the local agent: a hot RDB snapshot and a
+//! cold tar restore into other instances with their keys; a restore whose input breaks leaves
+//! the old data; the data version moves only with writes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use dormouse_engines::backup::Format;
+use dormouse_engines::engine::Engine;
+use dormouse_engines::redis::{INTERNAL_USER, RedisEngine};
+use dormouse_engines::supervisor::RestartPolicy;
+use dormouse_engines::{
+    EngineKind, HostAgent, InstanceId, InstanceSpec, InstanceState, Limits, LocalAgent, Secret,
+};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::net::TcpStream;
+
+fn spec() -> InstanceSpec {
+    InstanceSpec {
+        id: InstanceId::generate(),
+        name: "cache".into(),
+        engine: EngineKind::Redis,
+        limits: Limits { memory_mb: 32, max_connections: 20 },
+        password: Secret::generate(),
+        port: 0,
+    }
+}
+
+fn agent(root: &std::path::Path) -> anyhow::Result<LocalAgent> {
+    let redis: Arc<dyn Engine> = Arc::new(RedisEngine::detect()?);
+    Ok(LocalAgent::new(root, vec![redis], RestartPolicy::default())?)
+}
+
+/// Sends inline commands as the internal user and returns one reply line per command.
+async fn run(
+    agent: &LocalAgent,
+    spec: &InstanceSpec,
+    commands: &[&str],
+) -> anyhow::Result<Vec<String>> {
+    let port = agent.endpoint(&spec.id).ok_or_else(|| anyhow::anyhow!("not running"))?.port;
+    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    w.write_all(format!("AUTH {INTERNAL_USER} {}\r\n", spec.password.expose()).as_bytes()).await?;
+    anyhow::ensure!(lines.next_line().await?.as_deref() == Some("+OK"), "AUTH refused");
+    let mut out = Vec::new();
+    for c in commands {
+        w.write_all(format!("{c}\r\n").as_bytes()).await?;
+        let mut line = lines.next_line().await?.unwrap_or_default();
+        if line.starts_with('$') && line != "$-1" {
+            line = lines.next_line().await?.unwrap_or_default();
+        }
+        out.push(line);
+    }
+    Ok(out)
+}
+
+/// Yields the first `limit` bytes of `data`, then fails, as a dropped download would.
+struct BreaksAfter {
+    data: Vec<u8>,
+    at: usize,
+    limit: usize,
+}
+
+impl AsyncRead for BreaksAfter {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.at >= self.limit {
+            return Poll::Ready(Err(std::io::Error::other("connection reset")));
+        }
+        let end = self.limit.min(self.at + buf.remaining()).min(self.at + 4096);
+        let chunk = self.data[self.at..end].to_vec();
+        buf.put_slice(&chunk);
+        self.at = end;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_hot_redis_snapshot_restores_its_keys_into_another_instance() -> anyhow::Result<()> {
+    let tmp = searchable_tempdir()?;
+    let agent = agent(tmp.path())?;
+    let (a, b) = (spec(), spec());
+    agent.start(&a).await?;
+    run(&agent, &a, &["SET k1 v1", "RPUSH list x y z", "SET k2 v2"]).await?;
+
+    let mut bytes = Vec::new();
+    let taken = agent.backup(&a, &mut bytes).await?;
+    assert!(taken.hot && taken.format == Format::Rdb, "{taken:?}");
+    assert_eq!(taken.bytes, bytes.len() as u64);
+    assert!(bytes.starts_with(b"REDIS"), "an RDB file");
+    // The server kept serving.
+    assert_eq!(run(&agent, &a, &["GET k1"]).await?, ["v1"]);
+
+    agent.restore(&b, Format::Rdb, &a.name, &mut &bytes[..]).await?;
+    agent.start(&b).await?;
+    assert_eq!(run(&agent, &b, &["GET k1", "GET k2", "LLEN list"]).await?, ["v1", "v2", ":3"]);
+    // The restored data is the new instance's own: it survives a restart.
+    run(&agent, &b, &["SET k3 v3"]).await?;
+    agent.stop(&b.id).await?;
+    agent.start(&b).await?;
+    assert_eq!(run(&agent, &b, &["GET k3", "GET k1"]).await?, ["v3", "v1"]);
+    agent.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cold_redis_backup_reads_the_stopped_directory_without_starting_it() -> anyhow::Result<()>
+{
+    let tmp = searchable_tempdir()?;
+    let agent = agent(tmp.path())?;
+    let (a, b) = (spec(), spec());
+    agent.start(&a).await?;
+    run(&agent, &a, &["SET k v"]).await?;
+    agent.stop(&a.id).await?;
+
+    let mut bytes = Vec::new();
+    let taken = agent.backup(&a, &mut bytes).await?;
+    assert!(!taken.hot && taken.format == Format::Tar, "{taken:?}");
+    assert_eq!(agent.state(&a.id), InstanceState::Stopped);
+    assert!(taken.position.time > 0);
+    assert!(agent.data_size(&a.id).await > 0);
+
+    agent.restore(&b, Format::Tar, &a.name, &mut &bytes[..]).await?;
+    assert_eq!(agent.state(&b.id), InstanceState::Stopped);
+    agent.start(&b).await?;
+    assert_eq!(run(&agent, &b, &["GET k"]).await?, ["v"]);
+    agent.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restore_whose_input_breaks_leaves_the_old_data() -> anyhow::Result<()> {
+    let tmp = searchable_tempdir()?;
+    let agent = agent(tmp.path())?;
+    let (a, b) = (spec(), spec());
+    agent.start(&a).await?;
+    // Large enough that half a backup ends inside the data, not in a header.
+    let big = format!("SET big {}", "x".repeat(32 * 1024));
+    run(&agent, &a, &["SET k from-a", &big]).await?;
+    agent.stop(&a.id).await?;
+    let mut backup = Vec::new();
+    agent.backup(&a, &mut backup).await?;
+
+    agent.start(&b).await?;
+    run(&agent, &b, &["SET k from-b"]).await?;
+    let refused = agent.restore(&b, Format::Tar, &a.name, &mut &backup[..]).await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("stop it first")));
+    agent.stop(&b.id).await?;
+
+    for format in [Format::Tar, Format::Rdb] {
+        let limit = backup.len() / 2;
+        let mut broken = BreaksAfter { data: backup.clone(), at: 0, limit };
+        let err = agent.restore(&b, format, &a.name, &mut broken).await.expect_err("broken input");
+        assert!(err.to_string().contains("connection reset"), "{format:?}: {err}");
+    }
+    let restoring = tmp.path().join(format!(".{}.restoring", b.id));
+    assert!(!restoring.exists(), "the scratch directory is removed");
+    agent.start(&b).await?;
+    assert_eq!(run(&agent, &b, &["GET k"]).await?, ["from-b"]);
+    agent.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_redis_data_version_moves_with_writes_only() -> anyhow::Result<()> {
+    let tmp = searchable_tempdir()?;
+    let agent = agent(tmp.path())?;
+    let a = spec();
+    agent.start(&a).await?;
+    run(&agent, &a, &["SET k 1"]).await?;
+    let before = agent.data_version(&a).await?;
+    run(&agent, &a, &["GET k", "EXISTS k"]).await?;
+    assert_eq!(agent.data_version(&a).await?, before, "reads change nothing");
+    run(&agent, &a, &["SET k 2"]).await?;
+    let after = agent.data_version(&a).await?;
+    assert_ne!(after, before, "a write moves it");
+
+    agent.stop(&a.id).await?;
+    let stopped = agent.data_version(&a).await?;
+    assert_eq!(agent.data_version(&a).await?, stopped);
+    agent.start(&a).await?;
+    run(&agent, &a, &["SET k 3"]).await?;
+    agent.stop(&a.id).await?;
+    assert_ne!(agent.data_version(&a).await?, stopped, "written while it ran");
+    Ok(())
+}
+
+/// A temporary directory the servers' own users may pass through, whatever mode tempfile
+/// gives it.
+fn searchable_tempdir() -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    Ok(dir)
+}
