@@ -318,7 +318,15 @@ impl LocalAgent {
         let _ = tokio::fs::remove_dir_all(&scratch).await;
         create_private_dir(&scratch)
             .map_err(EngineError::io(format!("creating {}", scratch.display())))?;
-        let taken = engine.hot_backup(instance, &scratch, out).await;
+        let owner =
+            self.confiner.owner_for(&self.root, &instance.dir).await.map_err(EngineError::io(
+                format!("finding the user of {}", instance.dir.display()),
+            ))?;
+        if let Some(owner) = owner {
+            std::os::unix::fs::chown(&scratch, Some(owner.uid), Some(owner.gid))
+                .map_err(EngineError::io(format!("giving {} away", scratch.display())))?;
+        }
+        let taken = engine.hot_backup(instance, &scratch, owner, out).await;
         let _ = tokio::fs::remove_dir_all(&scratch).await;
         Ok(taken?)
     }

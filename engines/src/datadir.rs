@@ -94,6 +94,10 @@ pub async fn tar_out(
     let context = format!("reading {}", dir.display());
     let dir = dir.to_owned();
     let build = tokio::task::spawn_blocking(move || -> io::Result<()> {
+        // The directory is the server's user's: a link in its place is not followed.
+        if !std::fs::symlink_metadata(&dir)?.is_dir() {
+            return Err(io::Error::other("not a directory"));
+        }
         let mut tar = tar::Builder::new(bridge);
         tar.follow_symlinks(false);
         tar.mode(tar::HeaderMode::Complete);
@@ -104,7 +108,7 @@ pub async fn tar_out(
             if kind.is_dir() || kind.is_symlink() {
                 tar.append_path_with_name(dir.join(&e.path), &name)?;
             } else if kind.is_file() {
-                let mut file = std::fs::File::open(dir.join(&e.path))?;
+                let mut file = open_nofollow(&dir.join(&e.path))?;
                 tar.append_file(&name, &mut file)?;
             }
         }
@@ -120,6 +124,11 @@ pub async fn tar_out(
     built.map_err(EngineError::io(context))?;
     out.flush().await.map_err(EngineError::io("writing the backup"))?;
     Ok(bytes)
+}
+
+fn open_nofollow(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path)
 }
 
 /// Unpacks a tar read from `input` into `scratch`, which must be empty, so that its
@@ -210,14 +219,12 @@ fn check_entry<R: Read>(path: &Path, entry: &tar::Entry<R>) -> Result<(), String
     }
 }
 
-/// A small file the agent wrote in an instance directory (a marker), read without following
-/// a link the server may have put in its place: `None` when it does not exist.
+/// A small file (at most 4 KiB are read) in a directory a server's user can write, such as a
+/// marker the agent left in an instance directory, read without following a link the server
+/// may have put in its place: `None` when it does not exist.
 pub fn read_marker(path: &Path) -> io::Result<Option<String>> {
-    use std::os::unix::fs::OpenOptionsExt;
     const MAX: u64 = 4096;
-    let file =
-        std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path);
-    let file = match file {
+    let file = match open_nofollow(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),

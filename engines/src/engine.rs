@@ -100,11 +100,14 @@ pub trait Engine: Send + Sync + 'static {
     }
 
     /// Writes a consistent copy of the running server's data to `out` without stopping it,
-    /// using `scratch` (an empty private directory the caller removes) for the tool's files.
+    /// using `scratch` (an empty directory of `owner`'s, which the caller removes) for the
+    /// tool's files. Tools run as `owner`, the server's own user: they read what the server
+    /// could change (its configuration, links in its directory), and must not read as root.
     async fn hot_backup(
         &self,
         _instance: &Instance,
         _scratch: &Path,
+        _owner: Option<Owner>,
         _out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<Taken, EngineError> {
         Err(EngineError::Failed(format!("{} cannot back up a running server", self.kind())))

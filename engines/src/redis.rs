@@ -304,9 +304,10 @@ impl Engine for RedisEngine {
         &self,
         instance: &Instance,
         scratch: &Path,
+        owner: Option<Owner>,
         out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<Taken, EngineError> {
-        hot_backup(instance, scratch, out).await
+        hot_backup(instance, scratch, owner, out).await
     }
 
     async fn unpack(
@@ -369,15 +370,20 @@ fn redis_cli() -> Result<PathBuf, EngineError> {
 async fn hot_backup(
     instance: &Instance,
     scratch: &Path,
+    owner: Option<Owner>,
     out: &mut (dyn AsyncWrite + Send + Unpin),
 ) -> Result<Taken, EngineError> {
     let file = scratch.join("dump.rdb");
     let log = scratch.join("redis-cli.log");
-    let mut cmd = tool::command(&redis_cli()?, &log, None)?;
+    let mut cmd = tool::command(&redis_cli()?, &log, owner)?;
     connect_cli(&mut cmd, BACKUP_USER, instance).arg("--rdb").arg(&file);
     tool::run(cmd, "redis-cli --rdb", &log).await?;
     let time = datadir::now();
-    let mut snapshot = tokio::fs::File::open(&file)
+    // Not following a link: the directory is the server's user's, like the tool's.
+    let mut snapshot = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&file)
         .await
         .map_err(EngineError::io(format!("opening {}", file.display())))?;
     let bytes =

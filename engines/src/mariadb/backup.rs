@@ -23,18 +23,28 @@ const PACKAGE: &str = "mariadb-backup";
 /// the Unix socket. The tool changes into the data directory after its first connection and
 /// opens the later ones from there, so it runs there and names the socket relative to it
 /// (which also keeps a deep path within a socket address).
+///
+/// It runs as the server's own user (`owner`): it reads the configuration and the data
+/// directory, which that user can change, so as root a link left there would copy a host file
+/// into the backup. Root logs in over the socket by password (an empty one), not by the
+/// client's uid.
 pub async fn hot_backup(
     instance: &Instance,
     scratch: &Path,
+    owner: Option<Owner>,
     out: &mut (dyn AsyncWrite + Send + Unpin),
 ) -> Result<Taken, EngineError> {
     let program = tool::require("mariadb-backup", PACKAGE)?;
     let (tmp, lsn) = (scratch.join("tmp"), scratch.join("lsn"));
     for d in [&tmp, &lsn] {
         std::fs::create_dir(d).map_err(EngineError::io(format!("creating {}", d.display())))?;
+        if let Some(owner) = owner {
+            std::os::unix::fs::chown(d, Some(owner.uid), Some(owner.gid))
+                .map_err(EngineError::io(format!("giving {} away", d.display())))?;
+        }
     }
     let log = scratch.join("mariadb-backup.log");
-    let mut cmd = tool::command(&program, &log, None)?;
+    let mut cmd = tool::command(&program, &log, owner)?;
     cmd.arg(format!("--defaults-file={}", instance.dir.join("my.cnf").display()))
         .args(["--backup", "--stream=xbstream", "--user=root"])
         .arg(format!("--socket=../{SOCKET_FILE}"))
@@ -42,7 +52,8 @@ pub async fn hot_backup(
         .arg(format!("--extra-lsndir={}", lsn.display()))
         .current_dir(instance.dir.join("data"));
     let bytes = tool::stream_out(cmd, "mariadb-backup", &log, out).await?;
-    let info = std::fs::read_to_string(lsn.join("xtrabackup_info")).unwrap_or_default();
+    let info = datadir::read_marker(&lsn.join("xtrabackup_info")).ok().flatten();
+    let info = info.unwrap_or_default();
     let mut position = parse_binlog_pos(&info);
     position.time = datadir::now();
     Ok(Taken { format: crate::backup::Format::Xbstream, position, bytes, hot: true })

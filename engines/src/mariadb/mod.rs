@@ -191,9 +191,10 @@ impl Engine for MariaDbEngine {
         &self,
         instance: &Instance,
         scratch: &Path,
+        owner: Option<Owner>,
         out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<Taken, EngineError> {
-        backup::hot_backup(instance, scratch, out).await
+        backup::hot_backup(instance, scratch, owner, out).await
     }
 
     async fn unpack(
