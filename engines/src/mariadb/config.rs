@@ -38,6 +38,9 @@ pub fn common_settings(out: &mut String) {
 ///   point-in-time recovery from a backup. Named relative to the data directory, so its
 ///   index lists `./binlog.000001` and a copy of the directory elsewhere still finds it (an
 ///   absolute path would be written into the index and point at the old instance).
+///   Tenants still create functions and triggers without SUPER
+///   (`log_bin_trust_function_creators`): in row format the log holds the rows they changed,
+///   not the calls, so a routine's determinism does not matter to a replay.
 pub fn render_my_cnf(instance: &Instance) -> String {
     let dir = instance.dir.display();
     let limits = instance.spec.limits;
@@ -62,6 +65,7 @@ pub fn render_my_cnf(instance: &Instance) -> String {
          binlog_format=ROW\n\
          server_id=1\n\
          sync_binlog=1\n\
+         log_bin_trust_function_creators=1\n\
          innodb_buffer_pool_size={pool}M\n\
          innodb_flush_log_at_trx_commit=1\n\
          max_connections={max_connections}\n\
@@ -260,6 +264,7 @@ mod tests {
             "log_bin=binlog",
             "binlog_format=ROW",
             "sync_binlog=1",
+            "log_bin_trust_function_creators=1",
         ] {
             assert!(conf.lines().any(|l| l == line), "missing {line}");
         }
