@@ -133,6 +133,14 @@ fn replayable(name: &str) -> bool {
         && !NOT.contains(&name)
 }
 
+/// Read-only variables the server sets itself and reports as they change: `last_gtid`, the
+/// GTID of the session's last write, reported after every write since the binary log is on.
+/// Nothing to replay and no reason to pin (every write would); a client that reads it after
+/// its session moved sees the connection's value.
+fn server_maintained(name: &str) -> bool {
+    name == "last_gtid"
+}
+
 /// Variables a reset restores to the values of the login handshake, where `DEFAULT` would
 /// give the server's global value instead.
 fn set_by_handshake(name: &str) -> bool {
@@ -376,6 +384,9 @@ impl ClientState {
         for changes in &outcome.changes {
             if !ephemeral {
                 for (name, value) in &changes.variables {
+                    if server_maintained(name) {
+                        continue;
+                    }
                     if replayable(name) {
                         self.vars.variables.insert(name.clone(), value.clone());
                         conn.variables.insert(name.clone(), value.clone());
