@@ -14,7 +14,7 @@ use dormouse_engines::supervisor::RestartPolicy;
 use dormouse_engines::{
     EngineKind, HostAgent, InstanceId, InstanceSpec, InstanceState, Limits, LocalAgent, Secret,
 };
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 fn spec(name: &str) -> InstanceSpec {
     InstanceSpec {
@@ -46,6 +46,32 @@ async fn sql(agent: &LocalAgent, spec: &InstanceSpec, statement: &str) -> anyhow
         .await?;
     anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Takes `room` bytes, then fails, as a full disk or a dropped upload would.
+struct FailsAfter {
+    room: usize,
+}
+
+impl AsyncWrite for FailsAfter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.room == 0 {
+            return Poll::Ready(Err(std::io::Error::other("no space left")));
+        }
+        let n = buf.len().min(self.room);
+        self.room -= n;
+        Poll::Ready(Ok(n))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Yields the first `limit` bytes of `data`, then fails, as a dropped download would.
@@ -142,11 +168,15 @@ async fn a_cold_backup_of_a_stopped_instance_starts_no_server_and_restores() -> 
 }
 
 #[tokio::test]
-async fn a_restore_whose_stream_breaks_leaves_the_old_data_to_start_from() -> anyhow::Result<()> {
+async fn a_broken_backup_or_restore_stream_fails_and_leaves_the_data_as_it_was()
+-> anyhow::Result<()> {
     let tmp = searchable_tempdir()?;
     let agent = agent(tmp.path())?;
     let (a, b) = (spec("app"), spec("app"));
     agent.start(&a).await?;
+    // A backup whose output fails is an error, and the server keeps running.
+    let failed = agent.backup(&a, &mut FailsAfter { room: 100_000 }).await;
+    assert!(failed.is_err_and(|e| e.to_string().contains("no space left")));
     let mut bytes = Vec::new();
     agent.backup(&a, &mut bytes).await?;
     agent.start(&b).await?;

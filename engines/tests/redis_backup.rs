@@ -13,7 +13,7 @@ use dormouse_engines::supervisor::RestartPolicy;
 use dormouse_engines::{
     EngineKind, HostAgent, InstanceId, InstanceSpec, InstanceState, Limits, LocalAgent, Secret,
 };
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 
 fn spec() -> InstanceSpec {
@@ -54,6 +54,32 @@ async fn run(
         out.push(line);
     }
     Ok(out)
+}
+
+/// Takes `room` bytes, then fails, as a full disk or a dropped upload would.
+struct FailsAfter {
+    room: usize,
+}
+
+impl AsyncWrite for FailsAfter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.room == 0 {
+            return Poll::Ready(Err(std::io::Error::other("no space left")));
+        }
+        let n = buf.len().min(self.room);
+        self.room -= n;
+        Poll::Ready(Ok(n))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Yields the first `limit` bytes of `data`, then fails, as a dropped download would.
@@ -163,6 +189,26 @@ async fn a_restore_whose_input_breaks_leaves_the_old_data() -> anyhow::Result<()
     agent.start(&b).await?;
     assert_eq!(run(&agent, &b, &["GET k"]).await?, ["from-b"]);
     agent.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backup_whose_output_fails_is_an_error_not_a_short_copy() -> anyhow::Result<()> {
+    let tmp = searchable_tempdir()?;
+    let agent = agent(tmp.path())?;
+    let a = spec();
+    agent.start(&a).await?;
+    let big = format!("SET big {}", "x".repeat(32 * 1024));
+    run(&agent, &a, &[&big]).await?;
+    // (The snapshot compresses the value to a few hundred bytes.)
+    let hot = agent.backup(&a, &mut FailsAfter { room: 100 }).await;
+    assert!(hot.is_err_and(|e| e.to_string().contains("no space left")));
+    // The server is none the worse.
+    assert_eq!(run(&agent, &a, &["STRLEN big"]).await?, [":32768"]);
+    agent.stop(&a.id).await?;
+    let cold = agent.backup(&a, &mut FailsAfter { room: 100 }).await;
+    assert!(cold.is_err_and(|e| e.to_string().contains("no space left")));
+    assert_eq!(agent.state(&a.id), InstanceState::Stopped);
     Ok(())
 }
 
