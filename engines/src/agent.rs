@@ -141,6 +141,7 @@ impl LocalAgent {
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode))?;
         let confiner = Arc::new(Confiner::detect());
         confiner.check_root(&root)?;
+        sweep_scratch(&root);
         Ok(Self {
             root,
             confiner,
@@ -314,8 +315,11 @@ impl LocalAgent {
         instance: &Instance,
         out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<Taken, AgentError> {
-        let scratch = self.root.join(format!(".{}.backup", instance.spec.id));
-        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        // Its own name: a second backup of the same instance may run meanwhile.
+        let mut suffix = [0u8; 6];
+        rand::rng().fill_bytes(&mut suffix);
+        let name = format!(".{}{BACKUP_SCRATCH}{}", instance.spec.id, hex::encode(suffix));
+        let scratch = self.root.join(name);
         create_private_dir(&scratch)
             .map_err(EngineError::io(format!("creating {}", scratch.display())))?;
         let owner =
@@ -386,6 +390,25 @@ impl LocalAgent {
     async fn stop_locked(&self, id: &InstanceId) {
         if let Some((_, supervisor)) = self.supervisors.remove(id) {
             supervisor.stop().await;
+        }
+    }
+}
+
+/// Scratch directories under the agent's root, `.{instance}` followed by these: a backup's
+/// tool files, a restore's unpacked data until it is swapped in.
+const BACKUP_SCRATCH: &str = ".backup-";
+const RESTORE_SCRATCH: &str = ".restoring";
+
+/// Removes the scratch directories of backups and restores an earlier run of the agent left
+/// behind when it stopped midway (a backup's are otherwise removed when it ends).
+fn sweep_scratch(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let scratch = name.starts_with('.')
+            && (name.contains(BACKUP_SCRATCH) || name.ends_with(RESTORE_SCRATCH));
+        if scratch && let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!(dir = %entry.path().display(), error = %e, "removing a stale scratch directory");
         }
     }
 }
@@ -555,7 +578,7 @@ impl HostAgent for LocalAgent {
             .owner_for(&self.root, &dir)
             .await
             .map_err(EngineError::io(format!("giving {} to its server's user", dir.display())))?;
-        let scratch = self.root.join(format!(".{}.restoring", spec.id));
+        let scratch = self.root.join(format!(".{}{RESTORE_SCRATCH}", spec.id));
         let swapped = self.unpack_and_swap(engine.as_ref(), &dir, &scratch, owner, format, input);
         let result = swapped.await;
         let _ = tokio::fs::remove_dir_all(&scratch).await;

@@ -119,6 +119,11 @@ async fn a_hot_redis_snapshot_restores_its_keys_into_another_instance() -> anyho
     assert!(taken.hot && taken.format == Format::Rdb, "{taken:?}");
     assert_eq!(taken.bytes, bytes.len() as u64);
     assert!(bytes.starts_with(b"REDIS"), "an RDB file");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".backup"))
+        .collect();
+    assert!(left.is_empty(), "the backup's scratch directory is removed: {left:?}");
     // The server kept serving.
     assert_eq!(run(&agent, &a, &["GET k1"]).await?, ["v1"]);
 
