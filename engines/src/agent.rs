@@ -320,17 +320,20 @@ impl LocalAgent {
         rand::rng().fill_bytes(&mut suffix);
         let name = format!(".{}{BACKUP_SCRATCH}{}", instance.spec.id, hex::encode(suffix));
         let scratch = self.root.join(name);
-        create_private_dir(&scratch)
-            .map_err(EngineError::io(format!("creating {}", scratch.display())))?;
         let owner =
             self.confiner.owner_for(&self.root, &instance.dir).await.map_err(EngineError::io(
                 format!("finding the user of {}", instance.dir.display()),
             ))?;
-        if let Some(owner) = owner {
-            std::os::unix::fs::chown(&scratch, Some(owner.uid), Some(owner.gid))
-                .map_err(EngineError::io(format!("giving {} away", scratch.display())))?;
+        let taken = async {
+            create_private_dir(&scratch)
+                .map_err(EngineError::io(format!("creating {}", scratch.display())))?;
+            if let Some(owner) = owner {
+                std::os::unix::fs::chown(&scratch, Some(owner.uid), Some(owner.gid))
+                    .map_err(EngineError::io(format!("giving {} away", scratch.display())))?;
+            }
+            engine.hot_backup(instance, &scratch, owner, out).await
         }
-        let taken = engine.hot_backup(instance, &scratch, owner, out).await;
+        .await;
         let _ = tokio::fs::remove_dir_all(&scratch).await;
         Ok(taken?)
     }
