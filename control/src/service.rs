@@ -281,9 +281,12 @@ impl ControlService {
                 message: format!("invalid database name: {}", names::NAME_RULE),
             });
         }
-        let source = match &req.restore {
-            Some(from) => Some(self.restore_source(tenant, from).await?),
-            None => None,
+        let (source, until) = match &req.restore {
+            Some(from) => {
+                let (backup, until) = self.restore_source(tenant, from).await?;
+                (Some(backup), until)
+            }
+            None => (None, None),
         };
         let engine: EngineKind = match (&source, req.engine.as_str()) {
             (Some(backup), "") => backup.engine,
@@ -355,7 +358,7 @@ impl ControlService {
             other => other?,
         }
         if let Some(backup) = &source
-            && let Err(e) = self.restore_new(&db, backup).await
+            && let Err(e) = self.restore_new(&db, backup, until).await
         {
             if let Err(cleanup) = self.lifecycle.destroy(&db).await {
                 tracing::error!(db = %db.name, error = %cleanup, "cleaning up a failed restore");
@@ -402,19 +405,13 @@ impl ControlService {
         &self,
         tenant: &Tenant,
         from: &RestoreFrom,
-    ) -> Result<crate::store::BackupRecord, ServiceError> {
+    ) -> Result<(crate::store::BackupRecord, Option<i64>), ServiceError> {
         let invalid = |message: String| ServiceError::Invalid { field: "restore", message };
         match (from.backup.as_deref(), from.database.as_deref(), from.time.as_deref()) {
-            (Some(id), None, None) => self.restorable(tenant, id, None).await,
-            (None, Some(_), Some(time)) => {
-                humantime::parse_rfc3339_weak(time).map_err(|e| {
-                    invalid(format!("restore.time {time:?} is not an RFC 3339 time: {e}"))
-                })?;
-                Err(invalid(
-                    "point-in-time recovery is not available yet: restore a backup by id, or the \
-                     newest backup of a database"
-                        .into(),
-                ))
+            (Some(id), None, None) => Ok((self.restorable(tenant, id, None).await?, None)),
+            (None, Some(name), Some(time)) => {
+                let until = parse_time(time).map_err(invalid)?;
+                Ok((self.pitr_base(tenant, name, until).await?, Some(until)))
             }
             (None, Some(name), None) => {
                 let backups = self.store.list_backups(&tenant.id, Some(name)).await?;
@@ -426,7 +423,7 @@ impl ControlService {
                             "database {name:?} has no completed backup to restore"
                         ))
                     })?;
-                Ok(newest)
+                Ok((newest, None))
             }
             _ => Err(invalid(
                 "restore takes {\"backup\": id} or {\"database\": name} (with \"time\" for a \
@@ -441,11 +438,12 @@ impl ControlService {
         &self,
         db: &Database,
         backup: &crate::store::BackupRecord,
+        until: Option<i64>,
     ) -> Result<(), ServiceError> {
         let (held, db) = self.lifecycle.hold(db).await.map_err(|e| {
             ServiceError::Internal(format!("holding a new database for its restore: {e}"))
         })?;
-        self.restore_held(&held, &db, backup).await?;
+        self.restore_to_held(&held, &db, backup, until).await?;
         Ok(())
     }
 
@@ -801,6 +799,13 @@ pub struct NewDatabase {
     pub ttl_seconds: Option<u64>,
 }
 
+/// Seconds since the epoch from RFC 3339 text.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    let t = humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time: {e}"))?;
+    Ok(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64))
+}
+
 /// When a new database is to be deleted, from an RFC 3339 time or a lifetime (not both).
 fn validate_expiry(at: Option<&str>, ttl: Option<u64>) -> Result<Option<i64>, ServiceError> {
     let invalid = |message: String| ServiceError::Invalid { field: "expires_at", message };
@@ -809,12 +814,7 @@ fn validate_expiry(at: Option<&str>, ttl: Option<u64>) -> Result<Option<i64>, Se
         (Some(_), Some(_)) => {
             return Err(invalid("give expires_at or ttl_seconds, not both".into()));
         }
-        (Some(text), None) => {
-            let t = humantime::parse_rfc3339_weak(text).map_err(|e| {
-                invalid(format!("expires_at {text:?} is not an RFC 3339 time: {e}"))
-            })?;
-            t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-        }
+        (Some(text), None) => parse_time(text).map_err(|e| invalid(format!("expires_at {e}")))?,
         (None, Some(ttl)) => now().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)),
     };
     if when <= now() {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::backup::{Format, Position, Taken};
+use crate::backup::{ClosedLogs, Format, Position, Taken};
 use crate::confine::{Confiner, Owner, ancestor_dir_mode};
 use crate::datadir;
 use crate::engine::{Engine, EngineError, Instance};
@@ -101,6 +101,34 @@ pub trait HostAgent: Send + Sync {
         source_name: &str,
         input: &mut (dyn AsyncRead + Send + Unpin),
     ) -> Result<(), AgentError>;
+    /// Closes the running server's current change-log file if it logged anything since the
+    /// last call, and lists the instance's closed log files (MariaDB's binary log), oldest
+    /// first, with their timeline: what control archives for point-in-time recovery.
+    async fn closed_logs(&self, spec: &InstanceSpec) -> Result<ClosedLogs, AgentError>;
+    /// Copies the closed log file `name` into `out`; returns the bytes copied.
+    async fn read_log(
+        &self,
+        spec: &InstanceSpec,
+        name: &str,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<u64, AgentError>;
+    /// Puts an archived log file beside the instance, for [`Self::replay_logs`].
+    async fn stage_log(
+        &self,
+        spec: &InstanceSpec,
+        name: &str,
+        input: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> Result<(), AgentError>;
+    /// Applies the staged log files to the running instance, from `from` (a backup's position)
+    /// up to changes stamped `until` or later (seconds), then removes them. `source_name` is
+    /// the database the log was written for, when it had another name.
+    async fn replay_logs(
+        &self,
+        spec: &InstanceSpec,
+        from: &Position,
+        until: i64,
+        source_name: &str,
+    ) -> Result<(), AgentError>;
     /// Observed state of the instance's server.
     fn state(&self, id: &InstanceId) -> InstanceState;
     /// Where the instance listens while it is running.
@@ -124,6 +152,8 @@ pub struct LocalAgent {
     /// Serialises start/stop/destroy of one instance; readers never take it.
     locks: DashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>,
     supervisors: DashMap<InstanceId, Arc<Supervisor>>,
+    /// Per running instance, its change log's position when its last file was closed.
+    log_marks: DashMap<InstanceId, String>,
 }
 
 impl LocalAgent {
@@ -151,6 +181,7 @@ impl LocalAgent {
             warm_wanted: tokio::sync::Notify::new(),
             locks: DashMap::new(),
             supervisors: DashMap::new(),
+            log_marks: DashMap::new(),
         })
     }
 
@@ -335,7 +366,9 @@ impl LocalAgent {
         }
         .await;
         let _ = tokio::fs::remove_dir_all(&scratch).await;
-        Ok(taken?)
+        let mut taken = taken?;
+        taken.position.timeline = Some(self.timeline(&instance.spec.id)?);
+        Ok(taken)
     }
 
     /// Unpacks a backup into `scratch/data` and, once that worked and `input` has ended, puts
@@ -390,6 +423,19 @@ impl LocalAgent {
         Ok(())
     }
 
+    /// The instance's data timeline: its generation, which every restore renews (`0` for
+    /// data never restored).
+    fn timeline(&self, id: &InstanceId) -> Result<String, AgentError> {
+        let generation = datadir::read_marker(&self.instance_dir(id).join(GENERATION_FILE))
+            .map_err(EngineError::io("reading the data generation"))?;
+        Ok(generation.map(|g| g.trim().to_owned()).filter(|g| !g.is_empty()).unwrap_or("0".into()))
+    }
+
+    /// Where staged log files wait for a replay.
+    fn staged_logs(&self, id: &InstanceId) -> PathBuf {
+        self.instance_dir(id).join(STAGED_LOGS)
+    }
+
     async fn stop_locked(&self, id: &InstanceId) {
         if let Some((_, supervisor)) = self.supervisors.remove(id) {
             supervisor.stop().await;
@@ -401,6 +447,8 @@ impl LocalAgent {
 /// tool files, a restore's unpacked data until it is swapped in.
 const BACKUP_SCRATCH: &str = ".backup-";
 const RESTORE_SCRATCH: &str = ".restoring";
+/// In the instance directory: archived log files put back for a replay.
+const STAGED_LOGS: &str = "replay";
 
 /// Removes the scratch directories of backups and restores an earlier run of the agent left
 /// behind when it stopped midway (a backup's are otherwise removed when it ends).
@@ -559,8 +607,16 @@ impl HostAgent for LocalAgent {
             .ok()
             .and_then(Result::ok)
             .flatten();
-        let position =
-            Position { time: newest.unwrap_or_else(datadir::now), ..Position::default() };
+        let data = self.instance_dir(&spec.id).join(DATA_DIR);
+        // A copy of the whole directory holds every log file: a replay goes on after them.
+        let end = engine.log_segments(&data).ok().and_then(|mut s| s.pop());
+        let position = Position {
+            time: newest.unwrap_or_else(datadir::now),
+            binlog_file: end.as_ref().map(|s| s.name.clone()),
+            binlog_position: end.map(|s| s.size),
+            timeline: Some(self.timeline(&spec.id)?),
+            ..Position::default()
+        };
         Ok(Taken { format: Format::Tar, position, bytes, hot: false })
     }
 
@@ -593,6 +649,116 @@ impl HostAgent for LocalAgent {
             .await
             .map_err(EngineError::io("recording the data generation"))?;
         Ok(())
+    }
+
+    async fn closed_logs(&self, spec: &InstanceSpec) -> Result<ClosedLogs, AgentError> {
+        let engine = self.engine(spec.engine)?.clone();
+        if let Some(instance) = self.running(spec) {
+            let last = self.log_marks.get(&spec.id).map(|m| m.clone());
+            match engine.close_log(&instance, last.as_deref()).await? {
+                Some(mark) => self.log_marks.insert(spec.id.clone(), mark),
+                None => self.log_marks.remove(&spec.id).map(|(_, m)| m),
+            };
+        }
+        let data = self.instance_dir(&spec.id).join(DATA_DIR);
+        let listing = engine.clone();
+        let mut segments = tokio::task::spawn_blocking(move || listing.log_segments(&data))
+            .await
+            .map_err(|e| EngineError::Failed(format!("listing the log: {e}")))?
+            .or_else(
+                |e| if e.kind() == std::io::ErrorKind::NotFound { Ok(Vec::new()) } else { Err(e) },
+            )
+            .map_err(EngineError::io("listing the log"))?;
+        // While a server runs, its newest file is still being written.
+        if !matches!(self.state(&spec.id), InstanceState::Stopped | InstanceState::Failed { .. }) {
+            segments.pop();
+        }
+        Ok(ClosedLogs { timeline: self.timeline(&spec.id)?, segments })
+    }
+
+    async fn read_log(
+        &self,
+        spec: &InstanceSpec,
+        name: &str,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<u64, AgentError> {
+        let engine = self.engine(spec.engine)?;
+        let data = self.instance_dir(&spec.id).join(DATA_DIR);
+        let known = engine.log_segments(&data).map_err(EngineError::io("listing the log"))?;
+        if !known.iter().any(|s| s.name == name) {
+            return Err(EngineError::Failed(format!("no log file {name:?}")).into());
+        }
+        // The server's user could put a link in the file's place.
+        let file = datadir::open_nofollow(&data.join(name))
+            .map_err(EngineError::io(format!("opening {name}")))?;
+        let mut file = tokio::fs::File::from_std(file);
+        let copied = tokio::io::copy(&mut file, out)
+            .await
+            .map_err(EngineError::io(format!("copying {name}")))?;
+        tokio::io::AsyncWriteExt::flush(out).await.map_err(EngineError::io("writing the log"))?;
+        Ok(copied)
+    }
+
+    async fn stage_log(
+        &self,
+        spec: &InstanceSpec,
+        name: &str,
+        input: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> Result<(), AgentError> {
+        if !crate::mariadb::pitr::is_binlog(name) {
+            return Err(EngineError::Failed(format!("{name:?} is not a log file name")).into());
+        }
+        let staged = self.staged_logs(&spec.id);
+        create_private_dir(&staged)
+            .map_err(EngineError::io(format!("creating {}", staged.display())))?;
+        let path = staged.join(name);
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(EngineError::io(format!("creating {}", path.display())))?;
+        tokio::io::copy(input, &mut file)
+            .await
+            .map_err(EngineError::io(format!("writing {}", path.display())))?;
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(EngineError::io(format!("writing {}", path.display())))?;
+        Ok(())
+    }
+
+    async fn replay_logs(
+        &self,
+        spec: &InstanceSpec,
+        from: &Position,
+        until: i64,
+        source_name: &str,
+    ) -> Result<(), AgentError> {
+        let engine = self.engine(spec.engine)?.clone();
+        let staged = self.staged_logs(&spec.id);
+        let result = async {
+            let instance = self.running(spec).ok_or_else(|| {
+                EngineError::Failed("the server must run for its log to be replayed".into())
+            })?;
+            let mut files: Vec<String> = std::fs::read_dir(&staged)
+                .map_err(EngineError::io(format!("reading {}", staged.display())))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| crate::mariadb::pitr::is_binlog(n))
+                .collect();
+            files.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
+            let owner = self
+                .confiner
+                .owner_for(&self.root, &instance.dir)
+                .await
+                .map_err(EngineError::io("finding the instance's user"))?;
+            if let Some(owner) = owner {
+                crate::confine::owner::hand_over(&staged, owner)
+                    .map_err(EngineError::io("handing the staged log over"))?;
+            }
+            let rename = (source_name != spec.name).then_some((source_name, spec.name.as_str()));
+            engine.replay_logs(&instance, &staged, &files, from, until, rename, owner).await
+        }
+        .await;
+        let _ = tokio::fs::remove_dir_all(&staged).await;
+        Ok(result?)
     }
 
     fn state(&self, id: &InstanceId) -> InstanceState {

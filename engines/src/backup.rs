@@ -53,6 +53,26 @@ pub struct Position {
     pub binlog_position: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gtid: Option<String>,
+    /// The data's timeline: it changes at every restore, after which the change log starts
+    /// again from the restored data (MariaDB numbers its binary log files from 1 again), so
+    /// archived log files are kept per timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<String>,
+}
+
+/// A closed file of an instance's change log (a MariaDB binary log file), which no longer
+/// changes and can be archived for point-in-time recovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSegment {
+    pub name: String,
+    pub size: u64,
+}
+
+/// An instance's closed change-log files, and the timeline they belong to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClosedLogs {
+    pub timeline: String,
+    pub segments: Vec<LogSegment>,
 }
 
 /// A backup the agent has written out.

@@ -126,7 +126,7 @@ pub async fn tar_out(
     Ok(bytes)
 }
 
-fn open_nofollow(path: &Path) -> io::Result<std::fs::File> {
+pub fn open_nofollow(path: &Path) -> io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path)
 }

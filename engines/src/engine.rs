@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::backup::{Format, Taken};
+use crate::backup::{Format, LogSegment, Position, Taken};
 use crate::confine::{Owner, Resources};
 use crate::spec::{EngineKind, InstanceSpec, Limits};
 
@@ -145,6 +145,39 @@ pub trait Engine: Send + Sync + 'static {
     /// after any write (see [`crate::HostAgent::data_version`]).
     async fn data_version(&self, _instance: &Instance) -> Result<String, EngineError> {
         Err(EngineError::Failed(format!("{} cannot tell its write position", self.kind())))
+    }
+
+    /// The change-log files (MariaDB's binary log) in the data directory `data`, oldest
+    /// first; none for an engine without one.
+    fn log_segments(&self, _data: &Path) -> std::io::Result<Vec<LogSegment>> {
+        Ok(Vec::new())
+    }
+
+    /// Closes the running server's current change-log file if anything was written since
+    /// `last` (what the previous call returned), so it can be archived; returns the new mark.
+    async fn close_log(
+        &self,
+        _instance: &Instance,
+        last: Option<&str>,
+    ) -> Result<Option<String>, EngineError> {
+        Ok(last.map(str::to_owned))
+    }
+
+    /// Applies staged change-log `files` (in `staged`, oldest first) to the running server,
+    /// from `from` up to changes stamped `until` or later, moving a schema `rename.0` to
+    /// `rename.1`.
+    #[allow(clippy::too_many_arguments)]
+    async fn replay_logs(
+        &self,
+        _instance: &Instance,
+        _staged: &Path,
+        _files: &[String],
+        _from: &Position,
+        _until: i64,
+        _rename: Option<(&str, &str)>,
+        _owner: Option<Owner>,
+    ) -> Result<(), EngineError> {
+        Err(EngineError::Failed(format!("{} has no change log to replay", self.kind())))
     }
 
     /// The Unix socket the server in `dir` also listens on, if it has one; clients on the

@@ -398,3 +398,79 @@ async fn expired_and_deleted_databases_come_back_within_the_undo_window() -> any
     cluster.stop().await;
     Ok(())
 }
+
+/// The server's clock, through the proxy.
+async fn server_second(conn: &mut mysql_async::Conn) -> anyhow::Result<i64> {
+    use mysql_async::prelude::Queryable;
+    conn.query_first::<i64, _>("SELECT UNIX_TIMESTAMP()").await?.context("a time")
+}
+
+/// Waits (polling the server's clock) until its second is past `after`; returns it.
+async fn second_after(conn: &mut mysql_async::Conn, after: i64) -> anyhow::Result<i64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = server_second(conn).await?;
+        if now > after {
+            return Ok(now);
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the clock stood still");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn mysql_restores_to_a_second_between_two_writes_in_place_and_as_a_branch()
+-> anyhow::Result<()> {
+    use mysql_async::prelude::Queryable;
+    let cluster = Cluster::start().await?;
+    let admin = cluster.tenant("acme").await?;
+    let created = cluster.database(&admin, "ledger", "mysql").await?;
+    let token = created["token"]["token"].as_str().context("token")?.to_owned();
+    let mut conn = mysql_async::Conn::new(cluster.mysql_opts("ledger", &token, false)).await?;
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY)").await?;
+    conn.query_drop("INSERT INTO t VALUES (1)").await?;
+    let base = backup(&cluster, &admin, "ledger").await?;
+    assert_eq!(status(&base), "completed", "{base}");
+    assert!(base["position"]["binlog_file"].is_string(), "{base}");
+
+    // Row 2 in one second, the point to restore to in a later one, row 3 and the disaster in
+    // a later one still: the log's resolution is a second.
+    let taken = server_second(&mut conn).await?;
+    second_after(&mut conn, taken).await?;
+    conn.query_drop("INSERT INTO t VALUES (2)").await?;
+    let written = server_second(&mut conn).await?;
+    let point = second_after(&mut conn, written).await?;
+    second_after(&mut conn, point).await?;
+    conn.query_drop("INSERT INTO t VALUES (3)").await?;
+    conn.query_drop("DROP TABLE t").await?;
+    drop(conn);
+    let time = dormouse_control::api::routes::timestamp(point);
+
+    let body = json!({ "name": "ledger-then", "restore": { "database": "ledger", "time": time } });
+    let r = cluster.api(Method::POST, "/v1/databases", Some(&admin), Some(body)).await?;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let branch_token = r.body["token"]["token"].as_str().context("token")?;
+    let mut branch =
+        mysql_async::Conn::new(cluster.mysql_opts("ledger-then", branch_token, false)).await?;
+    let ids: Vec<i32> = branch.query("SELECT id FROM t ORDER BY id").await?;
+    assert_eq!(ids, [1, 2], "every row before the point, none after");
+    drop(branch);
+
+    let path = "/v1/databases/ledger/restore";
+    let r = cluster.api(Method::POST, path, Some(&admin), Some(json!({ "time": time }))).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let mut conn = mysql_async::Conn::new(cluster.mysql_opts("ledger", &token, false)).await?;
+    let ids: Vec<i32> = conn.query("SELECT id FROM t ORDER BY id").await?;
+    assert_eq!(ids, [1, 2], "the dropped table is back as it was");
+    drop(conn);
+
+    let future = dormouse_control::api::routes::timestamp(point + 3600);
+    let r = cluster.api(Method::POST, path, Some(&admin), Some(json!({ "time": future }))).await?;
+    assert_eq!((r.status, r.error_code()), (StatusCode::BAD_REQUEST, "invalid_restore"), "{r:?}");
+    let past = dormouse_control::api::routes::timestamp(point - 86_400);
+    let r = cluster.api(Method::POST, path, Some(&admin), Some(json!({ "time": past }))).await?;
+    assert_eq!((r.status, r.error_code()), (StatusCode::BAD_REQUEST, "invalid_restore"), "{r:?}");
+    assert!(r.body["error"]["message"].as_str().unwrap_or_default().contains("oldest backup"));
+    cluster.stop().await;
+    Ok(())
+}

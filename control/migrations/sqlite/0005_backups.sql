@@ -42,6 +42,20 @@ CREATE TABLE backup_schedules (
     last_backup_id TEXT
 );
 
+-- Closed change-log files (MariaDB binary log files) archived for point-in-time recovery,
+-- per database and timeline (a restore starts a new one).
+CREATE TABLE log_archive (
+    database_id   TEXT NOT NULL,
+    timeline      TEXT NOT NULL,
+    name          TEXT NOT NULL,              -- binlog.000007
+    plain_bytes   INTEGER NOT NULL,
+    stored_bytes  INTEGER NOT NULL,
+    sha256        TEXT NOT NULL,
+    object_key    TEXT NOT NULL,
+    archived_at   INTEGER NOT NULL,
+    PRIMARY KEY (database_id, timeline, name)
+);
+
 -- Scheduled deletion: the database is deleted (the safe way) at this time.
 ALTER TABLE databases ADD COLUMN expires_at INTEGER;
 

@@ -126,7 +126,7 @@ impl ControlService {
     /// else cold from its stopped directory (no server is started).
     async fn take_backup_held(
         &self,
-        _held: &Held,
+        held: &Held,
         db: &Database,
         record: &mut BackupRecord,
     ) -> Result<(), BackupError> {
@@ -156,7 +156,12 @@ impl ControlService {
             record.plain_bytes = stored.plain_bytes;
             record.stored_bytes = stored.stored_bytes;
             record.sha256 = Some(stored.sha256);
-            self.put_manifest(record).await
+            self.put_manifest(record).await?;
+            // The log from this backup on, for restores to a later time.
+            if let Err(e) = self.archive_logs_held(held, db).await {
+                tracing::warn!(db = %db.name, error = %e, "archiving the log after a backup");
+            }
+            Ok(())
         }
         .await;
         self.backups().progress.remove(&record.id);
@@ -364,10 +369,14 @@ impl ControlService {
         &self,
         tenant: &Tenant,
         name: &str,
-        backup_id: &str,
+        point: RestorePoint<'_>,
     ) -> Result<(Database, BackupRecord), ServiceError> {
         let db = self.database(tenant, name).await?;
-        let backup = self.restorable(tenant, backup_id, Some(db.engine)).await?;
+        let (backup, until) = match point {
+            RestorePoint::Backup(id) => (self.restorable(tenant, id, Some(db.engine)).await?, None),
+            RestorePoint::Time(until) => (self.pitr_base(tenant, name, until).await?, Some(until)),
+        };
+        let backup_id = backup.id.clone();
         let (held, db) = self.lifecycle().hold(&db).await.map_err(lifecycle_error)?;
         if matches!(db.status, DatabaseStatus::Deleting | DatabaseStatus::Creating) {
             return Err(ServiceError::Conflict(format!(
@@ -387,7 +396,7 @@ impl ControlService {
             .map_err(lifecycle_error)?;
         let outcome = async {
             let kept = self.backup_now(&held, &db, BackupKind::PreRestore).await?;
-            self.restore_held(&held, &db, &backup).await?;
+            self.restore_to_held(&held, &db, &backup, until).await?;
             Ok::<_, ServiceError>(kept)
         }
         .await;
@@ -400,6 +409,15 @@ impl ControlService {
         tracing::info!(db = %name, backup = %backup_id, kept = %kept.id, "restored in place");
         Ok((self.database(tenant, name).await?, kept))
     }
+}
+
+/// What an in-place restore goes back to.
+#[derive(Debug, Clone, Copy)]
+pub enum RestorePoint<'a> {
+    /// A backup, by id.
+    Backup(&'a str),
+    /// A second in the database's past (MySQL: a backup, then its log up to then).
+    Time(i64),
 }
 
 fn lifecycle_error(e: LifecycleError) -> ServiceError {

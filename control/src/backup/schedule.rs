@@ -117,6 +117,15 @@ pub async fn tick(service: &Arc<ControlService>, at: i64) -> Result<Pass, Servic
             }
             continue;
         }
+        if db.engine == dormouse_engines::EngineKind::Mysql
+            && matches!(
+                db.status,
+                crate::store::DatabaseStatus::Running | crate::store::DatabaseStatus::Suspended
+            )
+            && let Err(e) = service.archive_logs(&db).await
+        {
+            tracing::warn!(db = %db.name, error = %e, "archiving the log");
+        }
         let schedule = schedule_or_default(&db, service.store().schedule(&db.id).await?);
         if next_run(&db, &schedule).is_some_and(|t| t <= at) {
             run_schedule(service, &db, schedule, at, &mut pass).await?;

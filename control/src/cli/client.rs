@@ -99,11 +99,12 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
             allow,
             from_backup,
             from_database,
+            at,
             expires_in,
         } => {
             let restore = match (from_backup, from_database) {
                 (Some(id), _) => json!({ "backup": id }),
-                (None, Some(db)) => json!({ "database": db }),
+                (None, Some(db)) => json!({ "database": db, "time": at }),
                 (None, None) => Value::Null,
             };
             let req = json!({
@@ -217,15 +218,20 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
                 println!("it accepts clients from {}", allowed(&body));
             }
         }
-        DbCommand::Restore { name, backup } => {
-            let req = json!({ "backup": backup });
+        DbCommand::Restore { name, backup, time } => {
+            let req = json!({ "backup": backup, "time": time });
             let path = format!("/v1/databases/{name}/restore");
             let body = call(cli, Method::POST, &path, Some(req)).await?.unwrap_or_default();
             if cli.json {
                 print_json(&body);
             } else {
+                let from = match (backup, time) {
+                    (Some(id), _) => format!("from {id}"),
+                    (None, Some(t)) => format!("to {t}"),
+                    (None, None) => String::new(),
+                };
                 println!(
-                    "database {name} restored from {backup}; it is {}",
+                    "database {name} restored {from}; it is {}",
                     text(&body["database"], "status")
                 );
                 println!(

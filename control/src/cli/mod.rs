@@ -276,6 +276,9 @@ pub enum DbCommand {
         /// Start from the newest backup of this database (a deleted one too).
         #[arg(long, value_name = "DATABASE")]
         from_database: Option<String>,
+        /// With --from-database (MySQL): its state at this time (RFC 3339).
+        #[arg(long, requires = "from_database")]
+        at: Option<String>,
         /// Delete it (the safe way) after this long, e.g. 2h, 7d: for previews and tests.
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<std::time::Duration>,
@@ -283,8 +286,11 @@ pub enum DbCommand {
     /// Replace a database's data with a backup's; what it held is kept as a new backup.
     Restore {
         name: String,
-        #[arg(long, value_name = "BACKUP_ID")]
-        backup: String,
+        #[arg(long, value_name = "BACKUP_ID", required_unless_present = "time")]
+        backup: Option<String>,
+        /// MySQL: the state it had at this time (RFC 3339, e.g. 2026-12-06T10:15:00Z).
+        #[arg(long, conflicts_with = "backup")]
+        time: Option<String>,
     },
     /// Change a database's settings.
     Set {

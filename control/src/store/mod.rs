@@ -232,6 +232,19 @@ pub struct ScheduleRecord {
     pub last_backup_id: Option<String>,
 }
 
+/// A closed change-log file archived for point-in-time recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedLog {
+    pub database_id: InstanceId,
+    pub timeline: String,
+    pub name: String,
+    pub plain_bytes: u64,
+    pub stored_bytes: u64,
+    pub sha256: String,
+    pub object_key: String,
+    pub archived_at: i64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Cheap liveness check for `/healthz`.
@@ -300,6 +313,13 @@ pub trait Store: Send + Sync {
         database_id: &InstanceId,
     ) -> Result<Option<ScheduleRecord>, StoreError>;
     async fn put_schedule(&self, schedule: &ScheduleRecord) -> Result<(), StoreError>;
+    async fn insert_archived_log(&self, log: &ArchivedLog) -> Result<(), StoreError>;
+    /// A database's archived log files of one timeline, oldest first.
+    async fn archived_logs(
+        &self,
+        database_id: &InstanceId,
+        timeline: &str,
+    ) -> Result<Vec<ArchivedLog>, StoreError>;
     /// The database's sealed backup key, if it has one.
     async fn backup_key(&self, database_id: &InstanceId) -> Result<Option<Vec<u8>>, StoreError>;
     /// Records the database's sealed key unless it has one already; returns the one it has.

@@ -11,8 +11,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    BackupRecord, BackupStatus, Database, DatabaseStatus, ScheduleRecord, StartFailure, Store,
-    StoreError, Tenant, TokenRecord,
+    ArchivedLog, BackupRecord, BackupStatus, Database, DatabaseStatus, ScheduleRecord,
+    StartFailure, Store, StoreError, Tenant, TokenRecord,
 };
 
 pub struct SqliteStore {
@@ -565,6 +565,59 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn insert_archived_log(&self, log: &ArchivedLog) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO log_archive (database_id, timeline, name, plain_bytes, stored_bytes, \
+             sha256, object_key, archived_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(log.database_id.as_str())
+        .bind(&log.timeline)
+        .bind(&log.name)
+        .bind(i64::try_from(log.plain_bytes).unwrap_or(i64::MAX))
+        .bind(i64::try_from(log.stored_bytes).unwrap_or(i64::MAX))
+        .bind(&log.sha256)
+        .bind(&log.object_key)
+        .bind(log.archived_at)
+        .execute(&self.pool)
+        .await
+        .map_err(conflict_or)?;
+        Ok(())
+    }
+
+    async fn archived_logs(
+        &self,
+        database_id: &InstanceId,
+        timeline: &str,
+    ) -> Result<Vec<ArchivedLog>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, plain_bytes, stored_bytes, sha256, object_key, archived_at \
+             FROM log_archive WHERE database_id = ? AND timeline = ? \
+             ORDER BY length(name), name",
+        )
+        .bind(database_id.as_str())
+        .bind(timeline)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let count = |name: &str| -> Result<u64, StoreError> {
+                    u64::try_from(row.try_get::<i64, _>(name)?)
+                        .map_err(|_| StoreError::Corrupt(format!("log {name}")))
+                };
+                Ok(ArchivedLog {
+                    database_id: database_id.clone(),
+                    timeline: timeline.to_owned(),
+                    name: row.try_get("name")?,
+                    plain_bytes: count("plain_bytes")?,
+                    stored_bytes: count("stored_bytes")?,
+                    sha256: row.try_get("sha256")?,
+                    object_key: row.try_get("object_key")?,
+                    archived_at: row.try_get("archived_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn backup_key(&self, database_id: &InstanceId) -> Result<Option<Vec<u8>>, StoreError> {

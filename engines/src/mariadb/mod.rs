@@ -4,6 +4,7 @@
 
 pub mod backup;
 mod config;
+pub mod pitr;
 mod probe;
 mod template;
 
@@ -19,7 +20,7 @@ pub use config::{
 use config::{TMP_DIR, render_accounts_sql, render_init_sql, render_my_cnf};
 use template::{Template, copy_tree};
 
-use crate::backup::{Format, Taken};
+use crate::backup::{Format, LogSegment, Position, Taken};
 use crate::confine::{Owner, Resources};
 use crate::datadir;
 use crate::engine::{Engine, EngineError, Instance, Launch, ProbeError, find_program, socket_path};
@@ -256,6 +257,38 @@ impl Engine for MariaDbEngine {
             return Err(EngineError::Failed("the server did not tell its log position".into()));
         }
         Ok(version)
+    }
+
+    fn log_segments(&self, data: &Path) -> std::io::Result<Vec<LogSegment>> {
+        pitr::segments(data)
+    }
+
+    /// `FLUSH BINARY LOGS` when the server logged a transaction since `last` (its GTID
+    /// position then), so an idle database does not pile up empty files.
+    async fn close_log(
+        &self,
+        instance: &Instance,
+        last: Option<&str>,
+    ) -> Result<Option<String>, EngineError> {
+        let gtid = self.root_sql(&instance.dir, "SELECT @@gtid_binlog_pos;\n").await?;
+        let gtid = gtid.trim().to_owned();
+        if last != Some(gtid.as_str()) {
+            self.root_sql(&instance.dir, "FLUSH BINARY LOGS;\n").await?;
+        }
+        Ok(Some(gtid))
+    }
+
+    async fn replay_logs(
+        &self,
+        instance: &Instance,
+        staged: &Path,
+        files: &[String],
+        from: &Position,
+        until: i64,
+        rename: Option<(&str, &str)>,
+        owner: Option<Owner>,
+    ) -> Result<(), EngineError> {
+        pitr::replay(instance, staged, files, from, until, rename, owner).await
     }
 
     fn socket(&self, dir: &Path) -> Option<PathBuf> {

@@ -12,8 +12,9 @@ use crate::api::error::ApiError;
 use crate::api::extract::{Json, Path, Query, tenant_of};
 use crate::api::routes::databases::{view as database_view, visible};
 use crate::api::routes::timestamp;
+use crate::backup::jobs::RestorePoint;
 use crate::backup::schedule;
-use crate::service::{Caller, ControlService, ServiceError};
+use crate::service::{Caller, ControlService, ServiceError, parse_time};
 use crate::store::{BackupKind, BackupRecord};
 
 /// A backup as tenants see it.
@@ -133,10 +134,12 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A backup by id, or (MySQL) a time in the database's past.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
-    backup: String,
+    backup: Option<String>,
+    time: Option<String>,
 }
 
 /// `POST /v1/databases/{name}/restore {"backup": id}`: replace its data with the backup's,
@@ -151,10 +154,23 @@ pub async fn restore(
     if !visible(&caller, &name) {
         return Err(ApiError::not_found(format!("no database named {name:?}")));
     }
-    let (db, kept) = state.service.restore_in_place(tenant, &name, &req.backup).await?;
+    let point = match (&req.backup, &req.time) {
+        (Some(id), None) => RestorePoint::Backup(id),
+        (None, Some(time)) => RestorePoint::Time(
+            parse_time(time).map_err(|m| ApiError::bad_request("invalid_restore", m))?,
+        ),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_restore",
+                "restore takes {\"backup\": id} or {\"time\": RFC 3339}",
+            ));
+        }
+    };
+    let (db, kept) = state.service.restore_in_place(tenant, &name, point).await?;
     Ok(JsonResponse(json!({
         "database": database_view(&state.service, &db, None),
         "restored_from": req.backup,
+        "restored_to": req.time,
         "previous_data": view(&state.service, &kept),
     })))
 }
