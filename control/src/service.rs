@@ -290,6 +290,12 @@ impl ControlService {
         };
         let engine: EngineKind = match (&source, req.engine.as_str()) {
             (Some(backup), "") => backup.engine,
+            (None, "") => {
+                return Err(ServiceError::Invalid {
+                    field: "engine",
+                    message: "engine is required: \"mysql\" or \"redis\"".into(),
+                });
+            }
             _ => req.engine.parse().map_err(|_| ServiceError::Invalid {
                 field: "engine",
                 message: format!(

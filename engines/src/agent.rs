@@ -90,6 +90,21 @@ pub trait HostAgent: Send + Sync {
         spec: &InstanceSpec,
         out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<Taken, AgentError>;
+    /// An incremental hot backup of the running server: what changed after `since_lsn` (its
+    /// parent's [`Position::lsn`]). Fails when the server does not run or its engine has none.
+    async fn backup_incremental(
+        &self,
+        spec: &InstanceSpec,
+        since_lsn: u64,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<Taken, AgentError>;
+    /// Unpacks the incremental backup read from `input` beside the stopped instance, for the
+    /// next [`Self::restore`] to apply on top of its full backup; called oldest first.
+    async fn stage_increment(
+        &self,
+        spec: &InstanceSpec,
+        input: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> Result<(), AgentError>;
     /// Replaces the data of the stopped instance `spec` (provisioned first if it has no
     /// directory) with a backup in `format` read from `input`, taken from a database whose name
     /// was `source_name`. The new data is unpacked beside the old and swapped in only once
@@ -344,6 +359,7 @@ impl LocalAgent {
         &self,
         engine: &dyn Engine,
         instance: &Instance,
+        since_lsn: Option<u64>,
         out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<Taken, AgentError> {
         // Its own name: a second backup of the same instance may run meanwhile.
@@ -362,7 +378,10 @@ impl LocalAgent {
                 std::os::unix::fs::chown(&scratch, Some(owner.uid), Some(owner.gid))
                     .map_err(EngineError::io(format!("giving {} away", scratch.display())))?;
             }
-            engine.hot_backup(instance, &scratch, owner, out).await
+            match since_lsn {
+                Some(lsn) => engine.hot_backup_since(instance, &scratch, owner, lsn, out).await,
+                None => engine.hot_backup(instance, &scratch, owner, out).await,
+            }
         }
         .await;
         let _ = tokio::fs::remove_dir_all(&scratch).await;
@@ -396,6 +415,10 @@ impl LocalAgent {
             Format::Xbstream | Format::Rdb => {
                 engine.unpack(format, input, &fresh, owner).await?;
             }
+        }
+        // Incremental backups staged for this restore go on top, oldest first.
+        for increment in staged_increments(&increments_dir(&self.root, dir)) {
+            engine.apply_increment(&fresh, &increment, owner).await?;
         }
         let live = dir.join(DATA_DIR);
         let old = scratch.join("replaced");
@@ -447,6 +470,25 @@ impl LocalAgent {
 /// tool files, a restore's unpacked data until it is swapped in.
 const BACKUP_SCRATCH: &str = ".backup-";
 const RESTORE_SCRATCH: &str = ".restoring";
+/// Incremental backups unpacked for the next restore, one directory each (`0000`, `0001`, …).
+const INCREMENTS_SCRATCH: &str = ".increments";
+
+fn increments_dir(root: &Path, instance_dir: &Path) -> PathBuf {
+    let id = instance_dir.file_name().unwrap_or_default().to_string_lossy();
+    root.join(format!(".{id}{INCREMENTS_SCRATCH}"))
+}
+
+/// The staged increments in `dir`, in the order they were staged.
+fn staged_increments(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
 /// In the instance directory: archived log files put back for a replay.
 const STAGED_LOGS: &str = "replay";
 
@@ -457,7 +499,9 @@ fn sweep_scratch(root: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let scratch = name.starts_with('.')
-            && (name.contains(BACKUP_SCRATCH) || name.ends_with(RESTORE_SCRATCH));
+            && (name.contains(BACKUP_SCRATCH)
+                || name.ends_with(RESTORE_SCRATCH)
+                || name.ends_with(INCREMENTS_SCRATCH));
         if scratch && let Err(e) = std::fs::remove_dir_all(entry.path()) {
             tracing::warn!(dir = %entry.path().display(), error = %e, "removing a stale scratch directory");
         }
@@ -589,7 +633,7 @@ impl HostAgent for LocalAgent {
         if let Some(instance) = self.running(spec) {
             // Not held while copying: a wake of the running server must not wait for a backup.
             drop(guard);
-            return self.hot_backup(engine.as_ref(), &instance, out).await;
+            return self.hot_backup(engine.as_ref(), &instance, None, out).await;
         }
         self.check_not_live(&spec.id)?;
         // Held: no server starts on the directory while it is read.
@@ -641,6 +685,7 @@ impl HostAgent for LocalAgent {
         let swapped = self.unpack_and_swap(engine.as_ref(), &dir, &scratch, owner, format, input);
         let result = swapped.await;
         let _ = tokio::fs::remove_dir_all(&scratch).await;
+        let _ = tokio::fs::remove_dir_all(increments_dir(&self.root, &dir)).await;
         result?;
         engine.restored(&dir, spec, source_name).await?;
         let mut generation = [0u8; 8];
@@ -649,6 +694,49 @@ impl HostAgent for LocalAgent {
             .await
             .map_err(EngineError::io("recording the data generation"))?;
         Ok(())
+    }
+
+    async fn backup_incremental(
+        &self,
+        spec: &InstanceSpec,
+        since_lsn: u64,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<Taken, AgentError> {
+        let engine = self.engine(spec.engine)?.clone();
+        let instance = self.running(spec).ok_or_else(|| {
+            EngineError::Failed("an incremental backup is taken from a running server".into())
+        })?;
+        self.hot_backup(engine.as_ref(), &instance, Some(since_lsn), out).await
+    }
+
+    async fn stage_increment(
+        &self,
+        spec: &InstanceSpec,
+        input: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> Result<(), AgentError> {
+        let engine = self.engine(spec.engine)?.clone();
+        let lock = self.lock(&spec.id);
+        let _guard = lock.lock().await;
+        self.check_not_live(&spec.id)?;
+        let dir = self.provision(engine.as_ref(), spec, &mut StartTiming::default()).await?;
+        let owner = self
+            .confiner
+            .owner_for(&self.root, &dir)
+            .await
+            .map_err(EngineError::io(format!("giving {} to its server's user", dir.display())))?;
+        let staged = increments_dir(&self.root, &dir);
+        create_private_dir(&staged)
+            .map_err(EngineError::io(format!("creating {}", staged.display())))?;
+        if let Some(owner) = owner {
+            std::os::unix::fs::chown(&staged, Some(owner.uid), Some(owner.gid))
+                .map_err(EngineError::io(format!("giving {} away", staged.display())))?;
+        }
+        let next = staged.join(format!("{:04}", staged_increments(&staged).len()));
+        let unpacked = engine.unpack_increment(input, &next, owner).await;
+        if unpacked.is_err() {
+            let _ = tokio::fs::remove_dir_all(&staged).await;
+        }
+        Ok(unpacked?)
     }
 
     async fn closed_logs(&self, spec: &InstanceSpec) -> Result<ClosedLogs, AgentError> {

@@ -58,6 +58,10 @@ pub struct Position {
     /// archived log files are kept per timeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<String>,
+    /// MariaDB: the InnoDB log sequence number a hot copy ends at, which an incremental
+    /// backup on top of it starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<u64>,
 }
 
 /// A closed file of an instance's change log (a MariaDB binary log file), which no longer

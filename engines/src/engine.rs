@@ -113,6 +113,39 @@ pub trait Engine: Send + Sync + 'static {
         Err(EngineError::Failed(format!("{} cannot back up a running server", self.kind())))
     }
 
+    /// An incremental hot backup: what changed after `since_lsn` (a parent backup's end).
+    async fn hot_backup_since(
+        &self,
+        _instance: &Instance,
+        _scratch: &Path,
+        _owner: Option<Owner>,
+        _since_lsn: u64,
+        _out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<Taken, EngineError> {
+        Err(EngineError::Failed(format!("{} has no incremental backups", self.kind())))
+    }
+
+    /// Unpacks an incremental backup from `input` into `dir` (made here), to be applied by
+    /// [`Engine::apply_increment`] after the full backup under it is unpacked.
+    async fn unpack_increment(
+        &self,
+        _input: &mut (dyn AsyncRead + Send + Unpin),
+        _dir: &Path,
+        _owner: Option<Owner>,
+    ) -> Result<(), EngineError> {
+        Err(EngineError::Failed(format!("{} has no incremental backups", self.kind())))
+    }
+
+    /// Applies an unpacked incremental backup to the unpacked data directory `data`.
+    async fn apply_increment(
+        &self,
+        _data: &Path,
+        _increment: &Path,
+        _owner: Option<Owner>,
+    ) -> Result<(), EngineError> {
+        Err(EngineError::Failed(format!("{} has no incremental backups", self.kind())))
+    }
+
     /// Fills `data` (not existing yet; its parent is an empty private directory owned by
     /// `owner`) from a backup in one of this engine's own hot formats read from `input` to its
     /// end. Tools run as `owner`.

@@ -97,8 +97,8 @@ async fn bad_input_gets_a_clear_4xx() -> anyhow::Result<()> {
             "/v1/databases",
             Some(&admin),
             Some(json!({"name": "x"})),
-            422,
-            "invalid_json",
+            400,
+            "invalid_engine",
         ),
         (
             Method::POST,

@@ -474,3 +474,52 @@ async fn mysql_restores_to_a_second_between_two_writes_in_place_and_as_a_branch(
     cluster.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn mysql_incremental_chains_restore_to_each_link_and_hold_their_base() -> anyhow::Result<()> {
+    use mysql_async::prelude::Queryable;
+    let cluster = Cluster::start().await?;
+    let admin = cluster.tenant("acme").await?;
+    let created = cluster.database(&admin, "inc", "mysql").await?;
+    let token = created["token"]["token"].as_str().context("token")?.to_owned();
+    let mut conn = mysql_async::Conn::new(cluster.mysql_opts("inc", &token, false)).await?;
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY, pad TEXT)").await?;
+    conn.query_drop("INSERT INTO t SELECT seq, REPEAT('x', 1000) FROM seq_1_to_2000").await?;
+    let mut links: Vec<Value> = Vec::new();
+    for (round, rows) in [(0, 2000), (1, 2001), (2, 2002)] {
+        let path = "/v1/databases/inc/backups";
+        let body = json!({ "incremental": round > 0 });
+        let r = cluster.api(Method::POST, path, Some(&admin), Some(body)).await?;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+        let done = finished(&cluster, &admin, r.body["id"].as_str().context("id")?).await?;
+        assert_eq!(status(&done), "completed", "{done}");
+        let parent = links.last().map(|p| p["id"].clone()).unwrap_or(Value::Null);
+        assert_eq!(done["parent_id"], parent, "round {round}");
+        links.push(done);
+        conn.query_drop(format!("INSERT INTO t VALUES ({}, 'y')", rows + 1)).await?;
+    }
+    drop(conn);
+    let (full, last) = (&links[0], &links[2]);
+    assert!(
+        last["stored_bytes"].as_u64() < full["stored_bytes"].as_u64(),
+        "an increment stores less: {} vs {}",
+        last["stored_bytes"],
+        full["stored_bytes"]
+    );
+    for (link, rows) in [(&links[1], 2001), (&links[2], 2002)] {
+        let name = format!("inc-{rows}");
+        let body = json!({ "name": name, "restore": { "backup": link["id"] } });
+        let r = cluster.api(Method::POST, "/v1/databases", Some(&admin), Some(body)).await?;
+        assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+        let branch_token = r.body["token"]["token"].as_str().context("token")?;
+        let mut branch =
+            mysql_async::Conn::new(cluster.mysql_opts(&name, branch_token, false)).await?;
+        let count: Option<i64> = branch.query_first("SELECT COUNT(*) FROM t").await?;
+        assert_eq!(count, Some(rows), "restored from {}", link["id"]);
+    }
+    let id = full["id"].as_str().context("id")?;
+    let r = cluster.api(Method::DELETE, &format!("/v1/backups/{id}"), Some(&admin), None).await?;
+    assert_eq!(r.status, StatusCode::CONFLICT, "a chain's base stays while it has links: {r:?}");
+    cluster.stop().await;
+    Ok(())
+}

@@ -19,6 +19,7 @@ use crate::service::{ControlService, ServiceError, now, random_hex};
 use crate::store::{
     BackupKind, BackupRecord, BackupStatus, Database, DatabaseStatus, StoreError, Tenant,
 };
+use dormouse_engines::InstanceState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -62,6 +63,7 @@ impl ControlService {
         name: &str,
         label: Option<String>,
         kind: BackupKind,
+        incremental: bool,
     ) -> Result<BackupRecord, ServiceError> {
         if let Some(label) = &label
             && (label.chars().count() > MAX_NAME || label.chars().any(char::is_control))
@@ -77,7 +79,12 @@ impl ControlService {
         if matches!(db.status, DatabaseStatus::Deleting) {
             return Err(ServiceError::Conflict(format!("database {name:?} is being deleted")));
         }
-        let record = new_record(&db, label, kind, BackupStatus::Queued);
+        let mut record = new_record(&db, label, kind, BackupStatus::Queued);
+        if incremental {
+            // On top of the newest backup it can build on; a full one if there is none (or if
+            // the database is not running when the job starts).
+            record.parent_id = self.incremental_parent(&db).await?.map(|p| p.id);
+        }
         self.store().insert_backup(&record).await?;
         tracing::info!(db = %db.name, backup = %record.id, %kind, "backup queued");
         self.spawn_backup(record.id.clone());
@@ -137,13 +144,32 @@ impl ControlService {
         let progress = Progress::with_total(agent.data_size(&db.id).await);
         self.backups().progress.insert(record.id.clone(), progress.clone());
         let spec = spec(db);
+        // An incremental backup needs its parent still there and the server running.
+        let since = match &record.parent_id {
+            Some(_) if !matches!(agent.state(&db.id), InstanceState::Running { .. }) => None,
+            Some(parent) => self
+                .incremental_parent(db)
+                .await?
+                .filter(|p| &p.id == parent)
+                .and_then(|p| p.position.and_then(|pos| pos.lsn)),
+            None => None,
+        };
+        if since.is_none() {
+            record.parent_id = None;
+        }
         let result = async {
             record.data_version = agent.data_version(&spec).await.ok();
             let key = self.backups().key(self.store().as_ref(), &db.id).await?;
             let path = object_path(record);
             let produce = |mut pipe| {
                 let (agent, spec) = (agent.clone(), spec.clone());
-                async move { agent.backup(&spec, &mut pipe).await.map_err(|e| e.to_string()) }
+                async move {
+                    let taken = match since {
+                        Some(lsn) => agent.backup_incremental(&spec, lsn, &mut pipe).await,
+                        None => agent.backup(&spec, &mut pipe).await,
+                    };
+                    taken.map_err(|e| e.to_string())
+                }
             };
             let objects = self.backups().objects().clone();
             let (taken, stored) =
@@ -166,6 +192,46 @@ impl ControlService {
         .await;
         self.backups().progress.remove(&record.id);
         result
+    }
+
+    /// The backup an incremental backup of `db` builds on: its newest completed hot MariaDB
+    /// backup with a log sequence number, taken since its data was last replaced by a restore
+    /// (a restored server's log sequence numbers are another history's).
+    async fn incremental_parent(&self, db: &Database) -> Result<Option<BackupRecord>, StoreError> {
+        if db.engine != dormouse_engines::EngineKind::Mysql {
+            return Ok(None);
+        }
+        let backups = self.store().list_backups(&db.tenant_id, Some(&db.name)).await?;
+        Ok(backups
+            .into_iter()
+            .filter(|b| b.database_id == db.id)
+            .take_while(|b| b.kind != BackupKind::PreRestore)
+            .find(|b| {
+                b.status == BackupStatus::Completed
+                    && b.format == Some(Format::Xbstream)
+                    && b.position.as_ref().is_some_and(|p| p.lsn.is_some())
+            }))
+    }
+
+    /// `backup` and the backups it builds on, the full one first.
+    async fn chain(&self, backup: &BackupRecord) -> Result<Vec<BackupRecord>, BackupError> {
+        let mut chain = vec![backup.clone()];
+        while let Some(parent) = chain.last().and_then(|b| b.parent_id.clone()) {
+            let found = self.store().backup(&parent).await?;
+            let parent =
+                found.filter(|p| p.status == BackupStatus::Completed).ok_or_else(|| {
+                    BackupError::Refused(format!(
+                        "backup {} builds on backup {parent}, which is gone or incomplete",
+                        backup.id
+                    ))
+                })?;
+            if chain.len() > 1000 || chain.iter().any(|b| b.id == parent.id) {
+                return Err(BackupError::Refused(format!("backup {}'s chain loops", backup.id)));
+            }
+            chain.push(parent);
+        }
+        chain.reverse();
+        Ok(chain)
     }
 
     /// Writes the manifest beside the data: what it is, and the SHA-256 it must have.
@@ -264,6 +330,20 @@ impl ControlService {
                 backup.status
             )));
         }
+        let children: Vec<String> = self
+            .store()
+            .list_backups(&tenant.id, Some(&backup.database_name))
+            .await?
+            .into_iter()
+            .filter(|b| b.parent_id.as_deref() == Some(id))
+            .map(|b| b.id)
+            .collect();
+        if !children.is_empty() {
+            return Err(ServiceError::Conflict(format!(
+                "incremental backups build on backup {id} ({}); delete them first",
+                children.join(", ")
+            )));
+        }
         self.remove_backup_objects(&backup).await?;
         self.store().delete_backup(id).await?;
         tracing::info!(backup = %id, db = %backup.database_name, "backup deleted");
@@ -335,14 +415,36 @@ impl ControlService {
         db: &Database,
         backup: &BackupRecord,
     ) -> Result<(), BackupError> {
+        let mut chain = self.chain(backup).await?;
+        let full = chain.remove(0);
+        let agent = self.lifecycle().agent().clone();
+        let spec = spec(db);
+        let key = self.backups().key(self.store().as_ref(), &backup.database_id).await?;
+        // Incremental backups are unpacked first; the restore of the full one applies them.
+        for increment in &chain {
+            let consume = |mut input| {
+                let (agent, spec) = (agent.clone(), spec.clone());
+                async move { agent.stage_increment(&spec, &mut input).await.map_err(|e| e.to_string()) }
+            };
+            let sha256 = increment.sha256.clone().unwrap_or_default();
+            let expected = Expected { stored_bytes: increment.stored_bytes, sha256 };
+            pipeline::download(
+                self.backups().objects().clone(),
+                object_path(increment),
+                key.clone(),
+                increment.id.clone(),
+                expected,
+                Progress::with_total(increment.stored_bytes),
+                consume,
+            )
+            .await?;
+        }
+        let backup = &full;
         let (Some(format), Some(sha256)) = (backup.format, backup.sha256.clone()) else {
             return Err(BackupError::Refused(format!("backup {} holds no data", backup.id)));
         };
-        let key = self.backups().key(self.store().as_ref(), &backup.database_id).await?;
         let expected = Expected { stored_bytes: backup.stored_bytes, sha256 };
         let progress = Progress::with_total(backup.stored_bytes);
-        let agent = self.lifecycle().agent().clone();
-        let spec = spec(db);
         let source = backup.database_name.clone();
         let consume = |mut input| async move {
             agent.restore(&spec, format, &source, &mut input).await.map_err(|e| e.to_string())

@@ -166,7 +166,7 @@ async fn run_schedule(
         return Ok(());
     }
     let Some(tenant) = service.store().tenant(&db.tenant_id).await? else { return Ok(()) };
-    match service.request_backup(&tenant, &db.name, None, BackupKind::Scheduled).await {
+    match service.request_backup(&tenant, &db.name, None, BackupKind::Scheduled, false).await {
         Ok(backup) => {
             schedule.last_result = Some("queued".into());
             schedule.last_backup_id = Some(backup.id.clone());

@@ -344,9 +344,10 @@ pub async fn token(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
 
 pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> anyhow::Result<()> {
     match cmd {
-        BackupCommand::Create { database, name, wait } => {
+        BackupCommand::Create { database, name, wait, incremental } => {
             let path = format!("/v1/databases/{database}/backups");
-            let body = call(cli, Method::POST, &path, Some(json!({ "name": name }))).await?;
+            let req = json!({ "name": name, "incremental": incremental });
+            let body = call(cli, Method::POST, &path, Some(req)).await?;
             let mut body = body.unwrap_or_default();
             if *wait {
                 body = wait_for_backup(cli, text(&body, "id")).await?;
@@ -465,7 +466,7 @@ async fn wait_for_backup(cli: &Cli, id: &str) -> anyhow::Result<Value> {
 }
 
 fn print_backup(b: &Value) {
-    for key in ["id", "name", "database", "engine", "kind", "status", "reason"] {
+    for key in ["id", "name", "database", "engine", "kind", "status", "reason", "parent_id"] {
         if let Some(v) = b[key].as_str() {
             println!("{key:<13} {v}");
         }

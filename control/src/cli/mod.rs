@@ -66,6 +66,10 @@ pub enum BackupCommand {
         /// Wait until it has finished, showing progress.
         #[arg(long)]
         wait: bool,
+        /// Only what changed since the newest backup it can build on (MySQL, while it runs;
+        /// otherwise a full one).
+        #[arg(long)]
+        incremental: bool,
     },
     /// List backups, newest first.
     List {

@@ -28,10 +28,14 @@ const PACKAGE: &str = "mariadb-backup";
 /// directory, which that user can change, so as root a link left there would copy a host file
 /// into the backup. Root logs in over the socket by password (an empty one), not by the
 /// client's uid.
+///
+/// With `since_lsn`, an incremental copy: only the pages changed after that log sequence
+/// number (a parent backup's end), which a restore applies on top of the parent.
 pub async fn hot_backup(
     instance: &Instance,
     scratch: &Path,
     owner: Option<Owner>,
+    since_lsn: Option<u64>,
     out: &mut (dyn AsyncWrite + Send + Unpin),
 ) -> Result<Taken, EngineError> {
     let program = tool::require("mariadb-backup", PACKAGE)?;
@@ -51,11 +55,16 @@ pub async fn hot_backup(
         .arg(format!("--target-dir={}", tmp.display()))
         .arg(format!("--extra-lsndir={}", lsn.display()))
         .current_dir(instance.dir.join("data"));
+    if let Some(since) = since_lsn {
+        cmd.arg(format!("--incremental-lsn={since}"));
+    }
     let bytes = tool::stream_out(cmd, "mariadb-backup", &log, out).await?;
     let info = datadir::read_marker(&lsn.join("xtrabackup_info")).ok().flatten();
     let info = info.unwrap_or_default();
     let mut position = parse_binlog_pos(&info);
     position.time = datadir::now();
+    let checkpoints = datadir::read_marker(&lsn.join("xtrabackup_checkpoints")).ok().flatten();
+    position.lsn = checkpoints.as_deref().and_then(parse_to_lsn);
     Ok(Taken { format: crate::backup::Format::Xbstream, position, bytes, hot: true })
 }
 
@@ -109,6 +118,51 @@ pub async fn unpack(
     tool::run(cmd, "mariadb-backup --prepare", &log).await
 }
 
+/// `to_lsn` from `xtrabackup_checkpoints` (`to_lsn = 48375210`).
+pub fn parse_to_lsn(checkpoints: &str) -> Option<u64> {
+    checkpoints
+        .lines()
+        .find_map(|l| l.strip_prefix("to_lsn = "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `mbstream -x` of an incremental backup into `dir` (made here, as `owner`), for
+/// [`apply_increment`] after the full backup under it is prepared.
+pub async fn unpack_increment(
+    input: &mut (dyn AsyncRead + Send + Unpin),
+    dir: &Path,
+    owner: Option<Owner>,
+) -> Result<(), EngineError> {
+    let mbstream = tool::require("mbstream", PACKAGE)?;
+    tokio::fs::create_dir(dir)
+        .await
+        .map_err(EngineError::io(format!("creating {}", dir.display())))?;
+    if let Some(owner) = owner {
+        std::os::unix::fs::chown(dir, Some(owner.uid), Some(owner.gid))
+            .map_err(EngineError::io(format!("giving {} away", dir.display())))?;
+    }
+    let log = dir.with_extension("log");
+    let mut cmd = tool::command(&mbstream, &log, owner)?;
+    cmd.arg("-x").arg("-C").arg(dir).current_dir(dir);
+    tool::stream_in(cmd, "mbstream", &log, input).await.map(drop)
+}
+
+/// Applies an unpacked incremental backup `increment` to the prepared data directory `data`.
+pub async fn apply_increment(
+    data: &Path,
+    increment: &Path,
+    owner: Option<Owner>,
+) -> Result<(), EngineError> {
+    let backup = tool::require("mariadb-backup", PACKAGE)?;
+    let log = increment.with_extension("prepare.log");
+    let mut cmd = tool::command(&backup, &log, owner)?;
+    cmd.args(["--no-defaults", "--prepare"])
+        .arg(format!("--target-dir={}", data.display()))
+        .arg(format!("--incremental-dir={}", increment.display()))
+        .current_dir(data);
+    tool::run(cmd, "mariadb-backup --prepare --incremental-dir", &log).await
+}
+
 /// One `init.sql` line (statements there end at `;` and a newline) that moves every base table
 /// of schema `from` into `to`, then drops `from` if nothing is left in it. Names reach the
 /// statement only as hex literals, so no name can break the line or the quoting. A table that
@@ -156,6 +210,9 @@ mod tests {
         assert_eq!(p.binlog_position, Some(795));
         assert_eq!(p.gtid.as_deref(), Some("0-1-8"));
         assert_eq!(parse_binlog_pos("tool_name = x\n"), Position::default());
+        let checkpoints = "backup_type = full-backuped\nfrom_lsn = 0\nto_lsn = 48375210\n";
+        assert_eq!(parse_to_lsn(checkpoints), Some(48_375_210));
+        assert_eq!(parse_to_lsn("backup_type = x\n"), None);
     }
 
     #[test]

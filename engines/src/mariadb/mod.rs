@@ -195,7 +195,36 @@ impl Engine for MariaDbEngine {
         owner: Option<Owner>,
         out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<Taken, EngineError> {
-        backup::hot_backup(instance, scratch, owner, out).await
+        backup::hot_backup(instance, scratch, owner, None, out).await
+    }
+
+    async fn hot_backup_since(
+        &self,
+        instance: &Instance,
+        scratch: &Path,
+        owner: Option<Owner>,
+        since_lsn: u64,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<Taken, EngineError> {
+        backup::hot_backup(instance, scratch, owner, Some(since_lsn), out).await
+    }
+
+    async fn unpack_increment(
+        &self,
+        input: &mut (dyn AsyncRead + Send + Unpin),
+        dir: &Path,
+        owner: Option<Owner>,
+    ) -> Result<(), EngineError> {
+        backup::unpack_increment(input, dir, owner).await
+    }
+
+    async fn apply_increment(
+        &self,
+        data: &Path,
+        increment: &Path,
+        owner: Option<Owner>,
+    ) -> Result<(), EngineError> {
+        backup::apply_increment(data, increment, owner).await
     }
 
     async fn unpack(

@@ -53,6 +53,9 @@ pub fn view(service: &ControlService, b: &BackupRecord) -> Value {
 #[serde(deny_unknown_fields)]
 pub struct NewBackup {
     name: Option<String>,
+    /// Only what changed since the newest backup it can build on (MySQL, while running).
+    #[serde(default)]
+    incremental: bool,
 }
 
 /// `POST /v1/databases/{name}/backups`: queue a backup; 202 with its row.
@@ -74,7 +77,10 @@ pub async fn create(
         return Err(ApiError::not_found(format!("no database named {name:?}")));
     }
     let label = req.name;
-    let backup = state.service.request_backup(tenant, &name, label, BackupKind::Manual).await?;
+    let backup = state
+        .service
+        .request_backup(tenant, &name, label, BackupKind::Manual, req.incremental)
+        .await?;
     Ok((StatusCode::ACCEPTED, JsonResponse(view(&state.service, &backup))))
 }
 
