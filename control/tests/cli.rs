@@ -196,6 +196,18 @@ fn the_cli_drives_a_running_dormouse_up() -> anyhow::Result<()> {
     assert!(ok && out.contains("database cache is back (suspended)"), "{out}{err}");
     let (ok, out, err) = cli(&["backup", "create", "cache", "--wait", "--name", "nightly"])?;
     assert!(ok && out.contains("status        completed"), "{out}{err}");
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("id "))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned();
+    let (ok, out, err) = cli(&["db", "restore", "cache", "--backup", &id])?;
+    assert!(ok && out.contains(&format!("restored from {id}")), "{out}{err}");
+    let (ok, out, err) = cli(&["db", "create", "cache-copy", "--from-backup", &id])?;
+    assert!(ok && out.contains("database cache-copy (redis"), "{out}{err}");
+    let (ok, out, err) = cli(&["backup", "schedule", "cache", "--every", "6h", "--keep", "3"])?;
+    assert!(ok && out.contains("every      6h") && out.contains("newest 3"), "{out}{err}");
     let (ok, _, err) = cli(&["db", "delete", "cache", "--yes", "--now"])?;
     assert!(ok, "{err}");
     let (ok, _, err) = cli(&["db", "undelete", "cache"])?;

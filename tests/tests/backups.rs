@@ -471,6 +471,16 @@ async fn mysql_restores_to_a_second_between_two_writes_in_place_and_as_a_branch(
     let r = cluster.api(Method::POST, path, Some(&admin), Some(json!({ "time": past }))).await?;
     assert_eq!((r.status, r.error_code()), (StatusCode::BAD_REQUEST, "invalid_restore"), "{r:?}");
     assert!(r.body["error"]["message"].as_str().unwrap_or_default().contains("oldest backup"));
+
+    // Without the base backup, the log archived before the next oldest one serves no restore.
+    let service = cluster.running().service.clone();
+    assert_eq!(service.prune_archived_logs().await?, 0, "everything is still of use");
+    let id = base["id"].as_str().context("id")?;
+    let r = cluster.api(Method::DELETE, &format!("/v1/backups/{id}"), Some(&admin), None).await?;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{r:?}");
+    assert!(service.prune_archived_logs().await? > 0, "the files between the two are gone");
+    let r = cluster.api(Method::POST, path, Some(&admin), Some(json!({ "time": time }))).await?;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "no backup before the point now: {r:?}");
     cluster.stop().await;
     Ok(())
 }
@@ -520,6 +530,51 @@ async fn mysql_incremental_chains_restore_to_each_link_and_hold_their_base() -> 
     let id = full["id"].as_str().context("id")?;
     let r = cluster.api(Method::DELETE, &format!("/v1/backups/{id}"), Some(&admin), None).await?;
     assert_eq!(r.status, StatusCode::CONFLICT, "a chain's base stays while it has links: {r:?}");
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_store_fails_the_backup_and_the_database_keeps_serving() -> anyhow::Result<()>
+{
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut s3 =
+        dormouse_control::backup::S3Config::from_url("s3://gone/x").map_err(anyhow::Error::msg)?;
+    s3.endpoint = Some(format!("http://127.0.0.1:{closed}"));
+    s3.access_key_id = Some("test".into());
+    s3.secret_access_key = Some("test".into());
+    let config = dormouse_control::backup::BackupConfig {
+        storage: dormouse_control::backup::StorageConfig::S3(s3),
+        concurrency: 1,
+    };
+    let cluster = Cluster::start_with(|c| c.backup = config).await?;
+    let admin = cluster.tenant("acme").await?;
+    let created = cluster.database(&admin, "kv", "redis").await?;
+    let token = created["token"]["token"].as_str().context("token")?.to_owned();
+    let mut conn = redis(&cluster, "kv", &token).await?;
+    let () = conn.set("k", "v").await?;
+
+    let failed = backup(&cluster, &admin, "kv").await?;
+    assert_eq!(status(&failed), "failed", "{failed}");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("object store could not be written"), "{failed}");
+    assert!(
+        !reason.contains("127.0.0.1") && !reason.contains("i-"),
+        "no addresses or ids: {reason}"
+    );
+    assert_eq!(failed["sha256"], Value::Null, "nothing half-written is a backup: {failed}");
+    assert_eq!(conn.get::<_, Option<String>>("k").await?, Some("v".into()), "still serving");
+
+    // Its final backup cannot be stored, so the database is not deleted.
+    let r = cluster.api(Method::DELETE, "/v1/databases/kv", Some(&admin), None).await?;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+    assert!(
+        r.body["error"]["message"].as_str().unwrap_or_default().contains("not deleted"),
+        "{r:?}"
+    );
+    let mut conn = redis(&cluster, "kv", &token).await?;
+    assert_eq!(conn.get::<_, Option<String>>("k").await?, Some("v".into()), "data intact");
     cluster.stop().await;
     Ok(())
 }

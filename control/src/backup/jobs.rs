@@ -258,8 +258,9 @@ impl ControlService {
         let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
         let objects = self.backups().objects();
         if let Err(e) = objects.put(&manifest_path(record), body.into()).await {
+            tracing::warn!(error = %e, "writing a backup's manifest");
             let _ = objects.delete(&object_path(record)).await;
-            return Err(PipelineError::Store(e).into());
+            return Err(PipelineError::StoreWrite(std::io::Error::other(e)).into());
         }
         Ok(())
     }
@@ -356,9 +357,12 @@ impl ControlService {
             match objects.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => {
-                    return Err(ServiceError::Unavailable(format!(
-                        "the backup store could not delete {path}: {e}"
-                    )));
+                    tracing::warn!(%path, error = %e, "deleting from the backup store");
+                    return Err(ServiceError::Unavailable(
+                        "the backup object store could not delete the backup (details in the \
+                         control log)"
+                            .into(),
+                    ));
                 }
             }
         }
@@ -416,12 +420,27 @@ impl ControlService {
         backup: &BackupRecord,
     ) -> Result<(), BackupError> {
         let mut chain = self.chain(backup).await?;
+        let total = chain.iter().map(|b| b.stored_bytes).sum();
+        let progress = Progress::with_total(total);
+        let tracked = restore_progress_key(db);
+        self.backups().progress.insert(tracked.clone(), progress.clone());
+        let result = self.restore_chain(db, &mut chain, progress).await;
+        self.backups().progress.remove(&tracked);
+        result
+    }
+
+    async fn restore_chain(
+        &self,
+        db: &Database,
+        chain: &mut Vec<BackupRecord>,
+        progress: Arc<Progress>,
+    ) -> Result<(), BackupError> {
         let full = chain.remove(0);
         let agent = self.lifecycle().agent().clone();
         let spec = spec(db);
-        let key = self.backups().key(self.store().as_ref(), &backup.database_id).await?;
+        let key = self.backups().key(self.store().as_ref(), &full.database_id).await?;
         // Incremental backups are unpacked first; the restore of the full one applies them.
-        for increment in &chain {
+        for increment in chain.iter() {
             let consume = |mut input| {
                 let (agent, spec) = (agent.clone(), spec.clone());
                 async move { agent.stage_increment(&spec, &mut input).await.map_err(|e| e.to_string()) }
@@ -434,7 +453,7 @@ impl ControlService {
                 key.clone(),
                 increment.id.clone(),
                 expected,
-                Progress::with_total(increment.stored_bytes),
+                progress.clone(),
                 consume,
             )
             .await?;
@@ -444,7 +463,6 @@ impl ControlService {
             return Err(BackupError::Refused(format!("backup {} holds no data", backup.id)));
         };
         let expected = Expected { stored_bytes: backup.stored_bytes, sha256 };
-        let progress = Progress::with_total(backup.stored_bytes);
         let source = backup.database_name.clone();
         let consume = |mut input| async move {
             agent.restore(&spec, format, &source, &mut input).await.map_err(|e| e.to_string())
@@ -520,6 +538,11 @@ pub enum RestorePoint<'a> {
     Backup(&'a str),
     /// A second in the database's past (MySQL: a backup, then its log up to then).
     Time(i64),
+}
+
+/// Under which key a restore into `db` reports its progress.
+pub fn restore_progress_key(db: &Database) -> String {
+    format!("restore:{}", db.id)
 }
 
 fn lifecycle_error(e: LifecycleError) -> ServiceError {

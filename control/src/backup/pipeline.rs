@@ -61,10 +61,14 @@ pub struct Stored {
     pub sha256: String,
 }
 
+/// Errors a tenant sees as a backup's reason: the store's own errors name its address and
+/// the objects' keys, so they go to control's log and the reason only says what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("object store: {0}")]
+    #[error("the backup object store could not be read (details in the control log)")]
     Store(#[from] object_store::Error),
+    #[error("the backup object store could not be written to (details in the control log)")]
+    StoreWrite(io::Error),
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("the backup is corrupt or was tampered with (its checksum does not match)")]
@@ -187,7 +191,10 @@ where
         (Ok(value), Ok(()), Ok(Ok(info))) => Ok((value, info)),
         // A store that failed broke the agent's pipe; an agent that failed explains the
         // rest.
-        (_, Err(e), _) => Err(PipelineError::Io(e)),
+        (_, Err(e), _) => {
+            tracing::warn!(error = %e, "writing to the backup store");
+            Err(PipelineError::StoreWrite(e))
+        }
         (Err(e), _, _) => Err(PipelineError::Producer(e)),
         (_, _, Err(e)) | (_, _, Ok(Err(e))) => Err(PipelineError::Io(e)),
     };
@@ -195,8 +202,9 @@ where
         Ok((value, info)) => match out.shutdown().await {
             Ok(()) => Ok((value, info)),
             Err(e) => {
+                tracing::warn!(error = %e, "completing an upload to the backup store");
                 let _ = objects.delete(&path).await;
-                Err(e.into())
+                Err(PipelineError::StoreWrite(e))
             }
         },
         Err(e) => {
@@ -331,6 +339,7 @@ where
             Ok(())
         })();
         if let Some(e) = source.failed.take() {
+            tracing::warn!(error = %e, "reading from the backup store");
             return Err(PipelineError::Store(e));
         }
         copied?;

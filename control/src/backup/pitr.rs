@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 
 use dormouse_engines::EngineKind;
+use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 
 use super::jobs::BackupError;
@@ -40,16 +41,18 @@ impl ControlService {
         let spec = spec(db);
         let closed =
             agent.closed_logs(&spec).await.map_err(|e| BackupError::Refused(e.to_string()))?;
-        let archived: HashSet<String> = self
-            .store()
-            .archived_logs(&db.id, &closed.timeline)
-            .await?
-            .into_iter()
-            .map(|l| l.name)
-            .collect();
+        let archived = self.store().archived_logs(&db.id, &closed.timeline).await?;
+        // Files before the oldest one kept were pruned as useless (see
+        // [`Self::prune_archived_logs`]); the instance keeps them a while, but not for this.
+        let order = |name: &str| (name.len(), name.to_owned());
+        let floor = archived.first().map(|l| order(&l.name));
+        let archived: HashSet<String> = archived.into_iter().map(|l| l.name).collect();
         let key = self.backups().key(self.store().as_ref(), &db.id).await?;
         let mut count = 0;
-        for segment in closed.segments.iter().filter(|s| !archived.contains(&s.name)) {
+        let wanted = |s: &&dormouse_engines::backup::LogSegment| {
+            !archived.contains(&s.name) && floor.as_ref().is_none_or(|f| order(&s.name) > *f)
+        };
+        for segment in closed.segments.iter().filter(wanted) {
             let path = log_path(db, &closed.timeline, &segment.name);
             let object = log_object(db.id.as_str(), &closed.timeline, &segment.name);
             let name = segment.name.clone();
@@ -86,6 +89,48 @@ impl ControlService {
     pub async fn archive_logs(&self, db: &Database) -> Result<usize, BackupError> {
         let (held, db) = self.lifecycle().hold(db).await?;
         self.archive_logs_held(&held, &db).await
+    }
+
+    /// Deletes archived log files no restore can use any more: those archived before the
+    /// oldest remaining backup of their database was taken (every change in them is older than
+    /// any backup a replay could start from), and all of a database with no backup left.
+    pub async fn prune_archived_logs(&self) -> Result<usize, ServiceError> {
+        let mut pruned = 0;
+        for database_id in self.store().archived_log_databases().await? {
+            let logs = self.store().all_archived_logs(&database_id).await?;
+            let Some(first) = logs.first() else { continue };
+            // The tenant is in the object key; backups are listed per tenant.
+            let tenant_id = first.object_key.split('/').next().unwrap_or_default().to_owned();
+            let oldest = self
+                .store()
+                .list_backups(&tenant_id, None)
+                .await?
+                .into_iter()
+                .filter(|b| b.database_id == database_id && b.status == BackupStatus::Completed)
+                .map(|b| b.created_at)
+                .min();
+            // A live database without a backup yet keeps its files for its first one (and
+            // so they are not archived again and again).
+            let live =
+                self.store().list_databases(&tenant_id).await?.iter().any(|d| d.id == database_id);
+            let prunable = |l: &&ArchivedLog| match oldest {
+                Some(t) => l.archived_at < t,
+                None => !live,
+            };
+            for log in logs.iter().filter(prunable) {
+                let path = ObjectPath::from(log.object_key.as_str());
+                match self.backups().objects().delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "deleting an archived log file");
+                        continue;
+                    }
+                }
+                self.store().delete_archived_log(log).await?;
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
     }
 
     /// The backup a restore of the tenant's database `name` to `until` starts from: the

@@ -232,6 +232,7 @@ async fn retain(
             }
         }
     }
+    service.prune_archived_logs().await?;
     Ok(())
 }
 

@@ -4,11 +4,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 
 /// The object store backups go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,9 +89,17 @@ impl StorageConfig {
                 Ok(Arc::new(local))
             }
             StorageConfig::S3(s3) => {
+                // A store that is down fails a backup in seconds, not the client's default
+                // three minutes: a deletion waits for its final backup.
+                let retry = RetryConfig {
+                    backoff: BackoffConfig::default(),
+                    max_retries: 3,
+                    retry_timeout: Duration::from_secs(30),
+                };
                 let mut builder = AmazonS3Builder::from_env()
                     .with_bucket_name(&s3.bucket)
-                    .with_region(&s3.region);
+                    .with_region(&s3.region)
+                    .with_retry(retry);
                 if let Some(endpoint) = &s3.endpoint {
                     builder = builder
                         .with_endpoint(endpoint)

@@ -117,8 +117,13 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
                 "lazy": lazy,
                 "allowed_cidrs": allow,
             });
-            let body =
-                call(cli, Method::POST, "/v1/databases", Some(req)).await?.unwrap_or_default();
+            let request = call(cli, Method::POST, "/v1/databases", Some(req));
+            let body = if restore.is_null() {
+                request.await?
+            } else {
+                with_restore_progress(cli, name, request).await?
+            };
+            let body = body.unwrap_or_default();
             if cli.json {
                 print_json(&body);
             } else {
@@ -221,7 +226,8 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
         DbCommand::Restore { name, backup, time } => {
             let req = json!({ "backup": backup, "time": time });
             let path = format!("/v1/databases/{name}/restore");
-            let body = call(cli, Method::POST, &path, Some(req)).await?.unwrap_or_default();
+            let request = call(cli, Method::POST, &path, Some(req));
+            let body = with_restore_progress(cli, name, request).await?.unwrap_or_default();
             if cli.json {
                 print_json(&body);
             } else {
@@ -436,18 +442,7 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> anyhow::Result<()> {
 
 /// Polls a backup until it has finished, with a progress bar on a terminal.
 async fn wait_for_backup(cli: &Cli, id: &str) -> anyhow::Result<Value> {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({percent}%)",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    if cli.json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar.set_message(format!("backup {id}"));
+    let bar = progress_bar(cli, format!("backup {id}"));
     loop {
         let body =
             call(cli, Method::GET, &format!("/v1/backups/{id}"), None).await?.unwrap_or_default();
@@ -463,6 +458,52 @@ async fn wait_for_backup(cli: &Cli, id: &str) -> anyhow::Result<Value> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// Runs `request` (a restore into database `name`) while showing the restore's progress,
+/// which the database reports while its data is being restored.
+async fn with_restore_progress<T>(
+    cli: &Cli,
+    name: &str,
+    request: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let bar = progress_bar(cli, format!("restoring {name}"));
+    let path = format!("/v1/databases/{name}");
+    tokio::pin!(request);
+    loop {
+        tokio::select! {
+            result = &mut request => {
+                bar.finish_and_clear();
+                return result;
+            }
+            () = tokio::time::sleep(std::time::Duration::from_millis(300)) => {
+                // A failed look is only a missed frame.
+                if let Ok(Some(db)) = call(cli, Method::GET, &path, None).await
+                    && let Some(p) = db["restore_progress"].as_object()
+                {
+                    bar.set_length(p["bytes_total"].as_u64().unwrap_or_default());
+                    bar.set_position(p["bytes_done"].as_u64().unwrap_or_default());
+                }
+            }
+        }
+    }
+}
+
+/// A progress bar in bytes, hidden with `--json`.
+fn progress_bar(cli: &Cli, message: String) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({percent}%)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    if cli.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_message(message);
+    bar
 }
 
 fn print_backup(b: &Value) {

@@ -320,6 +320,14 @@ pub trait Store: Send + Sync {
         database_id: &InstanceId,
         timeline: &str,
     ) -> Result<Vec<ArchivedLog>, StoreError>;
+    /// Every database that has archived log files.
+    async fn archived_log_databases(&self) -> Result<Vec<InstanceId>, StoreError>;
+    /// A database's archived log files, every timeline.
+    async fn all_archived_logs(
+        &self,
+        database_id: &InstanceId,
+    ) -> Result<Vec<ArchivedLog>, StoreError>;
+    async fn delete_archived_log(&self, log: &ArchivedLog) -> Result<(), StoreError>;
     /// The database's sealed backup key, if it has one.
     async fn backup_key(&self, database_id: &InstanceId) -> Result<Option<Vec<u8>>, StoreError>;
     /// Records the database's sealed key unless it has one already; returns the one it has.

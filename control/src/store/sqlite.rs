@@ -591,13 +591,42 @@ impl Store for SqliteStore {
         database_id: &InstanceId,
         timeline: &str,
     ) -> Result<Vec<ArchivedLog>, StoreError> {
+        let all = self.all_archived_logs(database_id).await?;
+        Ok(all.into_iter().filter(|l| l.timeline == timeline).collect())
+    }
+
+    async fn archived_log_databases(&self) -> Result<Vec<InstanceId>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT database_id FROM log_archive")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let id: String = r.try_get("database_id")?;
+                InstanceId::new(id.clone())
+                    .map_err(|_| StoreError::Corrupt(format!("instance id {id:?}")))
+            })
+            .collect()
+    }
+
+    async fn delete_archived_log(&self, log: &ArchivedLog) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM log_archive WHERE database_id = ? AND timeline = ? AND name = ?")
+            .bind(log.database_id.as_str())
+            .bind(&log.timeline)
+            .bind(&log.name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn all_archived_logs(
+        &self,
+        database_id: &InstanceId,
+    ) -> Result<Vec<ArchivedLog>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, plain_bytes, stored_bytes, sha256, object_key, archived_at \
-             FROM log_archive WHERE database_id = ? AND timeline = ? \
-             ORDER BY length(name), name",
+            "SELECT timeline, name, plain_bytes, stored_bytes, sha256, object_key, archived_at \
+             FROM log_archive WHERE database_id = ? ORDER BY timeline, length(name), name",
         )
         .bind(database_id.as_str())
-        .bind(timeline)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
@@ -608,7 +637,7 @@ impl Store for SqliteStore {
                 };
                 Ok(ArchivedLog {
                     database_id: database_id.clone(),
-                    timeline: timeline.to_owned(),
+                    timeline: row.try_get("timeline")?,
                     name: row.try_get("name")?,
                     plain_bytes: count("plain_bytes")?,
                     stored_bytes: count("stored_bytes")?,

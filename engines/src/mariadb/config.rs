@@ -37,7 +37,8 @@ pub fn common_settings(out: &mut String) {
 /// - a binary log of every change, in row format and synced at each commit, for
 ///   point-in-time recovery from a backup. Named relative to the data directory, so its
 ///   index lists `./binlog.000001` and a copy of the directory elsewhere still finds it (an
-///   absolute path would be written into the index and point at the old instance).
+///   absolute path would be written into the index and point at the old instance). Files
+///   are kept a day on the instance: control archives each within a minute of its closing.
 ///   Tenants still create functions and triggers without SUPER
 ///   (`log_bin_trust_function_creators`): in row format the log holds the rows they changed,
 ///   not the calls, so a routine's determinism does not matter to a replay.
@@ -65,6 +66,7 @@ pub fn render_my_cnf(instance: &Instance) -> String {
          binlog_format=ROW\n\
          server_id=1\n\
          sync_binlog=1\n\
+         binlog_expire_logs_seconds=86400\n\
          log_bin_trust_function_creators=1\n\
          innodb_buffer_pool_size={pool}M\n\
          innodb_flush_log_at_trx_commit=1\n\
@@ -264,6 +266,7 @@ mod tests {
             "log_bin=binlog",
             "binlog_format=ROW",
             "sync_binlog=1",
+            "binlog_expire_logs_seconds=86400",
             "log_bin_trust_function_creators=1",
         ] {
             assert!(conf.lines().any(|l| l == line), "missing {line}");

@@ -161,7 +161,14 @@ pub async fn restore(
         return Err(ApiError::not_found(format!("no database named {name:?}")));
     }
     let point = match (&req.backup, &req.time) {
-        (Some(id), None) => RestorePoint::Backup(id),
+        (Some(id), None) => {
+            // A token limited to one database never reads another's backup into it.
+            let backup = state.service.backup_of(tenant, id).await?;
+            if !visible(&caller, &backup.database_name) {
+                return Err(ApiError::not_found(format!("no backup with id {id:?}")));
+            }
+            RestorePoint::Backup(id)
+        }
         (None, Some(time)) => RestorePoint::Time(
             parse_time(time).map_err(|m| ApiError::bad_request("invalid_restore", m))?,
         ),

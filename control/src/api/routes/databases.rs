@@ -97,6 +97,13 @@ pub fn view(service: &ControlService, db: &Database, token: Option<&str>) -> Val
             "failed_starts": 0,
         }))),
         "connection": connection(&service.endpoints(), db, token),
+        // While a backup is being restored into it.
+        "restore_progress": service
+            .backups()
+            .progress(&crate::backup::jobs::restore_progress_key(db))
+            .map(|(done, total, percent)| json!({
+                "bytes_done": done, "bytes_total": total, "percent": percent,
+            })),
     })
 }
 
@@ -114,6 +121,16 @@ pub async fn create(
     Json(req): Json<NewDatabase>,
 ) -> Result<(StatusCode, JsonResponse<Value>), ApiError> {
     let tenant = tenant_of(&caller, true)?;
+    if let Some(from) = &req.restore {
+        // A token limited to one database never reads another's backup.
+        let source = match (&from.backup, &from.database) {
+            (Some(id), _) => Some(state.service.backup_of(tenant, id).await?.database_name),
+            (None, database) => database.clone(),
+        };
+        if source.is_some_and(|name| !visible(&caller, &name)) {
+            return Err(ApiError::not_found("no such backup"));
+        }
+    }
     let (db, token) = state.service.create_database(tenant, &req).await?;
     let mut body = view(&state.service, &db, Some(&token.token));
     body["token"] =
