@@ -79,6 +79,18 @@ impl ControlService {
         if matches!(db.status, DatabaseStatus::Deleting) {
             return Err(ServiceError::Conflict(format!("database {name:?} is being deleted")));
         }
+        // One at a time per database: a second would copy the same data again.
+        let pending =
+            self.store().list_backups(&tenant.id, Some(name)).await?.into_iter().find(|b| {
+                b.database_id == db.id
+                    && matches!(b.status, BackupStatus::Queued | BackupStatus::Running)
+            });
+        if let Some(pending) = pending {
+            return Err(ServiceError::Conflict(format!(
+                "backup {} of {name:?} is {}; a new one can be asked for once it has finished",
+                pending.id, pending.status
+            )));
+        }
         let mut record = new_record(&db, label, kind, BackupStatus::Queued);
         if incremental {
             // On top of the newest backup it can build on; a full one if there is none (or if
