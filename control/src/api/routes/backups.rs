@@ -17,6 +17,24 @@ use crate::backup::schedule;
 use crate::service::{Caller, ControlService, ServiceError, parse_time};
 use crate::store::{BackupKind, BackupRecord};
 
+/// A token limited to one database reaches that database alone; others are "not found".
+fn reachable_database(caller: &Caller, name: &str) -> Result<(), ApiError> {
+    if visible(caller, name) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("no database named {name:?}")))
+    }
+}
+
+/// A token limited to one database reaches that database's backups alone.
+fn reachable_backup(caller: &Caller, backup: &BackupRecord) -> Result<(), ApiError> {
+    if visible(caller, &backup.database_name) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("no backup with id {:?}", backup.id)))
+    }
+}
+
 /// A backup as tenants see it.
 pub fn view(service: &ControlService, b: &BackupRecord) -> Value {
     let progress = service.backups().progress(&b.id).map(|(done, total, percent)| {
@@ -73,9 +91,7 @@ pub async fn create(
             .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid body: {e}")))?
     };
     let tenant = tenant_of(&caller, true)?;
-    if !visible(&caller, &name) {
-        return Err(ApiError::not_found(format!("no database named {name:?}")));
-    }
+    reachable_database(&caller, &name)?;
     let label = req.name;
     let backup = state
         .service
@@ -119,9 +135,7 @@ pub async fn show(
 ) -> Result<JsonResponse<Value>, ApiError> {
     let tenant = tenant_of(&caller, false)?;
     let backup = state.service.backup_of(tenant, &id).await?;
-    if !visible(&caller, &backup.database_name) {
-        return Err(ApiError::not_found(format!("no backup with id {id:?}")));
-    }
+    reachable_backup(&caller, &backup)?;
     Ok(JsonResponse(view(&state.service, &backup)))
 }
 
@@ -133,9 +147,7 @@ pub async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let tenant = tenant_of(&caller, true)?;
     let backup = state.service.backup_of(tenant, &id).await?;
-    if !visible(&caller, &backup.database_name) {
-        return Err(ApiError::not_found(format!("no backup with id {id:?}")));
-    }
+    reachable_backup(&caller, &backup)?;
     state.service.delete_backup(tenant, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -157,16 +169,11 @@ pub async fn restore(
     Json(req): Json<RestoreRequest>,
 ) -> Result<JsonResponse<Value>, ApiError> {
     let tenant = tenant_of(&caller, true)?;
-    if !visible(&caller, &name) {
-        return Err(ApiError::not_found(format!("no database named {name:?}")));
-    }
+    reachable_database(&caller, &name)?;
     let point = match (&req.backup, &req.time) {
         (Some(id), None) => {
             // A token limited to one database never reads another's backup into it.
-            let backup = state.service.backup_of(tenant, id).await?;
-            if !visible(&caller, &backup.database_name) {
-                return Err(ApiError::not_found(format!("no backup with id {id:?}")));
-            }
+            reachable_backup(&caller, &state.service.backup_of(tenant, id).await?)?;
             RestorePoint::Backup(id)
         }
         (None, Some(time)) => RestorePoint::Time(
@@ -218,9 +225,7 @@ pub async fn show_schedule(
     Path(name): Path<String>,
 ) -> Result<JsonResponse<Value>, ApiError> {
     let tenant = tenant_of(&caller, false)?;
-    if !visible(&caller, &name) {
-        return Err(ApiError::not_found(format!("no database named {name:?}")));
-    }
+    reachable_database(&caller, &name)?;
     let db = state.service.database(tenant, &name).await?;
     let stored = state.service.store().schedule(&db.id).await.map_err(ServiceError::from)?;
     Ok(JsonResponse(schedule_view(&db, &schedule::schedule_or_default(&db, stored))))
@@ -242,9 +247,7 @@ pub async fn change_schedule(
     Json(req): Json<ScheduleChange>,
 ) -> Result<JsonResponse<Value>, ApiError> {
     let tenant = tenant_of(&caller, true)?;
-    if !visible(&caller, &name) {
-        return Err(ApiError::not_found(format!("no database named {name:?}")));
-    }
+    reachable_database(&caller, &name)?;
     let db = state.service.database(tenant, &name).await?;
     let stored = state.service.store().schedule(&db.id).await.map_err(ServiceError::from)?;
     let mut s = schedule::schedule_or_default(&db, stored);
