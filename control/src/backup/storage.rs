@@ -80,7 +80,13 @@ impl StorageConfig {
     pub fn open(&self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
         match self {
             StorageConfig::Local { dir } => {
-                std::fs::create_dir_all(dir).map_err(|e| object_store::Error::Generic {
+                // Sealed as they are, backups still name tenants and databases: the directory
+                // is control's alone.
+                let private = std::fs::create_dir_all(dir).and_then(|()| {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                });
+                private.map_err(|e| object_store::Error::Generic {
                     store: "LocalFileSystem",
                     source: Box::new(e),
                 })?;
