@@ -304,8 +304,21 @@ impl ControlService {
                 ),
             })?,
         };
-        if let Some(backup) = &source {
-            self.restorable(tenant, &backup.id, Some(engine)).await?;
+        match &source {
+            // A restore to a time was checked as it was chosen (a Redis one has no backup).
+            Some(backup) if until.is_some() && backup.engine != engine => {
+                return Err(ServiceError::Invalid {
+                    field: "restore",
+                    message: format!(
+                        "{:?} is a {} database; it cannot be restored into a {engine} database",
+                        backup.database_name, backup.engine
+                    ),
+                });
+            }
+            Some(backup) if until.is_none() => {
+                self.restorable(tenant, &backup.id, Some(engine)).await?;
+            }
+            _ => {}
         }
         if let Some(why) = engine.reserved(name) {
             return Err(ServiceError::Invalid {

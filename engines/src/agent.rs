@@ -118,15 +118,26 @@ pub trait HostAgent: Send + Sync {
     ) -> Result<(), AgentError>;
     /// Closes the running server's current change-log file if it logged anything since the
     /// last call, and lists the instance's closed log files (MariaDB's binary log), oldest
-    /// first, with their timeline: what control archives for point-in-time recovery.
+    /// first, with their timeline: what control archives for point-in-time recovery. An
+    /// engine whose log is only appended to (Redis) lists its open file too.
     async fn closed_logs(&self, spec: &InstanceSpec) -> Result<ClosedLogs, AgentError>;
-    /// Copies the closed log file `name` into `out`; returns the bytes copied.
+    /// Copies `len` bytes of the log file `name` from `offset` into `out`; returns the bytes
+    /// copied. A file shorter than that is an error, never a short copy.
     async fn read_log(
         &self,
         spec: &InstanceSpec,
         name: &str,
+        offset: u64,
+        len: u64,
         out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<u64, AgentError>;
+    /// Tells a running instance that `archived` (each file's name and the bytes of it now
+    /// archived) is stored, so log files kept only for the archive may go.
+    async fn release_logs(
+        &self,
+        spec: &InstanceSpec,
+        archived: &[crate::backup::LogSegment],
+    ) -> Result<(), AgentError>;
     /// Puts an archived log file beside the instance, for [`Self::replay_logs`].
     async fn stage_log(
         &self,
@@ -412,7 +423,7 @@ impl LocalAgent {
         let fresh = scratch.join(DATA_DIR);
         match format {
             Format::Tar => datadir::untar_in(scratch, input).await?,
-            Format::Xbstream | Format::Rdb => {
+            Format::Xbstream | Format::Rdb | Format::Aof => {
                 engine.unpack(format, input, &fresh, owner).await?;
             }
         }
@@ -758,8 +769,19 @@ impl HostAgent for LocalAgent {
             )
             .map_err(EngineError::io("listing the log"))?;
         // While a server runs, its newest file is still being written.
-        if !matches!(self.state(&spec.id), InstanceState::Stopped | InstanceState::Failed { .. }) {
+        let live =
+            !matches!(self.state(&spec.id), InstanceState::Stopped | InstanceState::Failed { .. });
+        if live && !engine.archives_open_log() {
             segments.pop();
+        }
+        // A file restored with an older time holds this timeline's data only since the restore.
+        let since = datadir::open_nofollow(&self.instance_dir(&spec.id).join(GENERATION_FILE))
+            .and_then(|f| f.metadata()?.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_secs()).ok());
+        for segment in &mut segments {
+            segment.modified = segment.modified.map(|m| since.map_or(m, |s| m.max(s)));
         }
         Ok(ClosedLogs { timeline: self.timeline(&spec.id)?, segments })
     }
@@ -768,8 +790,11 @@ impl HostAgent for LocalAgent {
         &self,
         spec: &InstanceSpec,
         name: &str,
+        offset: u64,
+        len: u64,
         out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<u64, AgentError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let engine = self.engine(spec.engine)?;
         let data = self.instance_dir(&spec.id).join(DATA_DIR);
         let known = engine.log_segments(&data).map_err(EngineError::io("listing the log"))?;
@@ -777,14 +802,36 @@ impl HostAgent for LocalAgent {
             return Err(EngineError::Failed(format!("no log file {name:?}")).into());
         }
         // The server's user could put a link in the file's place.
-        let file = datadir::open_nofollow(&data.join(name))
-            .map_err(EngineError::io(format!("opening {name}")))?;
+        let file =
+            engine.open_log(&data, name).map_err(EngineError::io(format!("opening {name}")))?;
         let mut file = tokio::fs::File::from_std(file);
-        let copied = tokio::io::copy(&mut file, out)
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(EngineError::io(format!("reading {name}")))?;
+        let copied = tokio::io::copy(&mut file.take(len), out)
             .await
             .map_err(EngineError::io(format!("copying {name}")))?;
+        if copied != len {
+            return Err(EngineError::Failed(format!(
+                "{name} ended {copied} bytes after offset {offset}, before the {len} asked for"
+            ))
+            .into());
+        }
         tokio::io::AsyncWriteExt::flush(out).await.map_err(EngineError::io("writing the log"))?;
         Ok(copied)
+    }
+
+    async fn release_logs(
+        &self,
+        spec: &InstanceSpec,
+        archived: &[crate::backup::LogSegment],
+    ) -> Result<(), AgentError> {
+        let engine = self.engine(spec.engine)?;
+        match self.running(spec) {
+            Some(instance) => Ok(engine.release_logs(&instance, archived).await?),
+            // Kept until the server runs again: only it may change its files.
+            None => Ok(()),
+        }
     }
 
     async fn stage_log(

@@ -16,6 +16,10 @@ pub enum Format {
     Rdb,
     /// A tar archive of a stopped instance's data directory, as it lies on disk.
     Tar,
+    /// A Redis append-only file put back together from its archive for a restore to a time:
+    /// a header line, the base file, then the increments after it (see
+    /// [`crate::redis::pitr::AofHeader`]). Never stored as a backup.
+    Aof,
 }
 
 impl Format {
@@ -24,6 +28,7 @@ impl Format {
             Format::Xbstream => "xbstream",
             Format::Rdb => "rdb",
             Format::Tar => "tar",
+            Format::Aof => "aof",
         }
     }
 }
@@ -35,6 +40,7 @@ impl std::str::FromStr for Format {
             "xbstream" => Ok(Format::Xbstream),
             "rdb" => Ok(Format::Rdb),
             "tar" => Ok(Format::Tar),
+            "aof" => Ok(Format::Aof),
             other => Err(format!("unknown backup format {other:?}")),
         }
     }
@@ -64,12 +70,17 @@ pub struct Position {
     pub lsn: Option<u64>,
 }
 
-/// A closed file of an instance's change log (a MariaDB binary log file), which no longer
-/// changes and can be archived for point-in-time recovery.
+/// A file of an instance's change log that can be archived for point-in-time recovery: a
+/// closed MariaDB binary log file, which no longer changes, or a file of Redis's append-only
+/// file, which is only ever appended to (archived by byte ranges as it grows).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogSegment {
     pub name: String,
     pub size: u64,
+    /// When the file was last changed (seconds since the epoch), where a restore needs it: a
+    /// Redis base file holds the data as of then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified: Option<i64>,
 }
 
 /// An instance's closed change-log files, and the timeline they belong to.

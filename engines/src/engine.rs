@@ -186,6 +186,29 @@ pub trait Engine: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Whether the newest change-log file may be archived while the server still writes it:
+    /// true when it is only ever appended to (Redis's append-only file), so what it holds so
+    /// far never changes and can be archived by byte ranges.
+    fn archives_open_log(&self) -> bool {
+        false
+    }
+
+    /// Opens the change-log file `name` (one [`Self::log_segments`] listed) in `data` for
+    /// reading, following no link: the server's user could put one in its place.
+    fn open_log(&self, data: &Path, name: &str) -> std::io::Result<std::fs::File> {
+        crate::datadir::open_nofollow(&data.join(name))
+    }
+
+    /// Tells the running server that `archived` (names and the bytes of each now archived)
+    /// are safely stored, so what it keeps only for the archive may go.
+    async fn release_logs(
+        &self,
+        _instance: &Instance,
+        _archived: &[LogSegment],
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     /// Closes the running server's current change-log file if anything was written since
     /// `last` (what the previous call returned), so it can be archived; returns the new mark.
     async fn close_log(

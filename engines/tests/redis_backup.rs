@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use dormouse_engines::backup::Format;
+use dormouse_engines::backup::{Format, LogSegment};
 use dormouse_engines::engine::Engine;
 use dormouse_engines::redis::{INTERNAL_USER, RedisEngine};
 use dormouse_engines::supervisor::RestartPolicy;
@@ -238,6 +238,91 @@ async fn the_redis_data_version_moves_with_writes_only() -> anyhow::Result<()> {
     run(&agent, &a, &["SET k 3"]).await?;
     agent.stop(&a.id).await?;
     assert_ne!(agent.data_version(&a).await?, stopped, "written while it ran");
+    Ok(())
+}
+
+/// Sends one command as the agent's admin user and returns its reply line.
+async fn admin(agent: &LocalAgent, spec: &InstanceSpec, command: &str) -> anyhow::Result<String> {
+    use dormouse_engines::redis::pitr::{ADMIN_USER, admin_password};
+    let port = agent.endpoint(&spec.id).ok_or_else(|| anyhow::anyhow!("not running"))?.port;
+    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let password = admin_password(spec.password.expose());
+    w.write_all(format!("AUTH {ADMIN_USER} {password}\r\n{command}\r\n").as_bytes()).await?;
+    anyhow::ensure!(lines.next_line().await?.as_deref() == Some("+OK"), "AUTH refused");
+    Ok(lines.next_line().await?.unwrap_or_default())
+}
+
+/// Polls the agent's listing of the instance's log until `done` holds.
+async fn listed_until(
+    agent: &LocalAgent,
+    spec: &InstanceSpec,
+    done: impl Fn(&[String]) -> bool,
+) -> anyhow::Result<Vec<LogSegment>> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let segments = agent.closed_logs(spec).await?.segments;
+        let names: Vec<String> = segments.iter().map(|s| s.name.clone()).collect();
+        if done(&names) {
+            return Ok(segments);
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "still listed: {names:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_append_only_file_is_read_by_ranges_and_rewritten_files_stay_until_released()
+-> anyhow::Result<()> {
+    let tmp = searchable_tempdir()?;
+    let agent = agent(tmp.path())?;
+    let a = spec();
+    agent.start(&a).await?;
+    run(&agent, &a, &["SET k1 v1"]).await?;
+    // The increment being written is listed too: it is only ever appended to.
+    let listed = listed_until(&agent, &a, |n| n.len() == 2).await?;
+    let names: Vec<&str> = listed.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["appendonly.aof.1.base.rdb", "appendonly.aof.1.incr.aof"]);
+    assert!(listed.iter().all(|s| s.modified.is_some()), "{listed:?}");
+    let first = listed[1].size;
+    run(&agent, &a, &["SET k2 v2"]).await?;
+    let grown = listed_until(&agent, &a, |_| true).await?[1].size;
+    assert!(grown > first);
+    let mut tail = Vec::new();
+    agent.read_log(&a, "appendonly.aof.1.incr.aof", first, grown - first, &mut tail).await?;
+    let tail = String::from_utf8_lossy(&tail);
+    assert!(tail.contains("k2") && !tail.contains("k1"), "only the new bytes: {tail}");
+    let mut whole = Vec::new();
+    agent.read_log(&a, "appendonly.aof.1.incr.aof", 0, grown, &mut whole).await?;
+    assert!(whole.starts_with(b"#TS:"), "stamped with its second");
+    let short = agent.read_log(&a, "appendonly.aof.1.incr.aof", grown, 1, &mut Vec::new()).await;
+    assert!(short.is_err(), "past the end is an error, not a short copy");
+    let outside = agent.read_log(&a, "../redis.conf", 0, 1, &mut Vec::new()).await;
+    assert!(outside.is_err());
+
+    // A rewrite replaces base and increment; the server keeps them until they are archived.
+    assert_eq!(
+        admin(&agent, &a, "BGREWRITEAOF").await?,
+        "+Background append only file rewriting started"
+    );
+    let listed = listed_until(&agent, &a, |n| n.iter().any(|n| n.contains(".2.base"))).await?;
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    let history: Vec<LogSegment> =
+        listed.iter().filter(|s| s.name.contains(".1.")).cloned().collect();
+    assert_eq!(history.len(), 2, "{listed:?}");
+    // Half archived: kept.
+    let mut partly = history.clone();
+    partly[0].size -= 1;
+    agent.release_logs(&a, &partly).await?;
+    assert_eq!(agent.closed_logs(&a).await?.segments.len(), 4);
+    agent.release_logs(&a, &history).await?;
+    let left = listed_until(&agent, &a, |n| n.len() == 2).await?;
+    assert!(left.iter().all(|s| s.name.contains(".2.")), "{left:?}");
+    assert_eq!(run(&agent, &a, &["GET k1", "GET k2"]).await?, ["v1", "v2"]);
+    // Tenants cannot reach the admin user's commands.
+    assert!(run(&agent, &a, &["BGREWRITEAOF"]).await?[0].starts_with("-NOPERM"));
+    agent.shutdown().await;
     Ok(())
 }
 

@@ -578,3 +578,75 @@ async fn an_unreachable_store_fails_the_backup_and_the_database_keeps_serving() 
     cluster.stop().await;
     Ok(())
 }
+
+/// The Redis server's clock, through the proxy.
+async fn redis_second(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<i64> {
+    let (seconds, _micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(seconds)
+}
+
+/// Waits (polling the Redis server's clock) until its second is past `after`; returns it.
+async fn redis_second_after(
+    conn: &mut redis::aio::MultiplexedConnection,
+    after: i64,
+) -> anyhow::Result<i64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = redis_second(conn).await?;
+        if now > after {
+            return Ok(now);
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the clock stood still");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_restores_to_a_second_between_two_writes_in_place_and_as_a_branch()
+-> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let admin = cluster.tenant("acme").await?;
+    let created = cluster.database(&admin, "feed", "redis").await?;
+    let token = created["token"]["token"].as_str().context("token")?.to_owned();
+    let mut conn = redis(&cluster, "feed", &token).await?;
+
+    // k1 in one second, the point to restore to in a later one, k2 and the disaster in a
+    // later one still: the append-only file's time marks have a second's resolution.
+    let () = conn.set("k1", "1").await?;
+    let written = redis_second(&mut conn).await?;
+    let point = redis_second_after(&mut conn, written).await?;
+    redis_second_after(&mut conn, point).await?;
+    let () = conn.set("k2", "2").await?;
+    let () = redis::cmd("FLUSHALL").query_async(&mut conn).await?;
+    drop(conn);
+    let time = dormouse_control::api::routes::timestamp(point);
+
+    let body = json!({ "name": "feed-then", "restore": { "database": "feed", "time": time } });
+    let r = cluster.api(Method::POST, "/v1/databases", Some(&admin), Some(body)).await?;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    assert_eq!(r.body["engine"], "redis");
+    let branch_token = r.body["token"]["token"].as_str().context("token")?;
+    let mut branch = redis(&cluster, "feed-then", branch_token).await?;
+    assert_eq!(branch.get::<_, Option<String>>("k1").await?, Some("1".into()));
+    assert_eq!(branch.get::<_, Option<String>>("k2").await?, None, "written after the point");
+    drop(branch);
+
+    let path = "/v1/databases/feed/restore";
+    let r = cluster.api(Method::POST, path, Some(&admin), Some(json!({ "time": time }))).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body["database"]["status"], "running");
+    let mut conn = redis(&cluster, "feed", &token).await?;
+    assert_eq!(conn.get::<_, Option<String>>("k1").await?, Some("1".into()), "flushed, and back");
+    assert_eq!(conn.get::<_, Option<String>>("k2").await?, None);
+    // The restored data is the database's own again: it takes writes and keeps them.
+    let () = conn.set("k3", "3").await?;
+    drop(conn);
+
+    let past = dormouse_control::api::routes::timestamp(point - 86_400);
+    let r = cluster.api(Method::POST, path, Some(&admin), Some(json!({ "time": past }))).await?;
+    assert_eq!((r.status, r.error_code()), (StatusCode::BAD_REQUEST, "invalid_restore"), "{r:?}");
+    let message = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("oldest archived log"), "{r:?}");
+    cluster.stop().await;
+    Ok(())
+}

@@ -42,18 +42,22 @@ CREATE TABLE backup_schedules (
     last_backup_id TEXT
 );
 
--- Closed change-log files (MariaDB binary log files) archived for point-in-time recovery,
--- per database and timeline (a restore starts a new one).
+-- Change-log files archived for point-in-time recovery, per database and timeline (a restore
+-- starts a new one): closed MariaDB binary log files whole, Redis append-only files by the
+-- byte ranges appended between archive passes (one row and object per range).
 CREATE TABLE log_archive (
     database_id   TEXT NOT NULL,
     timeline      TEXT NOT NULL,
-    name          TEXT NOT NULL,              -- binlog.000007
+    name          TEXT NOT NULL,              -- binlog.000007, appendonly.aof.3.incr.aof
+    "offset"      INTEGER NOT NULL DEFAULT 0, -- where in the file this range starts
     plain_bytes   INTEGER NOT NULL,
     stored_bytes  INTEGER NOT NULL,
     sha256        TEXT NOT NULL,
     object_key    TEXT NOT NULL,
     archived_at   INTEGER NOT NULL,
-    PRIMARY KEY (database_id, timeline, name)
+    modified      INTEGER,                    -- the file's change time (a Redis base: its data's)
+    continued_by  TEXT,                       -- a Redis base: the first increment after it
+    PRIMARY KEY (database_id, timeline, name, "offset")
 );
 
 -- Scheduled deletion: the database is deleted (the safe way) at this time.

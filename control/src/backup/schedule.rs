@@ -117,12 +117,10 @@ pub async fn tick(service: &Arc<ControlService>, at: i64) -> Result<Pass, Servic
             }
             continue;
         }
-        if db.engine == dormouse_engines::EngineKind::Mysql
-            && matches!(
-                db.status,
-                crate::store::DatabaseStatus::Running | crate::store::DatabaseStatus::Suspended
-            )
-            && let Err(e) = service.archive_logs(&db).await
+        if matches!(
+            db.status,
+            crate::store::DatabaseStatus::Running | crate::store::DatabaseStatus::Suspended
+        ) && let Err(e) = service.archive_logs(&db).await
         {
             tracing::warn!(db = %db.name, error = %e, "archiving the log");
         }

@@ -232,12 +232,18 @@ pub struct ScheduleRecord {
     pub last_backup_id: Option<String>,
 }
 
-/// A closed change-log file archived for point-in-time recovery.
+/// A change-log file, or a range of one, archived for point-in-time recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchivedLog {
     pub database_id: InstanceId,
     pub timeline: String,
     pub name: String,
+    /// Where in the file the range starts: 0 for a whole file.
+    pub offset: u64,
+    /// When the file last changed, as the host saw it (a Redis base file: its data's time).
+    pub modified: Option<i64>,
+    /// A Redis base file: the first increment that continues it.
+    pub continued_by: Option<String>,
     pub plain_bytes: u64,
     pub stored_bytes: u64,
     pub sha256: String,
@@ -314,7 +320,8 @@ pub trait Store: Send + Sync {
     ) -> Result<Option<ScheduleRecord>, StoreError>;
     async fn put_schedule(&self, schedule: &ScheduleRecord) -> Result<(), StoreError>;
     async fn insert_archived_log(&self, log: &ArchivedLog) -> Result<(), StoreError>;
-    /// A database's archived log files of one timeline, oldest first.
+    /// A database's archived log files of one timeline, oldest first, each file's ranges in
+    /// order.
     async fn archived_logs(
         &self,
         database_id: &InstanceId,

@@ -200,6 +200,14 @@ macro_rules! database_columns {
     };
 }
 
+/// The columns [`archived_log`] reads, as a literal for `concat!`.
+macro_rules! archived_log_columns {
+    () => {
+        "SELECT timeline, name, \"offset\", plain_bytes, stored_bytes, sha256, object_key, \
+         archived_at, modified, continued_by FROM log_archive"
+    };
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -569,17 +577,21 @@ impl Store for SqliteStore {
 
     async fn insert_archived_log(&self, log: &ArchivedLog) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO log_archive (database_id, timeline, name, plain_bytes, stored_bytes, \
-             sha256, object_key, archived_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO log_archive (database_id, timeline, name, \"offset\", plain_bytes, \
+             stored_bytes, sha256, object_key, archived_at, modified, continued_by) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(log.database_id.as_str())
         .bind(&log.timeline)
         .bind(&log.name)
+        .bind(i64::try_from(log.offset).unwrap_or(i64::MAX))
         .bind(i64::try_from(log.plain_bytes).unwrap_or(i64::MAX))
         .bind(i64::try_from(log.stored_bytes).unwrap_or(i64::MAX))
         .bind(&log.sha256)
         .bind(&log.object_key)
         .bind(log.archived_at)
+        .bind(log.modified)
+        .bind(&log.continued_by)
         .execute(&self.pool)
         .await
         .map_err(conflict_or)?;
@@ -609,12 +621,16 @@ impl Store for SqliteStore {
     }
 
     async fn delete_archived_log(&self, log: &ArchivedLog) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM log_archive WHERE database_id = ? AND timeline = ? AND name = ?")
-            .bind(log.database_id.as_str())
-            .bind(&log.timeline)
-            .bind(&log.name)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "DELETE FROM log_archive WHERE database_id = ? AND timeline = ? AND name = ? \
+             AND \"offset\" = ?",
+        )
+        .bind(log.database_id.as_str())
+        .bind(&log.timeline)
+        .bind(&log.name)
+        .bind(i64::try_from(log.offset).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -622,31 +638,14 @@ impl Store for SqliteStore {
         &self,
         database_id: &InstanceId,
     ) -> Result<Vec<ArchivedLog>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT timeline, name, plain_bytes, stored_bytes, sha256, object_key, archived_at \
-             FROM log_archive WHERE database_id = ? ORDER BY timeline, length(name), name",
-        )
+        let rows = sqlx::query(concat!(
+            archived_log_columns!(),
+            " WHERE database_id = ? ORDER BY timeline, length(name), name, \"offset\""
+        ))
         .bind(database_id.as_str())
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                let count = |name: &str| -> Result<u64, StoreError> {
-                    u64::try_from(row.try_get::<i64, _>(name)?)
-                        .map_err(|_| StoreError::Corrupt(format!("log {name}")))
-                };
-                Ok(ArchivedLog {
-                    database_id: database_id.clone(),
-                    timeline: row.try_get("timeline")?,
-                    name: row.try_get("name")?,
-                    plain_bytes: count("plain_bytes")?,
-                    stored_bytes: count("stored_bytes")?,
-                    sha256: row.try_get("sha256")?,
-                    object_key: row.try_get("object_key")?,
-                    archived_at: row.try_get("archived_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(|row| archived_log(database_id, row)).collect()
     }
 
     async fn backup_key(&self, database_id: &InstanceId) -> Result<Option<Vec<u8>>, StoreError> {
@@ -676,6 +675,29 @@ impl Store for SqliteStore {
             .await?
             .ok_or_else(|| StoreError::Corrupt("backup key vanished".into()))
     }
+}
+
+fn archived_log(
+    database_id: &InstanceId,
+    row: &sqlx::sqlite::SqliteRow,
+) -> Result<ArchivedLog, StoreError> {
+    let count = |name: &str| -> Result<u64, StoreError> {
+        u64::try_from(row.try_get::<i64, _>(name)?)
+            .map_err(|_| StoreError::Corrupt(format!("log {name}")))
+    };
+    Ok(ArchivedLog {
+        database_id: database_id.clone(),
+        timeline: row.try_get("timeline")?,
+        name: row.try_get("name")?,
+        offset: count("offset")?,
+        modified: row.try_get("modified")?,
+        continued_by: row.try_get("continued_by")?,
+        plain_bytes: count("plain_bytes")?,
+        stored_bytes: count("stored_bytes")?,
+        sha256: row.try_get("sha256")?,
+        object_key: row.try_get("object_key")?,
+        archived_at: row.try_get("archived_at")?,
+    })
 }
 
 #[cfg(test)]

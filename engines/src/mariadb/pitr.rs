@@ -28,7 +28,7 @@ pub fn segments(data: &Path) -> std::io::Result<Vec<LogSegment>> {
         let name = entry.file_name().to_string_lossy().into_owned();
         let meta = entry.metadata()?;
         if is_binlog(&name) && meta.is_file() {
-            found.push(LogSegment { name, size: meta.len() });
+            found.push(LogSegment { name, size: meta.len(), modified: None });
         }
     }
     // Same-width numbers sort as text; wider ones come after.

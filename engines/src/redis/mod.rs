@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::backup::{Format, Position, Taken};
+pub mod pitr;
+
+use crate::backup::{Format, LogSegment, Position, Taken};
 use crate::confine::{Owner, Resources};
 use crate::datadir;
 use crate::engine::{Engine, EngineError, Instance, Launch, ProbeError, find_program, socket_path};
@@ -128,7 +130,9 @@ impl RedisEngine {
 ///   `SELECT`, `MOVE`, `SWAPDB` and `COPY … DB` cannot reach data the proxy does not show;
 /// - no `DEBUG` or `MODULE` commands, and `RESTORE` payloads checked before they are loaded;
 /// - a backup's snapshot starts at once (`repl-diskless-sync-delay 0`) instead of waiting
-///   5 s for more replicas that never come.
+///   5 s for more replicas that never come;
+/// - point-in-time recovery (see [`pitr`]): a time mark in the append-only file every second,
+///   rewrites started by the agent only, and replaced files kept until they are archived.
 pub fn render_config(instance: &Instance) -> String {
     let dir = instance.dir.display();
     let limits = instance.spec.limits;
@@ -148,6 +152,9 @@ pub fn render_config(instance: &Instance) -> String {
          save \"\"\n\
          appendonly yes\n\
          appendfsync everysec\n\
+         aof-timestamp-enabled yes\n\
+         auto-aof-rewrite-percentage 0\n\
+         aof-disable-auto-gc yes\n\
          maxmemory {mem}mb\n\
          maxmemory-policy noeviction\n\
          maxclients {maxclients}\n\
@@ -160,7 +167,8 @@ pub fn render_config(instance: &Instance) -> String {
          repl-diskless-sync-delay 0\n\
          {users}",
         id = instance.spec.id,
-        users = acl_users(&hash),
+        users =
+            acl_users(&hash, &hex_sha256(&pitr::admin_password(instance.spec.password.expose()))),
         port = instance.port,
         mem = limits.memory_mb,
         maxclients = limits.max_connections,
@@ -177,11 +185,13 @@ pub fn render_config(instance: &Instance) -> String {
 /// - [`INTERNAL_USER`]: every command but `@admin` and [`DENIED`];
 /// - [`READONLY_USER`]: the same without `@write` and [`READONLY_DENIED`];
 /// - [`INFO_USER`]: `INFO` only, and no keys or channels;
-/// - [`BACKUP_USER`]: what `redis-cli --rdb` sends (`SYNC` and `REPLCONF`, `PSYNC`, `PING`).
+/// - [`BACKUP_USER`]: what `redis-cli --rdb` sends (`SYNC` and `REPLCONF`, `PSYNC`, `PING`);
+/// - [`pitr::ADMIN_USER`]: `BGREWRITEAOF` and `CONFIG SET`, for the agent alone.
 ///
-/// All four share the instance's password (stored as its SHA-256 `hash`). Rules apply to
-/// commands called from Lua and functions as well, which the proxy cannot see.
-pub fn acl_users(hash: &str) -> String {
+/// The first four share the instance's password (stored as its SHA-256 `hash`); the admin
+/// user has its own (`admin_hash`). Rules apply to commands called from Lua and functions as
+/// well, which the proxy cannot see.
+pub fn acl_users(hash: &str, admin_hash: &str) -> String {
     let denied: String = DENIED.iter().map(|c| format!(" -{c}")).collect();
     let readonly: String = READONLY_DENIED.iter().map(|c| format!(" -{c}")).collect();
     format!(
@@ -189,7 +199,9 @@ pub fn acl_users(hash: &str) -> String {
          user {INTERNAL_USER} on #{hash} ~* &* +@all -@admin{denied}\n\
          user {READONLY_USER} on #{hash} ~* &* +@all -@admin{denied} -@write{readonly}\n\
          user {INFO_USER} on #{hash} resetchannels -@all +info\n\
-         user {BACKUP_USER} on #{hash} resetchannels -@all +sync +psync +replconf +ping\n"
+         user {BACKUP_USER} on #{hash} resetchannels -@all +sync +psync +replconf +ping\n\
+         user {ADMIN_USER} on #{admin_hash} resetchannels -@all +bgrewriteaof +config|set +ping\n",
+        ADMIN_USER = pitr::ADMIN_USER,
     )
 }
 
@@ -317,13 +329,34 @@ impl Engine for RedisEngine {
         data: &Path,
         owner: Option<Owner>,
     ) -> Result<(), EngineError> {
-        if format != Format::Rdb {
-            return Err(EngineError::Failed(format!(
+        match format {
+            Format::Rdb => unpack_rdb(input, data, owner).await,
+            Format::Aof => pitr::unpack(input, data, owner).await,
+            Format::Xbstream | Format::Tar => Err(EngineError::Failed(format!(
                 "a {} backup cannot be restored into a Redis database",
                 format.as_str()
-            )));
+            ))),
         }
-        unpack_rdb(input, data, owner).await
+    }
+
+    fn archives_open_log(&self) -> bool {
+        true
+    }
+
+    fn log_segments(&self, data: &Path) -> std::io::Result<Vec<LogSegment>> {
+        pitr::segments(data)
+    }
+
+    fn open_log(&self, data: &Path, name: &str) -> std::io::Result<std::fs::File> {
+        pitr::open(data, name)
+    }
+
+    async fn release_logs(
+        &self,
+        instance: &Instance,
+        archived: &[LogSegment],
+    ) -> Result<(), EngineError> {
+        pitr::release(instance, archived).await
     }
 
     async fn data_version(&self, instance: &Instance) -> Result<String, EngineError> {
@@ -349,7 +382,7 @@ impl Engine for RedisEngine {
 
 /// Points a `redis-cli` command at the server on `port` as `user`, with the password in its
 /// environment (never on its command line, which other users can read).
-fn connect_cli<'a>(
+pub(crate) fn connect_cli<'a>(
     cmd: &'a mut tokio::process::Command,
     user: &str,
     instance: &Instance,
@@ -360,7 +393,7 @@ fn connect_cli<'a>(
         .args(["--user", user])
 }
 
-fn redis_cli() -> Result<PathBuf, EngineError> {
+pub(crate) fn redis_cli() -> Result<PathBuf, EngineError> {
     tool::require("redis-cli", "redis-tools")
 }
 
@@ -393,10 +426,9 @@ async fn hot_backup(
     Ok(Taken { format: Format::Rdb, position, bytes, hot: true })
 }
 
-/// Where the append-only files live in [`DATA_DIR`], and their manifest, as Redis 7 names them.
-const AOF_DIR: &str = "appendonlydir";
+/// The one file of a restored append-only file: its base.
 const AOF_BASE: &str = "appendonly.aof.1.base.rdb";
-const AOF_MANIFEST: &str = "appendonly.aof.manifest";
+use pitr::{AOF_DIR, MANIFEST as AOF_MANIFEST};
 
 /// Makes `data` a data directory holding the RDB read from `input` as the base of the
 /// append-only file: with `appendonly yes`, a `dump.rdb` would be ignored and the server would
@@ -530,12 +562,15 @@ mod tests {
         assert!(conf.contains("maxmemory 64mb\n"));
         assert!(conf.contains("maxmemory-policy noeviction\n"));
         assert!(conf.contains("appendonly yes\n"));
+        assert!(conf.contains("aof-timestamp-enabled yes\n"));
+        assert!(conf.contains("aof-disable-auto-gc yes\n"));
+        assert!(conf.contains("auto-aof-rewrite-percentage 0\n"));
         assert!(conf.contains("unixsocket /tmp/inst/redis.sock\nunixsocketperm 700\n"));
     }
 
     #[test]
     fn each_user_has_its_own_rules_and_the_same_hashed_password() {
-        let users = acl_users("abc");
+        let users = acl_users("abc", "def");
         let line = |user: &str| {
             users
                 .lines()
@@ -556,6 +591,9 @@ mod tests {
         let backup = line(BACKUP_USER);
         assert!(backup.contains(" on #abc "), "{backup}");
         assert!(backup.ends_with(" resetchannels -@all +sync +psync +replconf +ping"), "{backup}");
+        let admin = line(pitr::ADMIN_USER);
+        assert!(admin.contains(" on #def ") && !admin.contains("#abc"), "{admin}");
+        assert!(admin.ends_with(" -@all +bgrewriteaof +config|set +ping"), "{admin}");
         // Replication stays closed to the tenants' users.
         for rule in [" -sync", " -psync", " -replconf"] {
             assert!(rw.contains(rule) && ro.contains(rule), "{rule}");
