@@ -804,6 +804,9 @@ impl HostAgent for LocalAgent {
         // The server's user could put a link in the file's place.
         let file =
             engine.open_log(&data, name).map_err(EngineError::io(format!("opening {name}")))?;
+        // On disk before it is archived: a host crash could otherwise lose from the file what
+        // the archive holds, and the file then grow again with other bytes at those offsets.
+        file.sync_data().map_err(EngineError::io(format!("syncing {name}")))?;
         let mut file = tokio::fs::File::from_std(file);
         file.seek(std::io::SeekFrom::Start(offset))
             .await

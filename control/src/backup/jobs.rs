@@ -548,7 +548,8 @@ impl ControlService {
 pub enum RestorePoint<'a> {
     /// A backup, by id.
     Backup(&'a str),
-    /// A second in the database's past (MySQL: a backup, then its log up to then).
+    /// A second in the database's past (MySQL: a backup, then its log up to then; Redis: its
+    /// archived append-only file, cut then).
     Time(i64),
 }
 

@@ -6,7 +6,8 @@
 //! - [`crypto`]: per-database keys and the encrypted stream format.
 //! - [`pipeline`]: agent bytes → zstd → encryption → SHA-256 → object store, and back.
 //! - [`jobs`]: the backup queue, durable states, restore into a new database and in place.
-//! - [`pitr`]: archiving MySQL's binary log and restoring to a point in time.
+//! - [`pitr`]: archiving the change log (MySQL's binary log, Redis's append-only file) and
+//!   restoring to a point in time.
 //! - [`schedule`]: scheduled backups, retention, scheduled deletion.
 
 pub mod crypto;

@@ -454,7 +454,11 @@ impl ControlService {
             (Err(e @ (PipelineError::Checksum | PipelineError::Store(_))), _) => {
                 return Err(e.into());
             }
-            (_, Err(e)) => return Err(BackupError::Refused(e.to_string())),
+            (Err(PipelineError::Io(e)), _) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(PipelineError::Io(e).into());
+            }
+            // An agent that failed first broke the feed's pipe.
+            (_, Err(e)) => return Err(PipelineError::Producer(e.to_string()).into()),
             (Err(e), Ok(())) => return Err(e.into()),
         }
         tracing::info!(

@@ -6,10 +6,11 @@
 //! (`aof-timestamp-enabled yes`), and `redis-check-aof --truncate-to-timestamp T` cuts the
 //! increment at the first mark after T: a restore to T keeps every command run in second T or
 //! earlier and none after (1 s resolution). What reaches the archive is what the server had
-//! written when an archive pass (every 30 s) read it; a host lost before the next pass loses
-//! those last seconds from the archive too. Nothing is lost to rewrites: the server keeps the
-//! files a rewrite replaces (`aof-disable-auto-gc yes`) until control has archived them
-//! ([`release`]), and only the agent starts rewrites (`auto-aof-rewrite-percentage 0`).
+//! written when an archive pass (every 30 s) read it, synced to disk first; a host lost
+//! before the next pass loses those last seconds (up to 30 s) from the archive too. Nothing
+//! is lost to rewrites: the server keeps the files a rewrite replaces
+//! (`aof-disable-auto-gc yes`) until control has archived them ([`release`]), and only the
+//! agent starts rewrites (`auto-aof-rewrite-percentage 0`).
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, Read};
@@ -161,11 +162,17 @@ fn read_manifest(dir: &OwnedFd) -> io::Result<Vec<ManifestEntry>> {
     parse_manifest(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// The files of the append-only file in `data`, in the order a restore reads them: files
-/// replaced by a rewrite first, then the base, then its increments; with their sizes and
-/// change times. The last increment is still being written while the server runs.
+/// The files of the append-only file in `data` to archive, in the order a restore reads
+/// them: increments a rewrite replaced first, then the base, then its increments; with their
+/// sizes and change times. The last increment is still being written while the server runs.
+/// A base a rewrite replaced is left out: it was archived while it was the base, or never
+/// will be of use (nothing archived continues it).
 pub fn segments(data: &Path) -> io::Result<Vec<LogSegment>> {
-    Ok(files(data)?.into_iter().map(|(_, segment)| segment).collect())
+    let files = files(data)?.into_iter();
+    let wanted = |(role, s): &(Role, LogSegment)| {
+        *role != Role::History || matches!(AofFile::parse(&s.name), Some(AofFile::Incr(_)))
+    };
+    Ok(files.filter(wanted).map(|(_, segment)| segment).collect())
 }
 
 /// [`segments`], with what the manifest says each is.
@@ -221,8 +228,11 @@ pub async fn release(instance: &Instance, archived: &[LogSegment]) -> Result<(),
         .map_err(EngineError::io("listing the append-only file"))?;
     let history: Vec<&LogSegment> =
         files.iter().filter(|(role, _)| *role == Role::History).map(|(_, f)| f).collect();
-    let all_archived =
-        history.iter().all(|h| archived.iter().any(|a| a.name == h.name && a.size == h.size));
+    // Replaced bases need no archiving (see [`segments`]); replaced increments, all of them.
+    let all_archived = history.iter().all(|h| {
+        matches!(AofFile::parse(&h.name), Some(AofFile::Base(_)))
+            || archived.iter().any(|a| a.name == h.name && a.size == h.size)
+    });
     if !all_archived {
         return Ok(());
     }
@@ -236,12 +246,12 @@ pub async fn release(instance: &Instance, archived: &[LogSegment]) -> Result<(),
         return Ok(());
     }
     if !history.is_empty() {
-        admin(instance, &["CONFIG", "SET", "aof-disable-auto-gc", "no"]).await?;
-        admin(instance, &["CONFIG", "SET", "aof-disable-auto-gc", "yes"]).await?;
+        admin(instance, &["CONFIG", "SET", "aof-disable-auto-gc", "no"], "OK").await?;
+        admin(instance, &["CONFIG", "SET", "aof-disable-auto-gc", "yes"], "OK").await?;
         tracing::debug!(instance = %instance.spec.id, files = history.len(), "archived AOF files released");
     }
     if rewrite {
-        admin(instance, &["BGREWRITEAOF"]).await?;
+        admin(instance, &["BGREWRITEAOF"], "Background append only file rewriting").await?;
         tracing::debug!(instance = %instance.spec.id, "AOF rewrite started");
     }
     Ok(())
@@ -258,11 +268,11 @@ async fn rewriting(instance: &Instance) -> Result<bool, EngineError> {
     }
 }
 
-/// Runs one command as [`ADMIN_USER`]; its reply must not be an error.
-async fn admin(instance: &Instance, args: &[&str]) -> Result<(), EngineError> {
+/// Runs one command as [`ADMIN_USER`]; its reply must start with `expected`.
+async fn admin(instance: &Instance, args: &[&str], expected: &str) -> Result<(), EngineError> {
     let password = admin_password(instance.spec.password.expose());
     let reply = cli(instance, ADMIN_USER, &password, args).await?;
-    if reply.starts_with("ERR") || reply.contains("NOPERM") || reply.contains("WRONGPASS") {
+    if !reply.trim_start().starts_with(expected) {
         return Err(EngineError::Failed(format!("{}: {}", args.join(" "), reply.trim())));
     }
     Ok(())

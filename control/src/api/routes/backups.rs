@@ -152,7 +152,7 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A backup by id, or (MySQL) a time in the database's past.
+/// A backup by id, or a time in the database's past.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
