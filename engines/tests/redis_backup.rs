@@ -336,6 +336,44 @@ async fn the_append_only_file_is_read_by_ranges_and_rewritten_files_stay_until_r
     Ok(())
 }
 
+#[tokio::test]
+async fn an_archived_append_only_file_restores_cut_at_a_second() -> anyhow::Result<()> {
+    use dormouse_engines::redis::pitr::AofHeader;
+    let tmp = searchable_tempdir()?;
+    let agent = agent(tmp.path())?;
+    let a = spec();
+    agent.start(&a).await?;
+    run(&agent, &a, &["SET k0 base"]).await?;
+    let mut base = Vec::new();
+    agent.backup(&a, &mut base).await?;
+    agent.stop(&a.id).await?;
+    let set = |k: &str| format!("*3\r\n$3\r\nSET\r\n$2\r\n{k}\r\n$1\r\nv\r\n");
+    // Marked seconds 100 and 200, and a command the archive caught half written.
+    let increments =
+        format!("#TS:100\r\n{}#TS:200\r\n{}{}", set("k1"), set("k2"), &set("k3")[..20]);
+    for (until, expected) in
+        [(50, ["base", "", ""]), (150, ["base", "v", ""]), (300, ["base", "v", "v"])]
+    {
+        let b = spec();
+        let header = AofHeader { until, base_bytes: base.len() as u64 }.line();
+        let stream = [header.as_bytes(), &base, increments.as_bytes()].concat();
+        agent.restore(&b, Format::Aof, &a.name, &mut &stream[..]).await?;
+        agent.start(&b).await?;
+        let got = run(&agent, &b, &["GET k0", "GET k1", "GET k2", "GET k3"]).await?;
+        let got: Vec<&str> = got.iter().map(|v| if v == "$-1" { "" } else { v }).collect();
+        assert_eq!(got[..3], expected, "until {until}");
+        assert_eq!(got[3], "", "the torn command is dropped");
+        agent.stop(&b.id).await?;
+    }
+    // A stream cut short is refused; nothing is restored.
+    let b = spec();
+    let header = AofHeader { until: 300, base_bytes: base.len() as u64 }.line();
+    let short = [header.as_bytes(), &base[..base.len() / 2]].concat();
+    assert!(agent.restore(&b, Format::Aof, &a.name, &mut &short[..]).await.is_err());
+    agent.shutdown().await;
+    Ok(())
+}
+
 /// A temporary directory the servers' own users may pass through, whatever mode tempfile
 /// gives it.
 fn searchable_tempdir() -> std::io::Result<tempfile::TempDir> {

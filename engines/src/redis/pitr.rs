@@ -151,11 +151,6 @@ fn open_in(dir: &OwnedFd, name: &str) -> io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// The manifest of the append-only file in `data`, parsed.
-pub fn manifest(data: &Path) -> io::Result<Vec<ManifestEntry>> {
-    read_manifest(&open_aof_dir(data)?)
-}
-
 fn read_manifest(dir: &OwnedFd) -> io::Result<Vec<ManifestEntry>> {
     let mut text = String::new();
     open_in(dir, MANIFEST)?.take(MAX_MANIFEST).read_to_string(&mut text)?;
