@@ -802,11 +802,17 @@ impl HostAgent for LocalAgent {
             return Err(EngineError::Failed(format!("no log file {name:?}")).into());
         }
         // The server's user could put a link in the file's place.
-        let file =
-            engine.open_log(&data, name).map_err(EngineError::io(format!("opening {name}")))?;
-        // On disk before it is archived: a host crash could otherwise lose from the file what
-        // the archive holds, and the file then grow again with other bytes at those offsets.
-        file.sync_data().map_err(EngineError::io(format!("syncing {name}")))?;
+        let (opener, path) = (engine.clone(), name.to_owned());
+        let file = tokio::task::spawn_blocking(move || {
+            let file = opener.open_log(&data, &path)?;
+            // On disk before it is archived: a host crash could otherwise lose from the file
+            // what the archive holds, and the file then grow again with other bytes there.
+            file.sync_data()?;
+            Ok::<_, std::io::Error>(file)
+        })
+        .await
+        .map_err(|e| EngineError::Failed(format!("opening {name}: {e}")))?
+        .map_err(EngineError::io(format!("opening {name}")))?;
         let mut file = tokio::fs::File::from_std(file);
         file.seek(std::io::SeekFrom::Start(offset))
             .await
