@@ -2,10 +2,13 @@
 //! a server user with every privilege cannot write outside its directory), no_new_privs,
 //! cgroup limits from the plan and rlimits. Needs root, as CI and these machines run tests.
 
+mod support;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use support::searchable_tempdir;
 
 use async_trait::async_trait;
 use dormouse_engines::confine::{Resources, cgroup, owner};
@@ -28,14 +31,6 @@ fn spec(engine: EngineKind) -> InstanceSpec {
         password: Secret::generate(),
         port: 0,
     }
-}
-
-/// A temporary directory the servers' own users may pass through, whatever mode tempfile
-/// gives it.
-fn searchable_tempdir() -> std::io::Result<tempfile::TempDir> {
-    let dir = tempfile::tempdir()?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
-    Ok(dir)
 }
 
 fn running_pid(agent: &LocalAgent, id: &InstanceId) -> anyhow::Result<u32> {

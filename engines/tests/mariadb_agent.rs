@@ -1,8 +1,11 @@
 //! The local agent running real `mariadbd` processes from a template: the internal user logs
 //! in to its schema, data survives a stop, a killed server is restarted, destroy removes all.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
+use support::searchable_tempdir;
 
 use dormouse_engines::engine::Engine;
 use dormouse_engines::mariadb::MariaDbEngine;
@@ -158,13 +161,4 @@ async fn a_changed_internal_password_is_repaired_on_the_running_server() -> anyh
     assert!(grants.contains("`my\\\\_app`.*"), "{grants}");
     agent.destroy(&spec.id).await?;
     Ok(())
-}
-
-/// A temporary directory the servers' own users may pass through, whatever mode tempfile
-/// gives it.
-fn searchable_tempdir() -> std::io::Result<tempfile::TempDir> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir()?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
-    Ok(dir)
 }

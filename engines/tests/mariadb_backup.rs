@@ -3,9 +3,10 @@
 //! schema; a cold tar of a stopped instance; a restore whose input breaks leaves the old data;
 //! the data version moves only with writes.
 
-use std::pin::Pin;
+mod support;
+
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use support::{BreaksAfter, FailsAfter, searchable_tempdir};
 
 use dormouse_engines::backup::Format;
 use dormouse_engines::engine::Engine;
@@ -14,7 +15,6 @@ use dormouse_engines::supervisor::RestartPolicy;
 use dormouse_engines::{
     EngineKind, HostAgent, InstanceId, InstanceSpec, InstanceState, Limits, LocalAgent, Secret,
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 fn spec(name: &str) -> InstanceSpec {
     InstanceSpec {
@@ -46,56 +46,6 @@ async fn sql(agent: &LocalAgent, spec: &InstanceSpec, statement: &str) -> anyhow
         .await?;
     anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// Takes `room` bytes, then fails, as a full disk or a dropped upload would.
-struct FailsAfter {
-    room: usize,
-}
-
-impl AsyncWrite for FailsAfter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if self.room == 0 {
-            return Poll::Ready(Err(std::io::Error::other("no space left")));
-        }
-        let n = buf.len().min(self.room);
-        self.room -= n;
-        Poll::Ready(Ok(n))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Yields the first `limit` bytes of `data`, then fails, as a dropped download would.
-struct BreaksAfter {
-    data: Vec<u8>,
-    at: usize,
-    limit: usize,
-}
-
-impl AsyncRead for BreaksAfter {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.at >= self.limit {
-            return Poll::Ready(Err(std::io::Error::other("connection reset")));
-        }
-        let end = self.limit.min(self.at + buf.remaining()).min(self.at + 65536);
-        let chunk = self.data[self.at..end].to_vec();
-        buf.put_slice(&chunk);
-        self.at = end;
-        Poll::Ready(Ok(()))
-    }
 }
 
 #[tokio::test]
@@ -223,13 +173,4 @@ async fn the_mariadb_data_version_moves_with_writes_only() -> anyhow::Result<()>
     agent.stop(&a.id).await?;
     assert_ne!(agent.data_version(&a).await?, stopped, "written while it ran");
     Ok(())
-}
-
-/// A temporary directory the servers' own users may pass through, whatever mode tempfile
-/// gives it.
-fn searchable_tempdir() -> std::io::Result<tempfile::TempDir> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir()?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
-    Ok(dir)
 }

@@ -1,8 +1,11 @@
 //! The local agent running real `redis-server` processes: start, readiness, crash restart,
 //! stop with data kept, destroy, and a failing start.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
+use support::searchable_tempdir;
 
 use dormouse_engines::engine::Engine;
 use dormouse_engines::redis::{INTERNAL_USER, RedisEngine};
@@ -197,13 +200,4 @@ async fn the_acl_is_rendered_again_at_every_start() -> anyhow::Result<()> {
     assert!(replies[2].starts_with("-NOPERM"), "{replies:?}");
     agent.shutdown().await;
     Ok(())
-}
-
-/// A temporary directory the servers' own users may pass through, whatever mode tempfile
-/// gives it.
-fn searchable_tempdir() -> std::io::Result<tempfile::TempDir> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir()?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
-    Ok(dir)
 }

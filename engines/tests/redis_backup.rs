@@ -2,9 +2,10 @@
 //! cold tar restore into other instances with their keys; a restore whose input breaks leaves
 //! the old data; the data version moves only with writes.
 
-use std::pin::Pin;
+mod support;
+
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use support::{BreaksAfter, FailsAfter, searchable_tempdir};
 
 use dormouse_engines::backup::{Format, LogSegment};
 use dormouse_engines::engine::Engine;
@@ -13,7 +14,7 @@ use dormouse_engines::supervisor::RestartPolicy;
 use dormouse_engines::{
     EngineKind, HostAgent, InstanceId, InstanceSpec, InstanceState, Limits, LocalAgent, Secret,
 };
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 fn spec() -> InstanceSpec {
@@ -54,56 +55,6 @@ async fn run(
         out.push(line);
     }
     Ok(out)
-}
-
-/// Takes `room` bytes, then fails, as a full disk or a dropped upload would.
-struct FailsAfter {
-    room: usize,
-}
-
-impl AsyncWrite for FailsAfter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if self.room == 0 {
-            return Poll::Ready(Err(std::io::Error::other("no space left")));
-        }
-        let n = buf.len().min(self.room);
-        self.room -= n;
-        Poll::Ready(Ok(n))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Yields the first `limit` bytes of `data`, then fails, as a dropped download would.
-struct BreaksAfter {
-    data: Vec<u8>,
-    at: usize,
-    limit: usize,
-}
-
-impl AsyncRead for BreaksAfter {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.at >= self.limit {
-            return Poll::Ready(Err(std::io::Error::other("connection reset")));
-        }
-        let end = self.limit.min(self.at + buf.remaining()).min(self.at + 4096);
-        let chunk = self.data[self.at..end].to_vec();
-        buf.put_slice(&chunk);
-        self.at = end;
-        Poll::Ready(Ok(()))
-    }
 }
 
 #[tokio::test]
@@ -372,13 +323,4 @@ async fn an_archived_append_only_file_restores_cut_at_a_second() -> anyhow::Resu
     assert!(agent.restore(&b, Format::Aof, &a.name, &mut &short[..]).await.is_err());
     agent.shutdown().await;
     Ok(())
-}
-
-/// A temporary directory the servers' own users may pass through, whatever mode tempfile
-/// gives it.
-fn searchable_tempdir() -> std::io::Result<tempfile::TempDir> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir()?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
-    Ok(dir)
 }

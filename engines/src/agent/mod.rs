@@ -3,23 +3,28 @@
 //! of a fleet will implement the same trait.
 //!
 //! A warm pool keeps a few provisioned, stopped instance directories per engine; a new
-//! instance claims one by renaming it, so creating a database costs no more than waking one.
+//! instance claims one by renaming it, so creating a database costs no more than waking one
+//! (`warm`). Backups, restores and logs for point-in-time recovery are in `backups`.
+
+mod backups;
+mod warm;
+
+use backups::{RESTORE_SCRATCH, increments_dir, staged_increments, sweep_scratch};
 
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
 use rand::RngCore;
-use tokio_util::sync::CancellationToken;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::backup::{ClosedLogs, Format, Position, Taken};
-use crate::confine::{Confiner, Owner, ancestor_dir_mode};
+use crate::confine::{Confiner, ancestor_dir_mode};
 use crate::datadir;
 use crate::engine::{Engine, EngineError, Instance};
 use crate::redis::write_private;
@@ -229,118 +234,6 @@ impl LocalAgent {
         self.locks.entry(id.clone()).or_default().clone()
     }
 
-    /// Gives the instance its directory: the existing one, a claimed warm one, or a new one
-    /// filled in a scratch directory and renamed into place when complete (a crash
-    /// mid-provision never leaves a half-made instance).
-    async fn provision(
-        &self,
-        engine: &dyn Engine,
-        spec: &InstanceSpec,
-        timing: &mut StartTiming,
-    ) -> Result<PathBuf, AgentError> {
-        let dir = self.instance_dir(&spec.id);
-        if dir.is_dir() {
-            return Ok(dir);
-        }
-        let started = Instant::now();
-        if self.claim_warm(spec.engine, &dir) {
-            timing.warm = true;
-            self.warm_wanted.notify_one();
-        } else {
-            let scratch = self.root.join(format!(".{}.provisioning", spec.id));
-            self.fill(engine, spec, &scratch).await?;
-            tokio::fs::rename(&scratch, &dir)
-                .await
-                .map_err(EngineError::io(format!("moving {} into place", dir.display())))?;
-        }
-        timing.provision = started.elapsed();
-        Ok(dir)
-    }
-
-    async fn fill(
-        &self,
-        engine: &dyn Engine,
-        spec: &InstanceSpec,
-        scratch: &Path,
-    ) -> Result<(), AgentError> {
-        let _ = tokio::fs::remove_dir_all(scratch).await;
-        create_private_dir(scratch)
-            .map_err(EngineError::io(format!("creating {}", scratch.display())))?;
-        engine.provision(spec, scratch).await?;
-        Ok(())
-    }
-
-    /// Renames a warm directory of `engine` to `dir`; false if none is left. Concurrent
-    /// claimers race on the rename, which only one wins.
-    fn claim_warm(&self, engine: EngineKind, dir: &Path) -> bool {
-        let Ok(entries) = std::fs::read_dir(self.warm_dir(engine)) else { return false };
-        entries
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .any(|e| std::fs::rename(e.path(), dir).is_ok())
-    }
-
-    /// Warm directories ready for `engine`.
-    pub fn warm_count(&self, engine: EngineKind) -> usize {
-        std::fs::read_dir(self.warm_dir(engine)).map_or(0, |entries| {
-            entries.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count()
-        })
-    }
-
-    /// Tops up every engine's warm directories; returns how many were made.
-    pub async fn refill_warm_pool(&self) -> usize {
-        let mut made = 0;
-        for (kind, engine) in &self.engines {
-            let warm = self.warm_dir(*kind);
-            if let Err(e) = create_private_dir(&warm) {
-                tracing::warn!(engine = %kind, error = %e, "warm pool directory");
-                continue;
-            }
-            while self.warm_count(*kind) < self.warm_size {
-                let mut suffix = [0u8; 6];
-                rand::rng().fill_bytes(&mut suffix);
-                let name: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-                // A provisioned directory does not depend on the spec's identity or secret.
-                let spec = InstanceSpec {
-                    id: InstanceId::generate(),
-                    name: "warm".into(),
-                    engine: *kind,
-                    limits: crate::spec::Limits { memory_mb: 0, max_connections: 0 },
-                    password: crate::spec::Secret::new(""),
-                    port: 0,
-                };
-                let scratch = warm.join(format!(".{name}"));
-                let result = match self.fill(engine.as_ref(), &spec, &scratch).await {
-                    Ok(()) => std::fs::rename(&scratch, warm.join(&name))
-                        .map_err(|e| AgentError::from(EngineError::io("warm pool")(e))),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = result {
-                    tracing::warn!(engine = %kind, error = %e, "refilling the warm pool");
-                    let _ = tokio::fs::remove_dir_all(&scratch).await;
-                    break;
-                }
-                made += 1;
-            }
-        }
-        made
-    }
-
-    /// Keeps the warm pool full: refills at start, after every claim, and every minute.
-    pub async fn run_warm_pool(self: Arc<Self>, shutdown: CancellationToken) {
-        if self.warm_size == 0 {
-            return;
-        }
-        loop {
-            self.refill_warm_pool().await;
-            tokio::select! {
-                () = self.warm_wanted.notified() => {}
-                () = tokio::time::sleep(Duration::from_secs(60)) => {}
-                () = shutdown.cancelled() => return,
-            }
-        }
-    }
-
     fn engine(&self, kind: EngineKind) -> Result<&Arc<dyn Engine>, AgentError> {
         self.engines.get(&kind).ok_or(AgentError::EngineUnavailable(kind))
     }
@@ -366,155 +259,9 @@ impl LocalAgent {
         }
     }
 
-    async fn hot_backup(
-        &self,
-        engine: &dyn Engine,
-        instance: &Instance,
-        since_lsn: Option<u64>,
-        out: &mut (dyn AsyncWrite + Send + Unpin),
-    ) -> Result<Taken, AgentError> {
-        // Its own name: a second backup of the same instance may run meanwhile.
-        let mut suffix = [0u8; 6];
-        rand::rng().fill_bytes(&mut suffix);
-        let name = format!(".{}{BACKUP_SCRATCH}{}", instance.spec.id, hex::encode(suffix));
-        let scratch = self.root.join(name);
-        let owner =
-            self.confiner.owner_for(&self.root, &instance.dir).await.map_err(EngineError::io(
-                format!("finding the user of {}", instance.dir.display()),
-            ))?;
-        let taken = async {
-            create_private_dir(&scratch)
-                .map_err(EngineError::io(format!("creating {}", scratch.display())))?;
-            if let Some(owner) = owner {
-                std::os::unix::fs::chown(&scratch, Some(owner.uid), Some(owner.gid))
-                    .map_err(EngineError::io(format!("giving {} away", scratch.display())))?;
-            }
-            match since_lsn {
-                Some(lsn) => engine.hot_backup_since(instance, &scratch, owner, lsn, out).await,
-                None => engine.hot_backup(instance, &scratch, owner, out).await,
-            }
-        }
-        .await;
-        let _ = tokio::fs::remove_dir_all(&scratch).await;
-        let mut taken = taken?;
-        taken.position.timeline = Some(self.timeline(&instance.spec.id)?);
-        Ok(taken)
-    }
-
-    /// Unpacks a backup into `scratch/data` and, once that worked and `input` has ended, puts
-    /// it in place of `dir/data` and gives it to `owner`. The old data is kept until then.
-    async fn unpack_and_swap(
-        &self,
-        engine: &dyn Engine,
-        dir: &Path,
-        scratch: &Path,
-        owner: Option<Owner>,
-        format: Format,
-        input: &mut (dyn AsyncRead + Send + Unpin),
-    ) -> Result<(), AgentError> {
-        let _ = tokio::fs::remove_dir_all(scratch).await;
-        create_private_dir(scratch)
-            .map_err(EngineError::io(format!("creating {}", scratch.display())))?;
-        if let Some(owner) = owner {
-            // The restore's tools run as the instance's user and write here.
-            std::os::unix::fs::chown(scratch, Some(owner.uid), Some(owner.gid))
-                .map_err(EngineError::io(format!("giving {} away", scratch.display())))?;
-        }
-        let fresh = scratch.join(DATA_DIR);
-        match format {
-            Format::Tar => datadir::untar_in(scratch, input).await?,
-            Format::Xbstream | Format::Rdb | Format::Aof => {
-                engine.unpack(format, input, &fresh, owner).await?;
-            }
-        }
-        // Incremental backups staged for this restore go on top, oldest first.
-        for increment in staged_increments(&increments_dir(&self.root, dir)) {
-            engine.apply_increment(&fresh, &increment, owner).await?;
-        }
-        let live = dir.join(DATA_DIR);
-        let old = scratch.join("replaced");
-        match tokio::fs::rename(&live, &old).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(EngineError::io(format!("moving {} away", live.display()))(e).into());
-            }
-        }
-        if let Err(e) = tokio::fs::rename(&fresh, &live).await {
-            let _ = tokio::fs::rename(&old, &live).await;
-            return Err(
-                EngineError::io(format!("moving the restored data to {}", live.display()))(e)
-                    .into(),
-            );
-        }
-        if let Some(owner) = owner {
-            let context = format!("giving {} to its server's user", live.display());
-            tokio::task::spawn_blocking(move || crate::confine::owner::hand_over(&live, owner))
-                .await
-                .map_err(|e| EngineError::Failed(format!("handing the data over: {e}")))?
-                .map_err(EngineError::io(context))?;
-        }
-        Ok(())
-    }
-
-    /// The instance's data timeline: its generation, which every restore renews (`0` for
-    /// data never restored).
-    fn timeline(&self, id: &InstanceId) -> Result<String, AgentError> {
-        let generation = datadir::read_marker(&self.instance_dir(id).join(GENERATION_FILE))
-            .map_err(EngineError::io("reading the data generation"))?;
-        Ok(generation.map(|g| g.trim().to_owned()).filter(|g| !g.is_empty()).unwrap_or("0".into()))
-    }
-
-    /// Where staged log files wait for a replay.
-    fn staged_logs(&self, id: &InstanceId) -> PathBuf {
-        self.instance_dir(id).join(STAGED_LOGS)
-    }
-
     async fn stop_locked(&self, id: &InstanceId) {
         if let Some((_, supervisor)) = self.supervisors.remove(id) {
             supervisor.stop().await;
-        }
-    }
-}
-
-/// Scratch directories under the agent's root, `.{instance}` followed by these: a backup's
-/// tool files, a restore's unpacked data until it is swapped in.
-const BACKUP_SCRATCH: &str = ".backup-";
-const RESTORE_SCRATCH: &str = ".restoring";
-/// Incremental backups unpacked for the next restore, one directory each (`0000`, `0001`, …).
-const INCREMENTS_SCRATCH: &str = ".increments";
-
-fn increments_dir(root: &Path, instance_dir: &Path) -> PathBuf {
-    let id = instance_dir.file_name().unwrap_or_default().to_string_lossy();
-    root.join(format!(".{id}{INCREMENTS_SCRATCH}"))
-}
-
-/// The staged increments in `dir`, in the order they were staged.
-fn staged_increments(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut found: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect();
-    found.sort();
-    found
-}
-/// In the instance directory: archived log files put back for a replay.
-const STAGED_LOGS: &str = "replay";
-
-/// Removes the scratch directories of backups and restores an earlier run of the agent left
-/// behind when it stopped midway (a backup's are otherwise removed when it ends).
-fn sweep_scratch(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let scratch = name.starts_with('.')
-            && (name.contains(BACKUP_SCRATCH)
-                || name.ends_with(RESTORE_SCRATCH)
-                || name.ends_with(INCREMENTS_SCRATCH));
-        if scratch && let Err(e) = std::fs::remove_dir_all(entry.path()) {
-            tracing::warn!(dir = %entry.path().display(), error = %e, "removing a stale scratch directory");
         }
     }
 }
