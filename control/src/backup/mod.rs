@@ -6,6 +6,7 @@
 //! - [`crypto`]: per-database keys and the encrypted stream format.
 //! - [`pipeline`]: agent bytes → zstd → encryption → SHA-256 → object store, and back.
 //! - [`jobs`]: the backup queue, durable states, restore into a new database and in place.
+//! - [`restore`]: restoring into a new database, undeleting.
 //! - [`pitr`]: archiving the change log (MySQL's binary log, Redis's append-only file) and
 //!   restoring to a point in time.
 //! - [`schedule`]: scheduled backups, retention, scheduled deletion.
@@ -14,6 +15,7 @@ pub mod crypto;
 pub mod jobs;
 pub mod pipeline;
 pub mod pitr;
+pub mod restore;
 pub mod schedule;
 pub mod storage;
 
