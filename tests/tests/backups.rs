@@ -138,6 +138,19 @@ async fn a_suspended_database_is_backed_up_and_restored_without_a_wake() -> anyh
 
     let mut conn = redis(&cluster, "sleepy", &token).await?;
     assert_eq!(conn.get::<_, Option<String>>("k").await?, Some("v".into()));
+
+    // A database created lazily and never started has nothing to keep, and stays asleep.
+    let body = json!({ "name": "fresh", "engine": "redis", "lazy": true });
+    let r = cluster.api(Method::POST, "/v1/databases", Some(&admin), Some(body)).await?;
+    let fresh_token = r.body["token"]["token"].as_str().context("token")?.to_owned();
+    let r = restore_in_place(&cluster, &admin, "fresh", id).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(
+        (r.body["database"]["status"].as_str(), &r.body["previous_data"]),
+        (Some("suspended"), &Value::Null)
+    );
+    let mut conn = redis(&cluster, "fresh", &fresh_token).await?;
+    assert_eq!(conn.get::<_, Option<String>>("k").await?, Some("v".into()));
     cluster.stop().await;
     Ok(())
 }

@@ -502,7 +502,7 @@ impl ControlService {
         tenant: &Tenant,
         name: &str,
         point: RestorePoint<'_>,
-    ) -> Result<(Database, BackupRecord), ServiceError> {
+    ) -> Result<(Database, Option<BackupRecord>), ServiceError> {
         let db = self.database(tenant, name).await?;
         let (backup, until) = match point {
             RestorePoint::Backup(id) => (self.restorable(tenant, id, Some(db.engine)).await?, None),
@@ -526,8 +526,13 @@ impl ControlService {
             .suspend_held(&held, &db, || self.emit(&event(name)))
             .await
             .map_err(lifecycle_error)?;
+        // A database created lazily and never started holds nothing to keep.
+        let provisioned = self.lifecycle().agent().data_size(&db.id).await > 0;
         let outcome = async {
-            let kept = self.backup_now(&held, &db, BackupKind::PreRestore).await?;
+            let kept = match provisioned {
+                true => Some(self.backup_now(&held, &db, BackupKind::PreRestore).await?),
+                false => None,
+            };
             self.restore_to_held(&held, &db, &backup, until).await?;
             Ok::<_, ServiceError>(kept)
         }
@@ -538,7 +543,8 @@ impl ControlService {
             tracing::warn!(db = %name, error = %e, "starting a database after its restore");
         }
         let kept = outcome?;
-        tracing::info!(db = %name, backup = %backup_id, kept = %kept.id, "restored in place");
+        let kept_id = kept.as_ref().map(|k| k.id.as_str()).unwrap_or("none");
+        tracing::info!(db = %name, backup = %backup_id, kept = kept_id, "restored in place");
         Ok((self.database(tenant, name).await?, kept))
     }
 }

@@ -240,10 +240,9 @@ pub async fn db(cli: &Cli, cmd: &DbCommand) -> anyhow::Result<()> {
                     "database {name} restored {from}; it is {}",
                     text(&body["database"], "status")
                 );
-                println!(
-                    "what it held before is backup {} (restore it to undo)",
-                    text(&body["previous_data"], "id")
-                );
+                if let Some(id) = body["previous_data"]["id"].as_str() {
+                    println!("what it held before is backup {id} (restore it to undo)");
+                }
             }
         }
         DbCommand::Suspend { name } => {

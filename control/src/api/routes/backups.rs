@@ -191,7 +191,8 @@ pub async fn restore(
         "database": database_view(&state.service, &db, None),
         "restored_from": req.backup,
         "restored_to": req.time,
-        "previous_data": view(&state.service, &kept),
+        // Null when it held nothing (created lazily and never started).
+        "previous_data": kept.as_ref().map(|k| view(&state.service, k)),
     })))
 }
 
