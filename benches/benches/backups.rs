@@ -12,7 +12,8 @@
 //! per-round ratios: MariaDB hot backup 0.90–1.11× the raw tools (target 0.8×: met), Redis
 //! 0.87–0.96× `redis-cli --rdb` + `zstd -1` (met); restores 1.3–1.5× (MariaDB) and 2.3–2.7×
 //! (Redis) the raw tools' time; the binary log makes `oltp_write_only` 0.62–0.69× as fast
-//! (target 0.9×: missed).
+//! (target 0.9×: missed). Since point-in-time recovery the first backup after the load also
+//! archives the load's change log (MariaDB: 9.9 s against 2.6 s), so it is reported apart.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -338,6 +339,22 @@ async fn proxy_query(port: u16, name: &str, token: &str, sql: &str) -> anyhow::R
     Ok(())
 }
 
+/// The first backup after the load: since point-in-time recovery, a backup job also archives
+/// the change log written since the last one (here the whole load's), so it is reported apart
+/// and the rounds measure the steady state.
+async fn first_backup(bench: &Bench, name: &str) -> anyhow::Result<()> {
+    let taken = bench.backup(name).await?;
+    println!(
+        "first backup after the load (archives the load's change log too): {:.2} s, {:.0} MiB \
+         plain, {:.0} MiB/s of data, Dormouse CPU {:.2} s",
+        taken.wall.as_secs_f64(),
+        mb(taken.plain),
+        mb(taken.plain) / taken.wall.as_secs_f64(),
+        taken.cpu
+    );
+    bench.delete_backup(&taken.id).await
+}
+
 const FIRST_QUERY: &str = "SELECT id FROM sbtest1 WHERE id = 1";
 
 async fn mariadb_phase(bench: &Bench, sizes: &Sizes) -> anyhow::Result<()> {
@@ -378,6 +395,7 @@ async fn mariadb_phase(bench: &Bench, sizes: &Sizes) -> anyhow::Result<()> {
         mb(datadir)
     );
 
+    first_backup(bench, name).await?;
     let work = bench.dir.join("raw-mariadb");
     std::fs::create_dir_all(&work)?;
     let proxy_port = bench.running.mysql_addr.map(|a| a.port()).unwrap_or_default();
@@ -700,6 +718,7 @@ async fn redis_phase(bench: &Bench, sizes: &Sizes) -> anyhow::Result<()> {
         mb(used)
     );
 
+    first_backup(bench, name).await?;
     let work = bench.dir.join("raw-redis");
     std::fs::create_dir_all(&work)?;
     let proxy_port = bench.running.redis_addr.map(|a| a.port()).unwrap_or_default();
