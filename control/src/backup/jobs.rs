@@ -145,7 +145,7 @@ impl ControlService {
     /// else cold from its stopped directory (no server is started).
     async fn take_backup_held(
         &self,
-        held: &Held,
+        _held: &Held,
         db: &Database,
         record: &mut BackupRecord,
     ) -> Result<(), BackupError> {
@@ -194,12 +194,7 @@ impl ControlService {
             record.plain_bytes = stored.plain_bytes;
             record.stored_bytes = stored.stored_bytes;
             record.sha256 = Some(stored.sha256);
-            self.put_manifest(record).await?;
-            // The log from this backup on, for restores to a later time.
-            if let Err(e) = self.archive_logs_held(held, db).await {
-                tracing::warn!(db = %db.name, error = %e, "archiving the log after a backup");
-            }
-            Ok(())
+            self.put_manifest(record).await
         }
         .await;
         self.backups().progress.remove(&record.id);
@@ -317,6 +312,14 @@ impl ControlService {
         let mut record = new_record(db, None, kind, BackupStatus::Running);
         self.store().insert_backup(&record).await?;
         let result = self.take_backup_held(held, db, &mut record).await;
+        // The database stops changing here (it is deleted, or its data replaced): what its log
+        // holds since the last archive pass is archived now, for restores up to this moment.
+        // A backup in the queue leaves that to the next pass, within 30 s.
+        if result.is_ok()
+            && let Err(e) = self.archive_logs_held(held, db).await
+        {
+            tracing::warn!(db = %db.name, error = %e, "archiving the log");
+        }
         let failed = result.as_ref().err().map(ToString::to_string);
         self.finish(&mut record, result).await?;
         match failed {

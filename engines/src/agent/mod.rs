@@ -564,7 +564,7 @@ impl HostAgent for LocalAgent {
         file.seek(std::io::SeekFrom::Start(offset))
             .await
             .map_err(EngineError::io(format!("reading {name}")))?;
-        let copied = tokio::io::copy(&mut file.take(len), out)
+        let copied = datadir::copy_from_file(file.take(len), out)
             .await
             .map_err(EngineError::io(format!("copying {name}")))?;
         if copied != len {
@@ -603,13 +603,10 @@ impl HostAgent for LocalAgent {
         create_private_dir(&staged)
             .map_err(EngineError::io(format!("creating {}", staged.display())))?;
         let path = staged.join(name);
-        let mut file = tokio::fs::File::create(&path)
+        let file = tokio::fs::File::create(&path)
             .await
             .map_err(EngineError::io(format!("creating {}", path.display())))?;
-        tokio::io::copy(input, &mut file)
-            .await
-            .map_err(EngineError::io(format!("writing {}", path.display())))?;
-        tokio::io::AsyncWriteExt::flush(&mut file)
+        datadir::copy_into_file(input, file)
             .await
             .map_err(EngineError::io(format!("writing {}", path.display())))?;
         Ok(())

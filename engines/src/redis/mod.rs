@@ -419,8 +419,9 @@ async fn hot_backup(
         .open(&file)
         .await
         .map_err(EngineError::io(format!("opening {}", file.display())))?;
-    let bytes =
-        tokio::io::copy(&mut snapshot, out).await.map_err(EngineError::io("writing the backup"))?;
+    let bytes = datadir::copy_from_file(&mut snapshot, out)
+        .await
+        .map_err(EngineError::io("writing the backup"))?;
     out.flush().await.map_err(EngineError::io("writing the backup"))?;
     let position = Position { time, ..Position::default() };
     Ok(Taken { format: Format::Rdb, position, bytes, hot: true })
@@ -443,10 +444,10 @@ async fn unpack_rdb(
         .await
         .map_err(EngineError::io(format!("creating {}", aof.display())))?;
     let base = aof.join(AOF_BASE);
-    let mut file = tokio::fs::File::create_new(&base)
+    let file = tokio::fs::File::create_new(&base)
         .await
         .map_err(EngineError::io(format!("creating {}", base.display())))?;
-    tokio::io::copy(input, &mut file)
+    let (_, file) = datadir::copy_into_file(input, file)
         .await
         .map_err(|e| EngineError::Failed(format!("reading the backup: {e}")))?;
     file.sync_all().await.map_err(EngineError::io(format!("writing {}", base.display())))?;

@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::{DATA_DIR, INFO_USER, connect_cli, redis_cli};
 use crate::backup::LogSegment;
 use crate::confine::Owner;
+use crate::datadir;
 use crate::engine::{EngineError, Instance};
 use crate::tool;
 
@@ -430,16 +431,16 @@ pub async fn unpack(
         .await
         .map_err(EngineError::io(format!("creating {}", aof.display())))?;
     let (base, incr) = (AofFile::Base(1).name(), AofFile::Incr(1).name());
-    let mut file = create(&aof.join(&base)).await?;
-    let copied = tokio::io::copy(&mut (&mut *input).take(header.base_bytes), &mut file)
+    let file = create(&aof.join(&base)).await?;
+    let (copied, file) = datadir::copy_into_file(&mut (&mut *input).take(header.base_bytes), file)
         .await
         .map_err(|e| EngineError::Failed(format!("reading the archive: {e}")))?;
     if copied != header.base_bytes {
         return Err(EngineError::Failed("the archive ended inside its base file".into()));
     }
     file.sync_all().await.map_err(EngineError::io(format!("writing {base}")))?;
-    let mut file = create(&aof.join(&incr)).await?;
-    tokio::io::copy(input, &mut file)
+    let file = create(&aof.join(&incr)).await?;
+    let (_, file) = datadir::copy_into_file(input, file)
         .await
         .map_err(|e| EngineError::Failed(format!("reading the archive: {e}")))?;
     file.sync_all().await.map_err(EngineError::io(format!("writing {incr}")))?;
