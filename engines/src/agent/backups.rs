@@ -3,18 +3,41 @@
 //! incremental backups and log files, and the data's timeline.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{AgentError, DATA_DIR, GENERATION_FILE, LocalAgent, create_private_dir};
+use super::{AgentError, DATA_DIR, GENERATION_FILE, LocalAgent, StartTiming, create_private_dir};
 use crate::backup::{Format, Taken};
 use crate::confine::Owner;
 use crate::datadir;
 use crate::engine::{Engine, EngineError, Instance};
-use crate::spec::InstanceId;
+use crate::spec::{InstanceId, InstanceSpec};
+
+/// A stopped instance held for a restore: no start meanwhile.
+pub(super) struct Stopped {
+    pub engine: Arc<dyn Engine>,
+    pub _guard: tokio::sync::OwnedMutexGuard<()>,
+    pub dir: PathBuf,
+    pub owner: Option<Owner>,
+}
 
 impl LocalAgent {
+    /// Holds the instance's lock, checks that no server of it runs, and gives it a directory
+    /// (provisioned on first use) and its server's user, for data to be written into.
+    pub(super) async fn stopped(&self, spec: &InstanceSpec) -> Result<Stopped, AgentError> {
+        let engine = self.engine(spec.engine)?.clone();
+        let guard = self.lock(&spec.id).lock_owned().await;
+        self.check_not_live(&spec.id)?;
+        let dir = self.provision(engine.as_ref(), spec, &mut StartTiming::default()).await?;
+        let owner = self
+            .confiner
+            .owner_for(&self.root, &dir)
+            .await
+            .map_err(EngineError::io(format!("giving {} to its server's user", dir.display())))?;
+        Ok(Stopped { engine, _guard: guard, dir, owner })
+    }
     pub(super) async fn hot_backup(
         &self,
         engine: &dyn Engine,

@@ -9,7 +9,7 @@
 mod backups;
 mod warm;
 
-use backups::{RESTORE_SCRATCH, increments_dir, staged_increments, sweep_scratch};
+use backups::{RESTORE_SCRATCH, Stopped, increments_dir, staged_increments, sweep_scratch};
 
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -429,16 +429,7 @@ impl HostAgent for LocalAgent {
         source_name: &str,
         input: &mut (dyn AsyncRead + Send + Unpin),
     ) -> Result<(), AgentError> {
-        let engine = self.engine(spec.engine)?.clone();
-        let lock = self.lock(&spec.id);
-        let _guard = lock.lock().await;
-        self.check_not_live(&spec.id)?;
-        let dir = self.provision(engine.as_ref(), spec, &mut StartTiming::default()).await?;
-        let owner = self
-            .confiner
-            .owner_for(&self.root, &dir)
-            .await
-            .map_err(EngineError::io(format!("giving {} to its server's user", dir.display())))?;
+        let Stopped { engine, _guard, dir, owner } = self.stopped(spec).await?;
         let scratch = self.root.join(format!(".{}{RESTORE_SCRATCH}", spec.id));
         let swapped = self.unpack_and_swap(engine.as_ref(), &dir, &scratch, owner, format, input);
         let result = swapped.await;
@@ -472,16 +463,7 @@ impl HostAgent for LocalAgent {
         spec: &InstanceSpec,
         input: &mut (dyn AsyncRead + Send + Unpin),
     ) -> Result<(), AgentError> {
-        let engine = self.engine(spec.engine)?.clone();
-        let lock = self.lock(&spec.id);
-        let _guard = lock.lock().await;
-        self.check_not_live(&spec.id)?;
-        let dir = self.provision(engine.as_ref(), spec, &mut StartTiming::default()).await?;
-        let owner = self
-            .confiner
-            .owner_for(&self.root, &dir)
-            .await
-            .map_err(EngineError::io(format!("giving {} to its server's user", dir.display())))?;
+        let Stopped { engine, _guard, dir, owner } = self.stopped(spec).await?;
         let staged = increments_dir(&self.root, &dir);
         create_private_dir(&staged)
             .map_err(EngineError::io(format!("creating {}", staged.display())))?;
