@@ -70,6 +70,9 @@ pub enum ServiceError {
     /// A backup failed its checks (changed, cut short, not ours).
     #[error("{0}")]
     Corrupt(String),
+    /// A restore could not be done as asked (its reason says why); nothing changed.
+    #[error("{0}")]
+    RestoreFailed(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

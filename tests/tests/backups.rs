@@ -669,3 +669,92 @@ async fn redis_restores_to_a_second_between_two_writes_in_place_and_as_a_branch(
     cluster.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_restore_to_a_time_after_an_in_place_restore_follows_the_restored_data()
+-> anyhow::Result<()> {
+    use mysql_async::prelude::Queryable;
+    let cluster = Cluster::start().await?;
+    let admin = cluster.tenant("acme").await?;
+    let created = cluster.database(&admin, "tl", "mysql").await?;
+    let token = created["token"]["token"].as_str().context("token")?.to_owned();
+    let mut conn = mysql_async::Conn::new(cluster.mysql_opts("tl", &token, false)).await?;
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY)").await?;
+    conn.query_drop("INSERT INTO t VALUES (1)").await?;
+    drop(conn);
+    let first = backup(&cluster, &admin, "tl").await?;
+    let mut conn = mysql_async::Conn::new(cluster.mysql_opts("tl", &token, false)).await?;
+    conn.query_drop("INSERT INTO t VALUES (2)").await?;
+    drop(conn);
+    let id = first["id"].as_str().context("id")?;
+    let r = restore_in_place(&cluster, &admin, "tl", id).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let mut conn = mysql_async::Conn::new(cluster.mysql_opts("tl", &token, false)).await?;
+    conn.query_drop("INSERT INTO t VALUES (3)").await?;
+    let written = server_second(&mut conn).await?;
+    let point = second_after(&mut conn, written).await?;
+    drop(conn);
+
+    let time = dormouse_control::api::routes::timestamp(point);
+    let r = cluster
+        .api(Method::POST, "/v1/databases/tl/restore", Some(&admin), Some(json!({ "time": time })))
+        .await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let mut conn = mysql_async::Conn::new(cluster.mysql_opts("tl", &token, false)).await?;
+    let ids: Vec<i32> = conn.query("SELECT id FROM t ORDER BY id").await?;
+    assert_eq!(ids, [1, 3], "the restored data and what came after it, not the old timeline");
+    drop(conn);
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_statement_that_would_split_the_log_replay_is_refused_not_run_as_root()
+-> anyhow::Result<()> {
+    use mysql_async::prelude::Queryable;
+    let cluster = Cluster::start().await?;
+    let admin = cluster.tenant("acme").await?;
+    let created = cluster.database(&admin, "p4", "mysql").await?;
+    let token = created["token"]["token"].as_str().context("token")?.to_owned();
+    let mut conn = mysql_async::Conn::new(cluster.mysql_opts("p4", &token, false)).await?;
+    conn.query_drop("CREATE TABLE kept (id INT PRIMARY KEY)").await?;
+    drop(conn);
+    backup(&cluster, &admin, "p4").await?;
+    let mut conn = mysql_async::Conn::new(cluster.mysql_opts("p4", &token, false)).await?;
+    // The server reads everything after `--\x01` as a comment; the client that replays the
+    // log would end the statement at `/*!*/;` and run the rest as root.
+    conn.query_drop(
+        "CREATE TABLE planted (a INT) --\x01 /*!*/; CREATE DEFINER=`root`@`localhost` \
+         PROCEDURE p4.escalate() SQL SECURITY DEFINER SELECT 1",
+    )
+    .await?;
+    let now = server_second(&mut conn).await?;
+    drop(conn);
+
+    let time = dormouse_control::api::routes::timestamp(now);
+    let r = cluster
+        .api(Method::POST, "/v1/databases/p4/restore", Some(&admin), Some(json!({ "time": time })))
+        .await?;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "restore_failed"),
+        "{r:?}"
+    );
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot be replayed safely"),
+        "{r:?}"
+    );
+    let mut conn = mysql_async::Conn::new(cluster.mysql_opts("p4", &token, false)).await?;
+    let routines: Vec<String> = conn
+        .query("SELECT routine_name FROM information_schema.routines WHERE routine_schema = 'p4'")
+        .await?;
+    assert!(routines.is_empty(), "nothing ran as root: {routines:?}");
+    let tables: Vec<String> = conn.query("SHOW TABLES").await?;
+    assert_eq!(tables, ["kept", "planted"], "the failed restore put the data back");
+    drop(conn);
+    cluster.stop().await;
+    Ok(())
+}

@@ -10,7 +10,7 @@ CREATE TABLE backups (
     engine         TEXT NOT NULL,               -- redis | mysql
     plan           TEXT NOT NULL,               -- the database's plan when taken
     name           TEXT,
-    kind           TEXT NOT NULL,               -- manual | scheduled | final | pre_restore
+    kind           TEXT NOT NULL,               -- manual | scheduled | final | pre_restore | post_restore
     status         TEXT NOT NULL,               -- queued | running | completed | failed
     reason         TEXT,                        -- why it failed
     format         TEXT,                        -- xbstream | rdb | tar

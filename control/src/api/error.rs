@@ -43,6 +43,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound(m) => Self::not_found(m),
             ServiceError::Unauthorized(m) => Self::new(StatusCode::UNAUTHORIZED, "unauthorized", m),
             ServiceError::Forbidden(m) => Self::forbidden(m),
+            ServiceError::RestoreFailed(m) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "restore_failed", m)
+            }
             ServiceError::Corrupt(m) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "backup_corrupt", m)
             }

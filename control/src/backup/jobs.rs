@@ -45,7 +45,7 @@ impl From<BackupError> for ServiceError {
             {
                 ServiceError::Corrupt(e.to_string())
             }
-            BackupError::Refused(m) => ServiceError::Conflict(m),
+            BackupError::Refused(m) => ServiceError::RestoreFailed(m),
             other => ServiceError::Unavailable(other.to_string()),
         }
     }
@@ -80,6 +80,7 @@ impl ControlService {
             return Err(ServiceError::Conflict(format!("database {name:?} is being deleted")));
         }
         // One at a time per database: a second would copy the same data again.
+        let _checking = self.backups().requests.lock().await;
         let pending =
             self.store().list_backups(&tenant.id, Some(name)).await?.into_iter().find(|b| {
                 b.database_id == db.id
@@ -536,7 +537,20 @@ impl ControlService {
                 true => Some(self.backup_now(&held, &db, BackupKind::PreRestore).await?),
                 false => None,
             };
-            self.restore_to_held(&held, &db, &backup, until).await?;
+            if let Err(e) = self.restore_to_held(&held, &db, &backup, until).await {
+                // Put back what it held: a restore that fails changes nothing.
+                if let Some(kept) = &kept
+                    && let Err(undo) = self.restore_held(&held, &db, kept).await
+                {
+                    tracing::error!(db = %name, kept = %kept.id, error = %undo, "undoing a failed restore");
+                }
+                return Err(e.into());
+            }
+            // A MySQL server restored from a backup starts its binary log again: a restore to a
+            // later time starts from a copy of this data, not from one of the old timeline.
+            if db.engine == dormouse_engines::EngineKind::Mysql {
+                self.backup_now(&held, &db, BackupKind::PostRestore).await?;
+            }
             Ok::<_, ServiceError>(kept)
         }
         .await;

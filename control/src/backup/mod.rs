@@ -67,6 +67,9 @@ pub struct Backups {
     master: DataKey,
     queue: Arc<Semaphore>,
     progress: DashMap<String, Arc<Progress>>,
+    /// Held from a request's check for a pending backup to its insert, so two requests at
+    /// once cannot both pass the check.
+    requests: tokio::sync::Mutex<()>,
 }
 
 impl Backups {
@@ -87,6 +90,7 @@ impl Backups {
             master,
             queue: Arc::new(Semaphore::new(config.concurrency.max(1))),
             progress: DashMap::new(),
+            requests: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -23,6 +23,8 @@ pub const DEFAULT_KEEP_COUNT: u32 = 7;
 pub const DEFAULT_KEEP_DAYS: u32 = 7;
 /// The shortest interval a schedule may have.
 const MIN_INTERVAL: i64 = 60;
+/// The longest: a schedule that never fires is no schedule.
+const MAX_INTERVAL: i64 = 366 * 86_400;
 
 /// How often a schedule fires.
 #[derive(Debug, Clone)]
@@ -35,16 +37,30 @@ pub enum Every {
 
 impl Every {
     pub fn parse(text: &str) -> Result<Self, String> {
+        let too_often = || format!("{text:?} is too often: at most one backup a minute");
         if let Ok(d) = humantime::parse_duration(text) {
             let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
             if secs < MIN_INTERVAL {
-                return Err(format!("{text:?} is too often: at most one backup a minute"));
+                return Err(too_often());
+            }
+            if secs > MAX_INTERVAL {
+                return Err(format!("{text:?} is too rare: at least one backup a year"));
             }
             return Ok(Every::Interval(secs));
         }
-        Cron::from_str(text).map(|c| Every::Cron(Box::new(c))).map_err(|e| {
+        let cron = Cron::from_str(text).map_err(|e| {
             format!("{text:?} is neither an interval (\"6h\", \"1d\") nor a cron expression: {e}")
-        })
+        })?;
+        let every = Every::Cron(Box::new(cron));
+        // A seconds field can fire every second; a date that never comes, never.
+        let now = crate::service::now();
+        let first = every.next_after(now).filter(|t| t - now <= MAX_INTERVAL);
+        let second = first.and_then(|t| every.next_after(t));
+        match (first, second) {
+            (Some(a), Some(b)) if b - a < MIN_INTERVAL => Err(too_often()),
+            (Some(_), Some(_)) => Ok(every),
+            _ => Err(format!("{text:?} does not fire at least once a year")),
+        }
     }
 
     /// The first time after `last` this fires.
@@ -246,6 +262,10 @@ mod tests {
         let at_three = Every::parse("0 3 * * *").expect("a cron expression");
         assert_eq!(at_three.next_after(1_796_551_200), Some(1_796_612_400));
         assert!(Every::parse("10s").is_err(), "too often");
+        assert!(Every::parse("* * * * * *").is_err(), "every second");
+        assert!(Every::parse("18446744073709551615s").is_err(), "never");
+        assert!(Every::parse("0 0 31 2 *").is_err(), "31 February");
+        assert!(Every::parse("*/5 * * * *").is_ok());
         assert!(Every::parse("every tuesday").is_err());
     }
 }

@@ -146,6 +146,9 @@ pub enum BackupKind {
     Final,
     /// Of the data an in-place restore replaced, so the restore can be undone.
     PreRestore,
+    /// Of the data an in-place restore put back: where the database's new timeline starts,
+    /// for restores to a later time.
+    PostRestore,
 }
 
 macro_rules! text_enum {
@@ -184,6 +187,7 @@ text_enum!(BackupKind {
     Scheduled => "scheduled",
     Final => "final",
     PreRestore => "pre_restore",
+    PostRestore => "post_restore",
 });
 
 /// One backup of one database; kept after the database is deleted.
