@@ -92,6 +92,38 @@ pub async fn stream_in(
     Ok(copied)
 }
 
+/// Runs a client's one short request to its end (at most 10 s), with `input` on its stdin if
+/// given (statements go there, never on a command line other users can read); returns its
+/// stdout, or its stderr as the error.
+pub async fn output(
+    mut cmd: Command,
+    name: &str,
+    input: Option<&[u8]>,
+) -> Result<String, EngineError> {
+    let stdin = if input.is_some() { Stdio::piped() } else { Stdio::null() };
+    let mut child = cmd
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(spawn_error(name))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(input).await.map_err(EngineError::io(format!("writing to {name}")))?;
+    }
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait_with_output())
+        .await
+        .map_err(|_| EngineError::Failed(format!("{name} timed out")))?
+        .map_err(EngineError::io(format!("running {name}")))?;
+    if !out.status.success() {
+        return Err(EngineError::Failed(format!(
+            "{name} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Runs `cmd` to its end.
 pub async fn run(mut cmd: Command, name: &str, log: &Path) -> Result<(), EngineError> {
     let child = cmd.spawn().map_err(spawn_error(name))?;

@@ -21,6 +21,7 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use tokio::io::{AsyncRead, AsyncWriteExt, DuplexStream, ReadBuf};
 
+use super::crypto::DataKey;
 use super::jobs::BackupError;
 use super::pipeline::{self, Expected, PipelineError, Progress};
 use crate::lifecycle::{Held, spec};
@@ -74,7 +75,8 @@ impl ControlService {
             let end = ends.entry(log.name).or_default();
             *end = (*end).max(log.offset.saturating_add(log.plain_bytes));
         }
-        let key = self.backups().key(self.store().as_ref(), &db.id).await?;
+        // Unsealed on the first file to store: most passes find nothing new.
+        let mut key = None;
         let mut count = 0;
         for (i, segment) in closed.segments.iter().enumerate() {
             let offset = ends.get(&segment.name).copied().unwrap_or(0);
@@ -110,9 +112,13 @@ impl ControlService {
             };
             let objects = self.backups().objects().clone();
             let progress = Progress::with_total(len);
+            let seal = match &key {
+                Some(key) => key,
+                None => key.insert(self.backups().key(self.store().as_ref(), &db.id).await?),
+            }
+            .clone();
             let (_, stored) =
-                pipeline::upload(objects, path.clone(), key.clone(), object, progress, produce)
-                    .await?;
+                pipeline::upload(objects, path.clone(), seal, object, progress, produce).await?;
             self.store()
                 .insert_archived_log(&ArchivedLog {
                     database_id: db.id.clone(),
@@ -147,6 +153,31 @@ impl ControlService {
             tracing::warn!(db = %db.name, error = %e, "releasing archived log files");
         }
         Ok(count)
+    }
+
+    /// Reads an archived log file (or range) back, checked like a backup, into `consume`.
+    async fn download_log<T, F, Fut>(
+        &self,
+        log: &ArchivedLog,
+        key: &DataKey,
+        consume: F,
+    ) -> Result<T, PipelineError>
+    where
+        F: FnOnce(pipeline::Verified) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let object = log_object(log.database_id.as_str(), &log.timeline, &log.name, log.offset);
+        let expected = Expected { stored_bytes: log.stored_bytes, sha256: log.sha256.clone() };
+        pipeline::download(
+            self.backups().objects().clone(),
+            ObjectPath::from(log.object_key.as_str()),
+            key.clone(),
+            object,
+            expected,
+            Progress::with_total(log.stored_bytes),
+            consume,
+        )
+        .await
     }
 
     /// [`Self::archive_logs_held`], taking the database's lock.
@@ -297,8 +328,6 @@ impl ControlService {
         let replayed = async {
             let key = self.backups().key(self.store().as_ref(), &base.database_id).await?;
             for log in &logs {
-                let expected =
-                    Expected { stored_bytes: log.stored_bytes, sha256: log.sha256.clone() };
                 let name = log.name.clone();
                 let consume = |mut input| {
                     let (agent, spec) = (agent.clone(), spec.clone());
@@ -306,18 +335,7 @@ impl ControlService {
                         agent.stage_log(&spec, &name, &mut input).await.map_err(|e| e.to_string())
                     }
                 };
-                let object =
-                    log_object(base.database_id.as_str(), &timeline, &log.name, log.offset);
-                pipeline::download(
-                    self.backups().objects().clone(),
-                    ObjectPath::from(log.object_key.as_str()),
-                    key.clone(),
-                    object,
-                    expected,
-                    Progress::with_total(log.stored_bytes),
-                    consume,
-                )
-                .await?;
+                self.download_log(log, &key, consume).await?;
             }
             agent
                 .replay_logs(&spec, position, until, &base.database_name)
@@ -416,24 +434,11 @@ impl ControlService {
         let feed = async {
             writer.write_all(header.line().as_bytes()).await.map_err(PipelineError::Io)?;
             for log in &parts {
-                let object =
-                    log_object(base.database_id.as_str(), &log.timeline, &log.name, log.offset);
-                let expected =
-                    Expected { stored_bytes: log.stored_bytes, sha256: log.sha256.clone() };
                 let consume = |mut part| async move {
                     tokio::io::copy(&mut part, &mut writer).await.map_err(|e| e.to_string())?;
                     Ok(writer)
                 };
-                writer = pipeline::download(
-                    self.backups().objects().clone(),
-                    ObjectPath::from(log.object_key.as_str()),
-                    key.clone(),
-                    object,
-                    expected,
-                    Progress::with_total(log.stored_bytes),
-                    consume,
-                )
-                .await?;
+                writer = self.download_log(log, &key, consume).await?;
             }
             whole.store(true, Ordering::Release);
             writer.shutdown().await.map_err(PipelineError::Io)

@@ -20,12 +20,14 @@ pub use config::{
 use config::{TMP_DIR, render_accounts_sql, render_init_sql, render_my_cnf};
 use template::{Template, copy_tree};
 
+use crate::agent::DATA_DIR;
 use crate::backup::{Format, LogSegment, Position, Taken};
 use crate::confine::{Owner, Resources};
 use crate::datadir;
 use crate::engine::{Engine, EngineError, Instance, Launch, ProbeError, find_program, socket_path};
 use crate::redis::write_private;
 use crate::spec::{EngineKind, InstanceSpec, Limits};
+use crate::tool;
 
 /// Runs `mariadbd` processes.
 pub struct MariaDbEngine {
@@ -65,36 +67,15 @@ impl MariaDbEngine {
     /// so a deep path still fits, and the statements go through stdin, never the command line
     /// other users can read.
     async fn root_sql(&self, dir: &Path, sql: &str) -> Result<String, EngineError> {
-        use tokio::io::AsyncWriteExt;
         let client = self
             .client
             .as_ref()
             .ok_or(EngineError::NotInstalled { program: "mariadb", package: "mariadb-client" })?;
-        let mut child = tokio::process::Command::new(client)
-            .args(["--no-defaults", "--user=root", "--batch", "--silent", "--skip-column-names"])
+        let mut cmd = tokio::process::Command::new(client);
+        cmd.args(["--no-defaults", "--user=root", "--batch", "--silent", "--skip-column-names"])
             .arg(format!("--socket={SOCKET_FILE}"))
-            .current_dir(dir)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(EngineError::io("running mariadb"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(sql.as_bytes()).await.map_err(EngineError::io("writing to mariadb"))?;
-        }
-        let run = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output());
-        let out = run
-            .await
-            .map_err(|_| EngineError::Failed("the mariadb client timed out".into()))?
-            .map_err(EngineError::io("running mariadb"))?;
-        if !out.status.success() {
-            return Err(EngineError::Failed(format!(
-                "mariadb failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            .current_dir(dir);
+        tool::output(cmd, "mariadb", Some(sql.as_bytes())).await
     }
 
     /// Builds the template now rather than at the first create.
@@ -292,19 +273,26 @@ impl Engine for MariaDbEngine {
         pitr::segments(data)
     }
 
-    /// `FLUSH BINARY LOGS` when the server logged a transaction since `last` (its GTID
-    /// position then), so an idle database does not pile up empty files.
+    /// `FLUSH BINARY LOGS` when the server wrote to its log since `last` (its newest file and
+    /// size then), so an idle database does not pile up empty files.
     async fn close_log(
         &self,
         instance: &Instance,
         last: Option<&str>,
     ) -> Result<Option<String>, EngineError> {
-        let gtid = self.root_sql(&instance.dir, "SELECT @@gtid_binlog_pos;\n").await?;
-        let gtid = gtid.trim().to_owned();
-        if last != Some(gtid.as_str()) {
-            self.root_sql(&instance.dir, "FLUSH BINARY LOGS;\n").await?;
+        // The newest file grows with every write: unchanged, there is nothing to close, and no
+        // client need run (this is asked of every database every 30 s).
+        let data = instance.dir.join(DATA_DIR);
+        let newest = || -> Result<Option<String>, EngineError> {
+            let mut files = pitr::segments(&data).map_err(EngineError::io("listing the log"))?;
+            Ok(files.pop().map(|f| format!("{}:{}", f.name, f.size)))
+        };
+        let now = newest()?;
+        if now.is_none() || now.as_deref() == last {
+            return Ok(now);
         }
-        Ok(Some(gtid))
+        self.root_sql(&instance.dir, "FLUSH BINARY LOGS;\n").await?;
+        newest()
     }
 
     async fn replay_logs(

@@ -475,19 +475,8 @@ async fn unpack_rdb(
 /// every write: changes since the last save and the append-only file's sizes.
 async fn data_version(instance: &Instance) -> Result<String, EngineError> {
     let mut cmd = tokio::process::Command::new(redis_cli()?);
-    connect_cli(&mut cmd, INFO_USER, instance).arg("INFO").kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
-        .await
-        .map_err(|_| EngineError::Failed("redis-cli INFO timed out".into()))?
-        .map_err(EngineError::io("running redis-cli"))?;
-    if !out.status.success() {
-        return Err(EngineError::Failed(format!(
-            "redis-cli INFO failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let out = out.stdout;
-    let text = String::from_utf8_lossy(&out);
+    connect_cli(&mut cmd, INFO_USER, instance).arg("INFO");
+    let text = tool::output(cmd, "redis-cli INFO", None).await?;
     let fields = ["run_id", "rdb_changes_since_last_save", "aof_current_size", "aof_base_size"];
     let values: Vec<&str> = fields
         .iter()

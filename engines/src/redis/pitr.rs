@@ -16,7 +16,6 @@ use std::fmt::Write as _;
 use std::io::{self, BufRead, Read};
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::time::Duration;
 
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
@@ -282,19 +281,7 @@ async fn cli(
 ) -> Result<String, EngineError> {
     let mut cmd = tokio::process::Command::new(redis_cli()?);
     connect_cli(&mut cmd, user, instance).env("REDISCLI_AUTH", password).args(args);
-    cmd.kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
-        .await
-        .map_err(|_| EngineError::Failed(format!("redis-cli {} timed out", args[0])))?
-        .map_err(EngineError::io("running redis-cli"))?;
-    if !out.status.success() {
-        return Err(EngineError::Failed(format!(
-            "redis-cli {} failed: {}",
-            args[0],
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    tool::output(cmd, &format!("redis-cli {}", args.first().unwrap_or(&"")), None).await
 }
 
 /// [`ADMIN_USER`]'s password: derived from the instance's, so nothing more is stored, but
